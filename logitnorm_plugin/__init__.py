@@ -1,0 +1,44 @@
+"""LogitNorm for pytorch-ood.
+
+The public surface is listed once in ``__all__``. Attributes are imported on first use, so
+``import logitnorm_plugin`` does not pull in torch until something needs it.
+"""
+
+import importlib
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS = {
+    "LogitNormLoss": "logitnorm_plugin.loss",
+    "logit_norm_loss": "logitnorm_plugin.loss",
+    "LogitNormDetector": "logitnorm_plugin.detector",
+    "list_losses": "logitnorm_plugin.registry",
+    "list_detectors": "logitnorm_plugin.registry",
+    "list_benchmarks": "logitnorm_plugin.registry",
+    "get_loss_class": "logitnorm_plugin.registry",
+    "get_detector_class": "logitnorm_plugin.registry",
+    "get_benchmark_class": "logitnorm_plugin.registry",
+    "create_loss": "logitnorm_plugin.registry",
+    "create_detector": "logitnorm_plugin.registry",
+    "get_benchmark": "logitnorm_plugin.registry",
+    "refresh": "logitnorm_plugin.registry",
+    "train": "logitnorm_plugin.train",
+    "load_trained": "logitnorm_plugin.train",
+    "evaluate": "logitnorm_plugin.evaluate",
+    "tune_t": "logitnorm_plugin.tune",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value  # later look-ups skip this function
+        return value
+    raise AttributeError(f"module 'logitnorm_plugin' has no attribute '{name}'")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

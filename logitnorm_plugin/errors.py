@@ -1,0 +1,56 @@
+"""Errors a user can act on.
+
+Every exception here derives from :class:`UserError`: the command line prints its message and
+exits with status 2, without a traceback. Each also derives from the builtin a caller would
+expect (``ValueError`` for a bad name or value, ``FileNotFoundError`` for missing data), so
+library users can catch the usual types.
+"""
+
+
+class UserError(Exception):
+    """Base of errors caused by the input, with a message that says how to fix it."""
+
+
+class UnknownNameError(UserError, ValueError):
+    """A name that no registry, dataset table or architecture table knows.
+
+    :param kind: what was looked up, e.g. ``"detector"``
+    :param name: the name asked for
+    :param available: the names that exist
+    :param closest: the closest existing name, if any is close
+    """
+
+    def __init__(self, kind: str, name: str, available, closest=None):
+        self.kind, self.name = kind, name
+        self.available = sorted(available)
+        self.closest = closest
+        hint = f" Did you mean '{closest}'?" if closest else ""
+        listing = ", ".join(self.available) if self.available else "(none installed)"
+        super().__init__(f"Unknown {kind} '{name}'.{hint} Available {kind}s: {listing}")
+
+
+class MissingDataError(UserError, FileNotFoundError):
+    """A dataset is not on disk; the message names the path and how to get it."""
+
+
+class ConfigMismatchError(UserError, ValueError):
+    """A run folder holds a run with another configuration than the one asked for."""
+
+
+class TrainingDivergedError(UserError, RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class IncompatibleResultsError(UserError, ValueError):
+    """A results folder is missing, empty, or written by an incompatible version."""
+
+
+def closest_match(name: str, candidates) -> "str | None":
+    """The candidate most similar to ``name`` (``None`` if nothing is reasonably close)."""
+    import difflib
+
+    matches = difflib.get_close_matches(name.lower(), [c.lower() for c in candidates], 1, 0.5)
+    if not matches:
+        return None
+    lowered = {c.lower(): c for c in candidates}
+    return lowered[matches[0]]
