@@ -8,6 +8,7 @@ are imported only when their subcommand runs, so ``logitnorm-ood list`` stays li
 import argparse
 import importlib
 import sys
+import warnings
 from typing import List, Optional
 
 from logitnorm_plugin.errors import UserError
@@ -44,6 +45,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     if known.command is None:
         parser.print_help()
         return 0 if not argv else 2
+    # warnings are messages for the user here, not for a developer reading a stack
+    warnings.formatwarning = lambda message, category, *rest: (
+        f"logitnorm-ood: warning: {message}\n"
+    )
     module = importlib.import_module(known._module)
     sub = argparse.ArgumentParser(
         prog=f"logitnorm-ood {known.command}", description=SUBCOMMANDS[known.command][1]

@@ -26,7 +26,8 @@ class UnknownNameError(UserError, ValueError):
         self.closest = closest
         hint = f" Did you mean '{closest}'?" if closest else ""
         listing = ", ".join(self.available) if self.available else "(none installed)"
-        super().__init__(f"Unknown {kind} '{name}'.{hint} Available {kind}s: {listing}")
+        plural = kind + ("es" if kind.endswith("s") else "s")
+        super().__init__(f"Unknown {kind} '{name}'.{hint} Available {plural}: {listing}")
 
 
 class MissingDataError(UserError, FileNotFoundError):

@@ -1,0 +1,410 @@
+"""Name lookup for losses, detectors and benchmarks through Python entry points.
+
+Three entry-point groups are read with :mod:`importlib.metadata`:
+
+========================  ==========================================================
+``pytorch_ood.losses``    training objectives, ``loss(logits, target) -> Tensor``
+``pytorch_ood.detectors`` OOD detectors (pytorch-ood ``Detector`` subclasses)
+``pytorch_ood.benchmarks`` benchmarks (pytorch-ood ``Benchmark`` subclasses)
+========================  ==========================================================
+
+Any installed distribution can add names, for example in its ``pyproject.toml``::
+
+    [project.entry-points."pytorch_ood.detectors"]
+    my_method = "my_package.detector:MyDetector"
+
+Rules:
+
+* Names are case-insensitive and ``-`` equals ``_`` (``Cross-Entropy`` finds ``cross_entropy``).
+* Listing reads entry-point metadata only: it imports and builds nothing. Only the entry that is
+  asked for is imported.
+* A class is accepted wherever a name is.
+* An entry point whose value is malformed, or whose import fails when listed with
+  ``verify=True`` (as ``logitnorm-ood list`` does), is reported by a warning that names its
+  distribution, and skipped; the other names keep working. Asking for such an entry by name
+  raises :class:`RegistryLoadError` with the cause.
+* **Duplicates are never resolved silently.** When two distributions declare the same name,
+  listing warns and shows both; looking up the bare name raises
+  :class:`AmbiguousNameError` naming both distributions, and the qualified form
+  ``distribution:name`` (e.g. ``logitnorm-plugin:logitnorm``) selects one. Picking by
+  install order would make results depend on ``sys.path``.
+* Setting the environment variable ``LOGITNORM_PLUGIN_NO_THIRD_PARTY=1`` ignores every
+  distribution except this one (which also declares pytorch-ood's built-ins), for runs that
+  must not depend on what else is installed.
+* Results are cached; call :func:`refresh` after installing a package or changing ``sys.path``
+  in a running process.
+"""
+
+import argparse
+import fnmatch
+import functools
+import importlib
+import os
+import re
+import warnings
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Dict, Iterable, List, Optional, Tuple, Union
+
+from logitnorm_plugin.errors import UnknownNameError, UserError, closest_match
+
+#: kind -> entry-point group
+GROUPS: Dict[str, str] = {
+    "loss": "pytorch_ood.losses",
+    "detector": "pytorch_ood.detectors",
+    "benchmark": "pytorch_ood.benchmarks",
+}
+
+#: the distribution that ships this module
+THIS_DISTRIBUTION = "logitnorm-plugin"
+
+#: environment variable that switches off third-party entry points
+NO_THIRD_PARTY_ENV = "LOGITNORM_PLUGIN_NO_THIRD_PARTY"
+
+_VALUE_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+class RegistryWarning(UserWarning):
+    """A broken or duplicate entry point was skipped or reported."""
+
+
+class RegistryLoadError(UserError, ImportError):
+    """The entry point for a name exists, but importing it failed."""
+
+
+class AmbiguousNameError(UserError, ValueError):
+    """Two distributions declare the same name; a qualified name selects one."""
+
+
+def normalize(name: str) -> str:
+    """The canonical form of a name: stripped, lower case, ``-`` replaced by ``_``."""
+    return name.strip().lower().replace("-", "_")
+
+
+def _normalize_distribution(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One registered name: where it points and which distribution supplied it."""
+
+    #: canonical name, e.g. ``"msp"``
+    name: str
+    #: kind, one of :data:`GROUPS`' keys
+    kind: str
+    #: ``"module:attribute"``
+    value: str
+    #: the supplying distribution's name, e.g. ``"logitnorm-plugin"``
+    distribution: str
+    #: its version
+    version: str
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.distribution}:{self.name}"
+
+    def load(self) -> type:
+        """Import and return the object the entry points to."""
+        module_name, _, attribute = self.value.partition(":")
+        try:
+            obj = importlib.import_module(module_name)
+            for part in attribute.split("."):
+                obj = getattr(obj, part)
+        except Exception as exc:  # any failure inside third-party code
+            raise RegistryLoadError(
+                f"{self.kind} '{self.name}' from distribution '{self.distribution}' "
+                f"({self.value}) failed to load: {type(exc).__name__}: {exc}"
+            ) from exc
+        return obj
+
+
+@dataclass(frozen=True)
+class _Index:
+    #: canonical name -> entries declaring it (several only for duplicates)
+    by_name: Dict[str, Tuple[Entry, ...]]
+
+
+def build_index(kind: str, entry_points: Iterable[metadata.EntryPoint]) -> _Index:
+    """Index entry points of one kind by canonical name.
+
+    A pure function of its input (tests pass real :class:`importlib.metadata.EntryPoint`
+    objects). Malformed values are warned about and skipped; the same distribution listing
+    the same name twice (e.g. found twice on ``sys.path``) counts once.
+    """
+    by_name: Dict[str, List[Entry]] = {}
+    for ep in entry_points:
+        dist = getattr(ep, "dist", None)
+        dist_name = _normalize_distribution(dist.metadata["Name"]) if dist else "unknown"
+        version = dist.version if dist else "unknown"
+        if not _VALUE_PATTERN.match(ep.value.replace(" ", "")):
+            warnings.warn(
+                f"Skipping {kind} entry point '{ep.name} = {ep.value}' of distribution "
+                f"'{dist_name}': the value must look like 'package.module:Class'.",
+                RegistryWarning,
+                stacklevel=2,
+            )
+            continue
+        entry = Entry(normalize(ep.name), kind, ep.value.replace(" ", ""), dist_name, version)
+        same = by_name.setdefault(entry.name, [])
+        if not any(e.distribution == entry.distribution for e in same):
+            same.append(entry)
+    return _Index({name: tuple(entries) for name, entries in by_name.items()})
+
+
+def _third_party_disabled() -> bool:
+    return os.environ.get(NO_THIRD_PARTY_ENV, "").strip().lower() not in ("", "0", "false")
+
+
+@functools.lru_cache(maxsize=None)
+def _index(kind: str) -> _Index:
+    if kind not in GROUPS:
+        raise UnknownNameError("registry kind", kind, GROUPS, closest_match(kind, GROUPS))
+    eps = metadata.entry_points(group=GROUPS[kind])
+    if _third_party_disabled():
+        eps = [
+            ep for ep in eps
+            if ep.dist is not None
+            and _normalize_distribution(ep.dist.metadata["Name"]) == THIS_DISTRIBUTION
+        ]
+    index = build_index(kind, eps)
+    for name, entries in index.by_name.items():
+        if len(entries) > 1:
+            warnings.warn(
+                f"{kind} '{name}' is declared by several distributions: "
+                f"{', '.join(e.distribution for e in entries)}; use a qualified name such as "
+                f"'{entries[0].qualified_name}' to choose one.",
+                RegistryWarning,
+                stacklevel=3,
+            )
+    return index
+
+
+def refresh() -> None:
+    """Forget cached entry points, e.g. after installing a package or changing ``sys.path``."""
+    importlib.invalidate_caches()
+    _index.cache_clear()
+
+
+def entries(kind: str, pattern: Optional[str] = None) -> List[Entry]:
+    """All entries of ``kind`` (duplicates included), optionally filtered by a wildcard pattern
+    (``fnmatch`` syntax, case-insensitive), sorted by name then distribution. Imports nothing."""
+    found = [e for group in _index(kind).by_name.values() for e in group]
+    if pattern is not None:
+        found = [e for e in found if fnmatch.fnmatchcase(e.name, normalize(pattern))]
+    return sorted(found, key=lambda e: (e.name, e.distribution))
+
+
+def _list(kind: str, pattern: Optional[str], verify: bool) -> List[str]:
+    names = []
+    for entry in entries(kind, pattern):
+        if verify:
+            try:
+                entry.load()
+            except RegistryLoadError as exc:
+                warnings.warn(f"Skipping: {exc}", RegistryWarning, stacklevel=3)
+                continue
+        if entry.name not in names:
+            names.append(entry.name)
+    return names
+
+
+def list_losses(pattern: Optional[str] = None, verify: bool = False) -> List[str]:
+    """
+    Names of the registered training objectives.
+
+    :param pattern: optional wildcard filter, e.g. ``"*entropy*"``
+    :param verify: import each entry and skip (with a warning) those that fail to load
+    :return: sorted canonical names
+    """
+    return _list("loss", pattern, verify)
+
+
+def list_detectors(pattern: Optional[str] = None, verify: bool = False) -> List[str]:
+    """
+    Names of the registered OOD detectors. See :func:`list_losses` for the parameters.
+    """
+    return _list("detector", pattern, verify)
+
+
+def list_benchmarks(pattern: Optional[str] = None, verify: bool = False) -> List[str]:
+    """
+    Names of the registered benchmarks. See :func:`list_losses` for the parameters.
+    """
+    return _list("benchmark", pattern, verify)
+
+
+def get_entry(kind: str, name: str) -> Entry:
+    """
+    The entry registered for ``name`` (or ``distribution:name``), without importing it.
+
+    :raises UnknownNameError: listing the available names and the closest match
+    :raises AmbiguousNameError: if several distributions declare the bare name
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"{kind} name must be a string or a class, got {type(name).__name__}")
+    distribution = None
+    if ":" in name:
+        distribution, _, name = name.rpartition(":")
+        distribution = _normalize_distribution(distribution.strip())
+    by_name = _index(kind).by_name
+    key = normalize(name)
+    candidates = by_name.get(key, ())
+    if distribution is not None:
+        candidates = tuple(e for e in candidates if e.distribution == distribution)
+    if not candidates:
+        available = sorted(by_name)
+        raise UnknownNameError(kind, name, available, closest_match(key, available))
+    if len(candidates) > 1:
+        raise AmbiguousNameError(
+            f"{kind} '{key}' is declared by several distributions "
+            f"({', '.join(e.distribution for e in candidates)}); choose one with a qualified "
+            f"name: {', '.join(repr(e.qualified_name) for e in candidates)}"
+        )
+    return candidates[0]
+
+
+def _get_class(kind: str, name_or_class: Union[str, type]) -> type:
+    if isinstance(name_or_class, type):
+        return name_or_class
+    return get_entry(kind, name_or_class).load()
+
+
+def get_loss_class(name: Union[str, type]) -> type:
+    """
+    The training objective registered as ``name`` (a class is returned unchanged).
+
+    :raises UnknownNameError: for an unknown name (lists names and the closest match)
+    """
+    return _get_class("loss", name)
+
+
+def get_detector_class(name: Union[str, type]) -> type:
+    """
+    The detector registered as ``name`` (a class is returned unchanged).
+
+    :raises UnknownNameError: for an unknown name (lists names and the closest match)
+    """
+    return _get_class("detector", name)
+
+
+def get_benchmark_class(name: Union[str, type]) -> type:
+    """
+    The benchmark registered as ``name`` (a class is returned unchanged).
+
+    :raises UnknownNameError: for an unknown name (lists names and the closest match)
+    """
+    return _get_class("benchmark", name)
+
+
+def create_loss(name: Union[str, type], **kwargs):
+    """
+    Build the training objective registered as ``name``.
+
+    :param name: registered name (e.g. ``"logitnorm"``, ``"cross_entropy"``) or a class
+    :param kwargs: constructor arguments, e.g. ``t=0.04``
+    """
+    return get_loss_class(name)(**kwargs)
+
+
+def create_detector(name: Union[str, type], model, **kwargs):
+    """
+    Build the detector registered as ``name`` around ``model``.
+
+    :param name: registered name (e.g. ``"msp"``, ``"logitnorm"``) or a class
+    :param model: the classifier, passed as the detector's first argument
+    :param kwargs: further constructor arguments, e.g. ``t=0.04``
+    """
+    return get_detector_class(name)(model, **kwargs)
+
+
+def get_benchmark(name: Union[str, type], **kwargs):
+    """
+    Build the benchmark registered as ``name``.
+
+    :param name: registered name (e.g. ``"digits"``, ``"cifar10"``) or a class
+    :param kwargs: constructor arguments, e.g. ``root="data/"``, ``download=True``
+    """
+    return get_benchmark_class(name)(**kwargs)
+
+
+# --- ``logitnorm-ood list`` -----------------------------------------------------------------
+
+_PLURALS = {"losses": "loss", "detectors": "detector", "benchmarks": "benchmark"}
+
+
+def describe(kind: str, pattern: Optional[str] = None) -> List[Dict[str, str]]:
+    """
+    One row per entry of ``kind`` for display: name, class, distribution, paper, notes.
+    Imports each class to read its ``info`` (never instantiates); entries that fail to load
+    are skipped with a warning.
+    """
+    rows = []
+    for entry in entries(kind, pattern):
+        try:
+            cls = entry.load()
+        except RegistryLoadError as exc:
+            warnings.warn(f"Skipping: {exc}", RegistryWarning, stacklevel=2)
+            continue
+        info = getattr(cls, "info", None)
+        paper = getattr(info, "paper", None)
+        rows.append(
+            {
+                "name": entry.name,
+                "class": f"{getattr(cls, '__module__', '?')}.{getattr(cls, '__qualname__', '?')}",
+                "distribution": f"{entry.distribution} {entry.version}",
+                "paper": _short(f"{paper.title} ({paper.venue} {paper.year})") if paper else "-",
+                "notes": _notes(kind, cls),
+            }
+        )
+    return rows
+
+
+def _short(text: str, width: int = 72) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _notes(kind: str, cls: type) -> str:
+    if kind != "detector":
+        return ""
+    from pytorch_ood.api import GradientDetector
+
+    notes = []
+    if getattr(cls, "requires_fit", False):
+        notes.append("needs fit")
+    if isinstance(cls, type) and issubclass(cls, GradientDetector):
+        notes.append("gradients")
+    return ", ".join(notes)
+
+
+def format_table(rows: List[Dict[str, str]], columns: Iterable[str]) -> str:
+    """A plain-text table with one header line, columns padded to their widest cell."""
+    columns = list(columns)
+    widths = {c: max([len(c)] + [len(r[c]) for r in rows]) for c in columns}
+    lines = ["  ".join(c.upper().ljust(widths[c]) for c in columns).rstrip()]
+    lines += ["  ".join(r[c].ljust(widths[c]) for c in columns).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def cli_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "kind",
+        nargs="?",
+        choices=sorted(_PLURALS),
+        help="what to list (default: all three)",
+    )
+    parser.add_argument("--filter", default=None, help="wildcard pattern, e.g. '*entropy*'")
+
+
+def cli_main(args) -> int:
+    kinds = [_PLURALS[args.kind]] if args.kind else ["loss", "detector", "benchmark"]
+    for i, kind in enumerate(kinds):
+        rows = describe(kind, args.filter)
+        if i:
+            print()
+        print(f"{GROUPS[kind]} ({len(rows)})")
+        columns = ["name", "class", "distribution", "paper"]
+        if kind == "detector":
+            columns.append("notes")
+        print(format_table(rows, columns) if rows else "  (none)")
+    return 0
