@@ -360,7 +360,7 @@ def describe(kind: str, pattern: Optional[str] = None) -> List[Dict[str, str]]:
     return rows
 
 
-def _short(text: str, width: int = 72) -> str:
+def _short(text: str, width: int = 80) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 

@@ -1,0 +1,215 @@
+"""Entry-point registry, exercised with real distributions written to disk (no mocks of the
+lookup): a third-party package, a broken one and a duplicate declaration."""
+
+import subprocess
+import sys
+import textwrap
+from importlib import metadata
+
+import pytest
+import torch
+
+import logitnorm_plugin
+from logitnorm_plugin import registry
+from logitnorm_plugin.errors import UnknownNameError
+from logitnorm_plugin.registry import AmbiguousNameError, RegistryLoadError, RegistryWarning
+
+THIRD_PARTY_MODULE = '''
+import torch
+from pytorch_ood.api import DetectorInfo, LogitsDetector, LossInfo, Paper, Representation, Task
+
+PAPER = Paper(title="A Third-Party Method", venue="arXiv", year=2026, url="https://example.org")
+
+
+class MarginDetector(LogitsDetector):
+    info = DetectorInfo(paper=PAPER, tasks={Task.CLASSIFICATION})
+
+    def __init__(self, model, k=2):
+        super().__init__()
+        self.model, self.k = model, k
+
+    def predict_logits(self, logits):
+        top = logits.topk(self.k, dim=1).values
+        return -(top[:, 0] - top[:, 1])
+
+
+class HalfCrossEntropyLoss(torch.nn.Module):
+    info = LossInfo(paper=PAPER, tasks={Task.CLASSIFICATION},
+                    inputs={Representation.LOGITS}, supervised=False)
+
+    def __init__(self, weight=0.5):
+        super().__init__()
+        self.weight = weight
+
+    def forward(self, logits, target):
+        return self.weight * torch.nn.functional.cross_entropy(logits, target)
+'''
+
+
+def write_distribution(root, name, version, entry_points, module_name=None, module_source=None):
+    """Write ``<name>-<version>.dist-info`` (METADATA + entry_points.txt) and optionally a
+    module into ``root``, which the caller puts on ``sys.path``."""
+    dist_info = root / f"{name.replace('-', '_')}-{version}.dist-info"
+    dist_info.mkdir(parents=True)
+    (dist_info / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+    )
+    lines = []
+    for group, items in entry_points.items():
+        lines.append(f"[{group}]")
+        lines += [f"{key} = {value}" for key, value in items.items()]
+        lines.append("")
+    (dist_info / "entry_points.txt").write_text("\n".join(lines))
+    if module_name:
+        (root / f"{module_name}.py").write_text(textwrap.dedent(module_source))
+
+
+@pytest.fixture
+def third_party(tmp_path, monkeypatch):
+    """A well-behaved plugin package, installed on sys.path."""
+    write_distribution(
+        tmp_path, "margin-ood", "1.2.0",
+        {
+            "pytorch_ood.detectors": {"margin": "margin_ood:MarginDetector"},
+            "pytorch_ood.losses": {"half_ce": "margin_ood:HalfCrossEntropyLoss"},
+        },
+        "margin_ood", THIRD_PARTY_MODULE,
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "margin_ood", raising=False)
+    registry.refresh()
+    yield tmp_path
+    sys.modules.pop("margin_ood", None)
+
+
+def test_builtin_names_are_declared_by_this_distribution():
+    assert {"logitnorm", "cross_entropy"} <= set(logitnorm_plugin.list_losses())
+    assert {"logitnorm", "msp", "odin", "energy", "maxlogit", "entropy"} <= set(
+        logitnorm_plugin.list_detectors()
+    )
+    assert {"digits", "cifar10", "cifar100"} <= set(logitnorm_plugin.list_benchmarks())
+    entry = registry.get_entry("detector", "msp")
+    assert entry.distribution == "logitnorm-plugin"
+    assert entry.version == metadata.version("logitnorm-plugin")
+
+
+def test_registry_equals_what_pyproject_declares():
+    eps = metadata.distribution("logitnorm-plugin").entry_points
+    for kind, group in registry.GROUPS.items():
+        declared = sorted(ep.name for ep in eps if ep.group == group)
+        assert registry._list(kind, None, False) == declared
+
+
+def test_names_are_case_insensitive_and_dashes_equal_underscores():
+    assert logitnorm_plugin.get_loss_class("Cross-Entropy") is logitnorm_plugin.get_loss_class(
+        "cross_entropy"
+    )
+    assert logitnorm_plugin.get_detector_class(" MSP ").__name__ == "MaxSoftmax"
+
+
+def test_a_class_is_accepted_wherever_a_name_is():
+    from pytorch_ood.detector import EnergyBased
+
+    assert logitnorm_plugin.get_detector_class(EnergyBased) is EnergyBased
+    model = torch.nn.Linear(3, 2)
+    assert isinstance(logitnorm_plugin.create_detector(EnergyBased, model), EnergyBased)
+    assert logitnorm_plugin.create_loss(logitnorm_plugin.LogitNormLoss, t=0.5).t == 0.5
+
+
+def test_unknown_name_lists_names_and_closest_match():
+    with pytest.raises(UnknownNameError) as info:
+        logitnorm_plugin.create_detector("maxlogits", None)
+    message = str(info.value)
+    assert "Did you mean 'maxlogit'?" in message
+    for name in ("msp", "odin", "energy", "logitnorm"):
+        assert name in message
+    assert isinstance(info.value, ValueError)
+    with pytest.raises(ValueError, match="Did you mean 'logitnorm'"):
+        logitnorm_plugin.create_loss("logit_norm")
+
+
+def test_wildcard_filter():
+    assert logitnorm_plugin.list_detectors("m*") == ["maxlogit", "mc_dropout", "msp"]
+    assert logitnorm_plugin.list_losses("*ENTROP*") == ["cross_entropy", "entropic_open_set"]
+
+
+def test_third_party_distribution_is_found_and_built(third_party):
+    assert "margin" in logitnorm_plugin.list_detectors()
+    assert "half_ce" in logitnorm_plugin.list_losses()
+    entry = registry.get_entry("detector", "margin")
+    assert (entry.distribution, entry.version) == ("margin-ood", "1.2.0")
+    detector = logitnorm_plugin.create_detector("margin", torch.nn.Linear(4, 3), k=2)
+    scores = detector(torch.randn(5, 4))
+    assert scores.shape == (5,) and torch.isfinite(scores).all()
+    loss = logitnorm_plugin.create_loss("half_ce", weight=0.25)
+    value = loss(torch.randn(4, 3, requires_grad=True), torch.tensor([0, 1, 2, 0]))
+    assert value.requires_grad and torch.isfinite(value)
+
+
+def test_broken_distribution_warns_and_is_skipped(third_party):
+    write_distribution(
+        third_party, "broken-ood", "0.1",
+        {"pytorch_ood.detectors": {"broken": "broken_ood_missing_module:Nothing",
+                                   "malformed": "not a valid value"}},
+    )
+    # malformed values are skipped when the index is built, naming the distribution
+    registry.refresh()
+    with pytest.warns(RegistryWarning, match="broken-ood"):
+        names = logitnorm_plugin.list_detectors()
+    assert "malformed" not in names
+    # an entry whose import fails: skipped with a warning when verified, others still work
+    with pytest.warns(RegistryWarning, match=r"'broken' from distribution 'broken-ood'"):
+        verified = logitnorm_plugin.list_detectors(verify=True)
+    assert "broken" not in verified and {"margin", "msp", "logitnorm"} <= set(verified)
+    with pytest.warns(RegistryWarning, match="broken-ood"):
+        rows = registry.describe("detector")
+    assert "margin" in [r["name"] for r in rows] and "broken" not in [r["name"] for r in rows]
+    # asking for it by name is an error that says why
+    with pytest.raises(RegistryLoadError, match="ModuleNotFoundError"):
+        logitnorm_plugin.get_detector_class("broken")
+
+
+def test_duplicate_names_are_reported_with_both_distributions(tmp_path, monkeypatch):
+    write_distribution(
+        tmp_path, "other-msp", "3.0",
+        {"pytorch_ood.detectors": {"msp": "pytorch_ood.detector:MaxLogit"}},
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry.refresh()
+    with pytest.warns(RegistryWarning, match="logitnorm-plugin.*other-msp|other-msp.*logitnorm"):
+        assert logitnorm_plugin.list_detectors("msp") == ["msp"]
+    with pytest.raises(AmbiguousNameError, match="other-msp") as info:
+        logitnorm_plugin.get_detector_class("msp")
+    assert "logitnorm-plugin" in str(info.value)
+    # a qualified name selects one
+    assert logitnorm_plugin.get_detector_class("other-msp:msp").__name__ == "MaxLogit"
+    assert logitnorm_plugin.get_detector_class("logitnorm-plugin:msp").__name__ == "MaxSoftmax"
+
+
+def test_third_party_autoload_can_be_switched_off(third_party, monkeypatch):
+    monkeypatch.setenv(registry.NO_THIRD_PARTY_ENV, "1")
+    registry.refresh()
+    assert "margin" not in logitnorm_plugin.list_detectors()
+    assert "msp" in logitnorm_plugin.list_detectors()
+
+
+def test_build_index_takes_entry_points_directly():
+    eps = [
+        metadata.EntryPoint(name="Fancy-Score", value="pkg.mod:Fancy", group="g"),
+        metadata.EntryPoint(name="x", value="pkg.mod", group="g"),
+    ]
+    with pytest.warns(RegistryWarning, match="x = pkg.mod"):
+        index = registry.build_index("detector", eps)
+    assert list(index.by_name) == ["fancy_score"]
+    assert index.by_name["fancy_score"][0].value == "pkg.mod:Fancy"
+
+
+def test_listing_imports_nothing_heavy():
+    code = (
+        "import sys, logitnorm_plugin as lp; lp.list_detectors(); lp.list_losses(); "
+        "lp.list_benchmarks(); lp.registry.get_entry('detector', 'msp'); "
+        "heavy = [m for m in ('torch', 'pytorch_ood', 'torchvision') if m in sys.modules]; "
+        "print(heavy); sys.exit(1 if heavy else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
