@@ -1,0 +1,437 @@
+"""Datasets by name, decoded once into uint8 tensors (:class:`ImageTensors`).
+
+ID datasets (:data:`DATASETS`)
+    ``"digits"`` (scikit-learn, embedded, no download; see :mod:`.digits`), ``"cifar10"`` and
+    ``"cifar100"`` (torchvision's readers of the CIFAR python batches under ``root``), or the
+    path of an image folder (``<path>/train/<class>/*`` and ``<path>/test/<class>/*``).
+
+Splits
+    ``"test"`` (fixed), ``"train_full"`` (the whole training split), ``"val"`` (a stratified
+    hold-out of ``train_full`` chosen by ``seed``: 10%), ``"train"`` (``train_full`` minus
+    ``val``). Use ``train_full`` to follow the LogitNorm paper (no validation split), ``train``
+    + ``val`` for tuning and best-checkpoint selection.
+
+OOD sets (:data:`OOD_SETS`), labels ``-1``
+    digits: ``"patches"``, ``"rotated"``; any image size: ``"gaussian"``, ``"uniform"``; the
+    LogitNorm paper's six for CIFAR: ``"textures"``, ``"svhn"``, ``"places365"``,
+    ``"lsun_crop"``, ``"lsun_resize"``, ``"isun"``; and ``"cifar10"`` / ``"cifar100"`` (test
+    split) as near-OOD for each other.
+
+Data root
+    ``root`` argument, else the environment variable ``LOGITNORM_PLUGIN_DATA``, else
+    ``~/.cache/logitnorm-plugin/data``. Nothing is downloaded unless ``download=True``;
+    missing data raises :class:`~logitnorm_plugin.errors.MissingDataError` with the expected
+    path and how to get it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from ..errors import UnknownNameError, closest_match
+from .tensors import ImageTensors
+
+__all__ = [
+    "DATASETS",
+    "OOD_SETS",
+    "PAPER_OOD",
+    "SPLITS",
+    "DatasetEntry",
+    "ImageTensors",
+    "OODEntry",
+    "dataset_meta",
+    "default_root",
+    "load_ood",
+    "list_datasets",
+    "list_ood_sets",
+    "load_split",
+    "paper_ood_size",
+    "stratified_holdout",
+    "subsample_ood",
+]
+
+SPLITS = ("train", "val", "train_full", "test")
+VAL_FRACTION = 0.1
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    """An ID dataset: its shape, classes and the normalisation a model trained on it uses.
+
+    ``mean`` / ``std`` are per-channel statistics of the training pixels in ``[0, 1]``.
+    """
+
+    name: str
+    num_classes: int
+    in_channels: int
+    size: Tuple[int, int]
+    mean: Tuple[float, ...]
+    std: Tuple[float, ...]
+    test_size: int
+    description: str = ""
+    how_to_get: str = ""
+
+
+DATASETS: Dict[str, DatasetEntry] = {
+    e.name: e
+    for e in (
+        DatasetEntry(
+            "digits", 10, 1, (8, 8), (0.30560,), (0.37596,), 540,
+            "scikit-learn digits, 8x8 grey, bundled with scikit-learn (no download)",
+        ),
+        # statistics of the 50,000 training images (as OpenOOD and pytorch-ood's LogitNorm
+        # weights use); the LogitNorm code used (0.492, 0.482, 0.446) / (0.247, 0.244, 0.262)
+        # for both CIFARs: ImageTensors.with_normalization reproduces that.
+        DatasetEntry(
+            "cifar10", 10, 3, (32, 32), (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+            10000, "CIFAR-10 python batches (torchvision)",
+            "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+        ),
+        DatasetEntry(
+            "cifar100", 100, 3, (32, 32), (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
+            10000, "CIFAR-100 python batches (torchvision)",
+            "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class OODEntry:
+    """An OOD test set.
+
+    :param name: stable name (results tables, specs)
+    :param family: ``"digits"`` (1 x 8 x 8 only), ``"noise"`` (any shape) or ``"image"``
+    :param folders: candidate folders under the data root, first existing one wins
+    :param preprocess: ``"resize_crop"`` (resize shorter side, center crop) or ``"as_is"``
+        (published at the target size; other sizes are still resized and cropped)
+    :param how_to_get: what the MissingDataError says
+    """
+
+    name: str
+    family: str
+    description: str
+    folders: Tuple[str, ...] = ()
+    preprocess: str = "resize_crop"
+    how_to_get: str = ""
+    aliases: Tuple[str, ...] = field(default_factory=tuple)
+
+
+_ODIN_DROPBOX = "https://www.dropbox.com/s/{}/{}.tar.gz"
+OOD_SETS: Dict[str, OODEntry] = {
+    e.name: e
+    for e in (
+        OODEntry("patches", "digits", "grey natural-image patches (scikit-learn samples)"),
+        OODEntry("rotated", "digits", "test digits rotated by +-90 degrees, no zeros (near)"),
+        OODEntry("gaussian", "noise", "clip(N(0.5, 0.25^2)) pixel noise, seeded per index"),
+        OODEntry("uniform", "noise", "U(0, 1) pixel noise, seeded per index"),
+        OODEntry(
+            "textures", "image", "Describable Textures (DTD), all 5,640 images",
+            ("dtd/images",), "resize_crop",
+            "pytorch_ood.dataset.img.Textures(root, download=True), or extract "
+            "https://www.robots.ox.ac.uk/~vgg/data/dtd/download/dtd-r1.0.1.tar.gz into root",
+            ("dtd", "texture"),
+        ),
+        OODEntry(
+            "svhn", "svhn", "SVHN test split (26,032 images)", ("svhn",), "as_is",
+            "torchvision.datasets.SVHN(root/'svhn', split='test', download=True), or put "
+            "http://ufldl.stanford.edu/housenumbers/test_32x32.mat there",
+        ),
+        OODEntry(
+            "places365", "image", "Places365 images in an ImageFolder tree", ("places365",),
+            "resize_crop",
+            "pytorch_ood.dataset.img.Places365(root, download=True) (needs gdown), or any "
+            "Places365 test subset as root/places365/<class>/*.jpg",
+        ),
+        OODEntry(
+            "lsun_crop", "image", "LSUN crops (ODIN release), 32x32", ("LSUN", "LSUN_C"),
+            "as_is",
+            "pytorch_ood.dataset.img.LSUNCrop(root, download=True), or extract "
+            + _ODIN_DROPBOX.format("fhtsw1m3qxlwj6h", "LSUN") + " into root",
+            ("lsun_c", "lsun-c"),
+        ),
+        OODEntry(
+            "lsun_resize", "image", "LSUN resized (ODIN release), 32x32",
+            ("LSUN_resize", "LSUN_R"), "as_is",
+            "pytorch_ood.dataset.img.LSUNResize(root, download=True), or extract "
+            + _ODIN_DROPBOX.format("moqh2wh8696c3yl", "LSUN_resize") + " into root",
+            ("lsun_r", "lsun-r"),
+        ),
+        OODEntry(
+            "isun", "image", "iSUN (ODIN release), 32x32", ("iSUN",), "as_is",
+            "extract https://www.dropbox.com/s/ssz7qxfqae0cca5/iSUN.tar.gz into root "
+            "(pytorch-ood has no iSUN class)",
+        ),
+        OODEntry("cifar10", "cifar", "CIFAR-10 test split as OOD"),
+        OODEntry("cifar100", "cifar", "CIFAR-100 test split as OOD"),
+    )
+}
+
+#: the LogitNorm paper's OOD sets for CIFAR, in the paper's table order
+PAPER_OOD = ("textures", "svhn", "places365", "lsun_crop", "lsun_resize", "isun")
+
+
+def default_root() -> Path:
+    """``$LOGITNORM_PLUGIN_DATA`` or ``~/.cache/logitnorm-plugin/data``."""
+    env = os.environ.get("LOGITNORM_PLUGIN_DATA")
+    return Path(env).expanduser() if env else Path.home() / ".cache/logitnorm-plugin/data"
+
+
+def _root(root) -> Path:
+    return Path(root).expanduser() if root is not None else default_root()
+
+
+def _normalise_name(name: str) -> str:
+    return str(name).strip().lower().replace("-", "_")
+
+
+def _dataset_entry(name: str) -> DatasetEntry:
+    key = _normalise_name(name)
+    if key in DATASETS:
+        return DATASETS[key]
+    raise UnknownNameError("dataset", str(name), DATASETS, closest_match(key, DATASETS))
+
+
+def _ood_entry(name: str) -> OODEntry:
+    key = _normalise_name(name)
+    for entry in OOD_SETS.values():
+        if key == entry.name or key in entry.aliases:
+            return entry
+    raise UnknownNameError("OOD set", str(name), OOD_SETS, closest_match(key, OOD_SETS))
+
+
+def _is_folder_dataset(name) -> bool:
+    return _normalise_name(name) not in DATASETS and Path(str(name)).expanduser().is_dir()
+
+
+def dataset_meta(name: str) -> dict:
+    """``dict(num_classes, in_channels, size, mean, std)`` of an ID dataset.
+
+    For an image-folder path the statistics are computed from its training images (which
+    decodes them; the decoded tensors are cached next to the data).
+    """
+    if _is_folder_dataset(name):
+        from .images import folder_dataset_meta
+
+        return folder_dataset_meta(Path(str(name)).expanduser())
+    e = _dataset_entry(name)
+    return {
+        "num_classes": e.num_classes,
+        "in_channels": e.in_channels,
+        "size": e.size,
+        "mean": e.mean,
+        "std": e.std,
+    }
+
+
+def stratified_holdout(
+    labels: Sequence[int], fraction: float, seed: int
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Split indices into ``(kept, held_out)`` with ``round(fraction * N)`` held out (at least
+    one when ``N >= 2``), spread over the classes in proportion to their sizes.
+
+    Within each class the order is a seeded permutation; element ``j`` of a class of size
+    ``m`` gets the rank ``(j + u) / m`` (``u`` uniform in ``[0, 1)``) and the smallest ranks
+    are held out, which is proportional allocation that also works for tiny classes. A pure
+    function of ``(labels, fraction, seed)``; both index arrays are sorted.
+    """
+    labels = np.asarray(labels)
+    n = len(labels)
+    n_held = int(round(fraction * n))
+    if n >= 2:
+        n_held = min(max(n_held, 1), n - 1)
+    rng = np.random.default_rng([int(seed), 4242])
+    rank = np.empty(n, dtype=np.float64)
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        rank[idx] = (np.arange(len(idx)) + rng.random(len(idx))) / len(idx)
+    held = np.sort(np.argsort(rank, kind="stable")[:n_held])
+    mask = np.ones(n, dtype=bool)
+    mask[held] = False
+    return np.flatnonzero(mask), held
+
+
+def _split_of(train_full: ImageTensors, split: str, seed: int) -> ImageTensors:
+    if split == "train_full":
+        return train_full
+    kept, held = stratified_holdout(train_full.labels.cpu().numpy(), VAL_FRACTION, seed)
+    return train_full.subset(kept if split == "train" else held)
+
+
+def load_split(
+    name: str, split: str, root=None, download: bool = False, seed: int = 0
+) -> ImageTensors:
+    """One split of an ID dataset as :class:`ImageTensors` (normalised with the dataset's
+    training statistics, see :func:`dataset_meta`).
+
+    :param name: ``"digits"``, ``"cifar10"``, ``"cifar100"`` or an image-folder path
+    :param split: ``"train"``, ``"val"``, ``"train_full"`` or ``"test"``
+    :param root: data root (ignored for digits)
+    :param download: download missing data (never for digits: it is bundled)
+    :param seed: chooses the ``val`` hold-out; ``test`` is fixed
+    :raises MissingDataError: data not under ``root`` and ``download`` is false
+    :raises UnknownNameError: unknown dataset name
+    """
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}, expected one of {SPLITS}")
+    if _is_folder_dataset(name):
+        from .images import load_folder_dataset
+
+        path = Path(str(name)).expanduser()
+        if split == "test":
+            return load_folder_dataset(path, "test")
+        return _split_of(load_folder_dataset(path, "train"), split, seed)
+    entry = _dataset_entry(name)
+    if entry.name == "digits":
+        from .digits import load_digits_split
+
+        return load_digits_split(split, seed)
+    from .cifar import load_cifar
+
+    if split == "test":
+        return load_cifar(entry.name, train=False, root=_root(root), download=download)
+    full = load_cifar(entry.name, train=True, root=_root(root), download=download)
+    return _split_of(full, split, seed)
+
+
+def load_ood(
+    name: str,
+    root=None,
+    download: bool = False,
+    size: Tuple[int, int] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    seed: int = 0,
+    n: int | None = None,
+    channels: int | None = None,
+    like: str | None = None,
+) -> ImageTensors:
+    """An OOD test set as :class:`ImageTensors` with labels ``-1``.
+
+    Defaults for ``size``, ``channels``, ``mean``, ``std`` and the noise size come from the
+    ID dataset ``like`` (default ``"digits"`` for the digits sets, else ``"cifar10"``).
+
+    :param name: a name of :data:`OOD_SETS` (case-insensitive, ``-`` == ``_``)
+    :param root: data root for the image sets
+    :param download: fetch missing data with pytorch-ood's / torchvision's downloaders
+    :param size: ``(H, W)`` the images are brought to
+    :param mean: normalisation mean, normally the ID training statistics
+    :param std: normalisation std
+    :param seed: seed of noise images, patch positions, rotations and of ``n``-subsampling
+    :param n: number of images (noise: generated; others: seeded subsample, all if ``None``)
+    :param channels: 1 (grey) or 3 (RGB)
+    :param like: ID dataset whose metadata fills the defaults
+    :raises MissingDataError: data not under ``root`` and ``download`` is false
+    """
+    entry = _ood_entry(name)
+    if like is None:
+        like = "digits" if entry.family == "digits" else "cifar10"
+    meta = dataset_meta(like)
+    size = tuple(size) if size is not None else tuple(meta["size"])
+    channels = int(channels) if channels is not None else int(meta["in_channels"])
+    mean = tuple(mean) if mean is not None else tuple(meta["mean"])
+    std = tuple(std) if std is not None else tuple(meta["std"])
+
+    if entry.family == "digits":
+        if size != (8, 8) or channels != 1:
+            raise ValueError(f"OOD set {entry.name!r} exists only as 1x8x8 (digits)")
+        from .digits import digits_ood
+
+        return digits_ood(entry.name, seed=seed, mean=mean, std=std, n=n)
+    if entry.family == "noise":
+        from .noise import NoiseDataset
+
+        if n is None:
+            n = DATASETS[_normalise_name(like)].test_size if not _is_folder_dataset(like) else 1000
+        levels = 17 if _normalise_name(like) == "digits" else 256
+        shape = (channels, *size)
+        return NoiseDataset(entry.name, n, shape, seed, mean, std, levels).materialize()
+
+    root = _root(root)
+    if entry.family == "cifar":
+        from .cifar import load_cifar
+
+        ds = load_cifar(entry.name, train=False, root=root, download=download)
+        ds = ds.with_normalization(mean, std)
+    elif entry.family == "svhn":
+        from .cifar import load_svhn
+
+        ds = load_svhn(root, download=download, mean=mean, std=std)
+    else:
+        from .images import load_ood_folder
+
+        ds = load_ood_folder(entry, root, download=download, size=size, mean=mean, std=std)
+    if ds.shape[0] != channels:
+        ds = _to_channels(ds, channels)
+    if tuple(ds.shape[1:]) != size:
+        from .images import resize_tensors
+
+        ds = resize_tensors(ds, size)
+    ds = ds.as_ood(entry.name)
+    if n is not None and n < len(ds):
+        ds = ds.subset(subsample_ood(len(ds), n, repeats=1, seed=seed)[0])
+    return ds
+
+
+def _to_channels(ds: ImageTensors, channels: int) -> ImageTensors:
+    imgs = ds.images
+    if channels == 1 and imgs.shape[1] == 3:
+        w = torch.tensor([0.299, 0.587, 0.114], device=imgs.device).view(1, 3, 1, 1)
+        imgs = (imgs.float() * w).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+    elif channels == 3 and imgs.shape[1] == 1:
+        imgs = imgs.expand(-1, 3, -1, -1).contiguous()
+    else:
+        raise ValueError(f"cannot convert {imgs.shape[1]} channels to {channels}")
+    mean = ds.mean[:1] * channels if len(set(ds.mean)) == 1 else None
+    std = ds.std[:1] * channels if len(set(ds.std)) == 1 else None
+    if mean is None or std is None:
+        raise ValueError("pass mean and std with the target number of channels")
+    return ImageTensors(imgs, ds.labels, mean, std, ds.name)
+
+
+def paper_ood_size(id_test_size: int) -> int:
+    """The LogitNorm paper's OOD sample size: a fifth of the ID test set (2,000 for CIFAR)."""
+    return int(id_test_size) // 5
+
+
+def subsample_ood(population: int, n: int, repeats: int = 10, seed: int = 0) -> List[np.ndarray]:
+    """Seeded subsamples for the paper protocol (``repeats`` draws of ``n`` OOD images).
+
+    The LogitNorm code evaluates each OOD set on ``ID-test-size / 5`` images and averages 10
+    repetitions; this returns the index arrays of those draws as a pure function of
+    ``(population, n, repeats, seed)``: draw ``r`` is the same in every run. Each draw is
+    without replacement and sorted; draws are independent of each other. With
+    ``n >= population`` every draw is all indices.
+
+    :param population: size of the OOD set
+    :param n: images per draw (see :func:`paper_ood_size`)
+    :param repeats: number of draws
+    :param seed: base seed
+    :return: ``repeats`` int64 arrays of length ``min(n, population)``
+    """
+    if n < 1 or repeats < 1:
+        raise ValueError("n and repeats must be >= 1")
+    out = []
+    for r in range(repeats):
+        if n >= population:
+            out.append(np.arange(population, dtype=np.int64))
+            continue
+        rng = np.random.default_rng([int(seed), int(r), 5555])
+        out.append(np.sort(rng.choice(population, size=n, replace=False)).astype(np.int64))
+    return out
+
+
+def list_datasets() -> List[str]:
+    """Names of the ID datasets."""
+    return sorted(DATASETS)
+
+
+def list_ood_sets() -> List[str]:
+    """Names of the OOD sets."""
+    return sorted(OOD_SETS)

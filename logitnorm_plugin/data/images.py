@@ -1,0 +1,306 @@
+"""Image folders decoded once into uint8 tensors (with an on-disk cache of the decoded set).
+
+Reading: every image file under a folder, at any depth, in sorted path order (so both flat
+folders and ImageFolder trees work: ``LSUN/test/*.jpg``, ``dtd/images/<class>/*.jpg``).
+Each is converted to RGB (or L), brought to the target size and stacked into one
+``N x C x H x W`` uint8 tensor.
+
+Resizing follows the LogitNorm / Outlier Exposure evaluation code: ``"resize_crop"`` is
+torchvision's ``Resize(min(size))`` (shorter side, bilinear with antialiasing) followed by
+``CenterCrop(size)``; ``"as_is"`` keeps images that already have the target size untouched
+(LSUN-Crop, LSUN-Resize and iSUN are published at 32 x 32) and resizes + crops any other.
+
+Cache: the decoded tensor is stored (atomically) under ``<data root>/.logitnorm_decoded/``,
+keyed by the folder, the target size and a fingerprint of the file list (relative paths,
+sizes, modification times), so a changed folder is decoded again. It lives beside, never
+inside, the dataset folders, because torchvision's ``ImageFolder`` would take a hidden
+folder inside for a class.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import List, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from ..errors import MissingDataError
+from .tensors import ImageTensors
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "decode_folder",
+    "decode_image",
+    "folder_dataset_meta",
+    "list_images",
+    "load_folder_dataset",
+    "load_ood_folder",
+    "resize_tensors",
+]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".gif", ".tif", ".tiff",
+                    ".webp")
+CACHE_DIR = ".logitnorm_decoded"
+_CACHE_VERSION = 1
+
+
+def list_images(folder: Path) -> List[Path]:
+    """Image files under ``folder`` (recursive, hidden entries skipped), sorted."""
+    folder = Path(folder)
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for f in filenames:
+            if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS):
+                found.append(Path(dirpath) / f)
+    return sorted(found)
+
+
+def decode_image(
+    path: Path,
+    size: Tuple[int, int],
+    mode: str = "resize_crop",
+    channels: int = 3,
+    resize: int | None = None,
+) -> np.ndarray:
+    """One image file -> ``H x W x C`` uint8 array of the target size (see module doc).
+
+    :param resize: shorter side before the center crop (default ``min(size)``; OpenOOD's
+        ImageNet protocol uses 256 for a 224 crop)
+    """
+    import torchvision.transforms.functional as TF
+    from PIL import Image
+
+    if mode not in ("resize_crop", "as_is"):
+        raise ValueError(f"unknown preprocessing {mode!r}")
+    with Image.open(path) as img:
+        img = img.convert("RGB" if channels == 3 else "L")
+        if mode == "resize_crop" or img.size != (size[1], size[0]):
+            img = TF.center_crop(TF.resize(img, resize or min(size)), list(size))
+        arr = np.array(img, dtype=np.uint8)  # writable: torch.from_numpy warns on read-only
+    return arr if arr.ndim == 3 else arr[:, :, None]
+
+
+def _fingerprint(folder: Path, files: Sequence[Path], size, mode, channels) -> str:
+    h = hashlib.sha256()
+    h.update(f"v{_CACHE_VERSION}|{folder.resolve()}|{size}|{mode}|{channels}".encode())
+    for f in files:
+        st = f.stat()
+        h.update(f"|{f.relative_to(folder)}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:20]
+
+
+def decode_folder(
+    folder: Path,
+    size: Tuple[int, int],
+    mode: str = "resize_crop",
+    channels: int = 3,
+    cache_root: Path | None = None,
+    files: Sequence[Path] | None = None,
+    workers: int | None = None,
+    resize: int | None = None,
+    cache_name: str | None = None,
+) -> torch.Tensor:
+    """Decode every image of ``folder`` into one ``N x C x H x W`` uint8 tensor.
+
+    :param folder: the image folder
+    :param size: target ``(H, W)``
+    :param mode: ``"resize_crop"`` or ``"as_is"``
+    :param channels: 3 (RGB) or 1 (grey)
+    :param cache_root: where ``.logitnorm_decoded/`` goes; ``None``: no cache
+    :param files: the files (default: :func:`list_images`)
+    :param workers: decoding threads (PIL releases the GIL while decoding)
+    :param resize: shorter side before the center crop, see :func:`decode_image`
+    :param cache_name: file-name prefix of the cache entry (default: the folder name)
+    """
+    folder = Path(folder)
+    files = list_images(folder) if files is None else list(files)
+    size = (int(size[0]), int(size[1]))
+    cache_file = None
+    if cache_root is not None and files:
+        key = _fingerprint(folder, files, (size, resize), mode, channels)
+        prefix = cache_name or folder.name
+        cache_file = Path(cache_root) / CACHE_DIR / f"{prefix}-{size[0]}x{size[1]}-{key}.pt"
+        if cache_file.is_file():
+            try:
+                cached = torch.load(cache_file, weights_only=True)
+                if cached.shape == (len(files), channels, *size):
+                    return cached
+            except Exception:  # a broken cache file is just decoded again
+                pass
+    workers = workers or min(8, os.cpu_count() or 1)
+    out = np.empty((len(files), size[0], size[1], channels), dtype=np.uint8)
+
+    def work(i):
+        out[i] = decode_image(files[i], size, mode, channels, resize)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(work, range(len(files))))
+    images = torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+    if cache_file is not None:
+        from ..atomic import torch_save
+
+        try:
+            torch_save(images, cache_file)
+        except OSError:  # a read-only data root only costs the next run a decode
+            pass
+    return images
+
+
+def resize_tensors(ds: ImageTensors, size: Tuple[int, int]) -> ImageTensors:
+    """Resize (shorter side, bilinear, antialiased) and center-crop every image to ``size``."""
+    import torchvision.transforms.functional as TF
+
+    size = (int(size[0]), int(size[1]))
+    x = TF.resize(ds.images, min(size), antialias=True)
+    x = TF.center_crop(x, list(size))
+    return ImageTensors(x.contiguous(), ds.labels, ds.mean, ds.std, ds.name, ds.classes)
+
+
+# -- ImageFolder ID datasets ----------------------------------------------------------------
+
+
+def _classes(split_dir: Path) -> List[str]:
+    return sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def _first_image_size(files: Sequence[Path]) -> Tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(files[0]) as img:
+        return img.size[1], img.size[0]
+
+
+def load_folder_dataset(
+    path: Path,
+    split: str,
+    size: Tuple[int, int] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> ImageTensors:
+    """An ID dataset from ``<path>/<split>/<class>/*`` (``split``: ``train`` or ``test``).
+
+    Classes are the sorted folder names of ``train`` (as torchvision's ``ImageFolder``); the
+    image size defaults to that of the first training image. Normalisation defaults to the
+    statistics of the training images.
+
+    :raises MissingDataError: if the split folder is missing or holds no images
+    """
+    path = Path(path)
+    split_dir = path / split
+    train_dir = path / "train"
+    if not split_dir.is_dir() or not train_dir.is_dir():
+        raise MissingDataError(
+            f"Image-folder dataset {str(path)!r}: expected {train_dir}/<class>/* and "
+            f"{path / 'test'}/<class>/* (torchvision ImageFolder layout)."
+        )
+    classes = _classes(train_dir)
+    if not classes:
+        raise MissingDataError(f"No class folders under {train_dir}")
+    files, labels = [], []
+    for label, cls in enumerate(classes):
+        cls_files = list_images(split_dir / cls) if (split_dir / cls).is_dir() else []
+        files += cls_files
+        labels += [label] * len(cls_files)
+    if not files:
+        raise MissingDataError(f"No images under {split_dir}/<class>/ for classes {classes}")
+    if size is None:
+        size = _first_image_size(list_images(train_dir / classes[0]) or files)
+    images = decode_folder(split_dir, size, "as_is", 3, cache_root=path, files=files)
+    if mean is None or std is None:
+        meta = folder_dataset_meta(path, size)
+        mean, std = meta["mean"], meta["std"]
+    return ImageTensors(images, torch.tensor(labels), mean, std, path.name, classes)
+
+
+def folder_dataset_meta(path: Path, size: Tuple[int, int] | None = None) -> dict:
+    """``dataset_meta`` of an image-folder dataset: statistics of its training images."""
+    path = Path(path)
+    train = load_folder_dataset(path, "train", size=size, mean=(0.0,) * 3, std=(1.0,) * 3)
+    x = train.images.to(torch.float64) / 255
+    return {
+        "num_classes": len(train.classes),
+        "in_channels": 3,
+        "size": tuple(train.images.shape[2:]),
+        "mean": tuple(round(v, 5) for v in x.mean(dim=(0, 2, 3)).tolist()),
+        "std": tuple(round(v, 5) for v in x.std(dim=(0, 2, 3)).tolist()),
+    }
+
+
+# -- OOD image folders ----------------------------------------------------------------------
+
+
+def _find_folder(entry, root: Path) -> Path | None:
+    for rel in entry.folders:
+        folder = root / rel
+        if folder.is_dir() and list_images(folder):
+            return folder
+    return None
+
+
+def _download(entry, root: Path) -> None:
+    """Fetch an OOD set with pytorch-ood's / torchvision's downloaders (never in tests)."""
+    root.mkdir(parents=True, exist_ok=True)
+    if entry.name == "textures":
+        from pytorch_ood.dataset.img import Textures
+
+        Textures(str(root), download=True)
+    elif entry.name == "lsun_crop":
+        from pytorch_ood.dataset.img import LSUNCrop
+
+        LSUNCrop(str(root), download=True)
+    elif entry.name == "lsun_resize":
+        from pytorch_ood.dataset.img import LSUNResize
+
+        LSUNResize(str(root), download=True)
+    elif entry.name == "places365":
+        from pytorch_ood.dataset.img import Places365
+
+        Places365(str(root), download=True)
+    elif entry.name == "isun":
+        from torchvision.datasets.utils import download_and_extract_archive
+
+        download_and_extract_archive(
+            "https://www.dropbox.com/s/raw/ssz7qxfqae0cca5/iSUN.tar.gz", str(root),
+            filename="iSUN.tar.gz", md5="be77b0f2c26fda898afac5f99645ee70",
+        )
+    else:  # pragma: no cover - every image entry is handled above
+        raise MissingDataError(f"No downloader for {entry.name!r}: {entry.how_to_get}")
+
+
+def load_ood_folder(
+    entry,
+    root: Path,
+    download: bool = False,
+    size: Tuple[int, int] = (32, 32),
+    mean: Sequence[float] = (0.5, 0.5, 0.5),
+    std: Sequence[float] = (0.5, 0.5, 0.5),
+) -> ImageTensors:
+    """An OOD image folder (an :class:`~logitnorm_plugin.data.OODEntry`) as uint8 tensors.
+
+    :raises MissingDataError: names the set, the expected folder and how to get it
+    """
+    root = Path(root)
+    folder = _find_folder(entry, root)
+    if folder is None and download:
+        try:
+            _download(entry, root)
+        except (RuntimeError, ImportError, OSError) as exc:  # no gdown, no network, bad md5
+            raise MissingDataError(
+                f"Downloading OOD set '{entry.name}' into {root} failed ({exc}). Get it by "
+                f"hand: {entry.how_to_get}."
+            ) from exc
+        folder = _find_folder(entry, root)
+    if folder is None:
+        expected = " or ".join(str(root / rel) for rel in entry.folders)
+        raise MissingDataError(
+            f"OOD set '{entry.name}' not found: expected images under {expected}. "
+            f"To get it, pass download=True (CLI: --download) or use {entry.how_to_get}."
+        )
+    images = decode_folder(folder, size, entry.preprocess, 3, cache_root=root)
+    labels = torch.full((images.shape[0],), -1, dtype=torch.int64)
+    return ImageTensors(images, labels, mean, std, entry.name)

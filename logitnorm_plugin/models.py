@@ -1,0 +1,220 @@
+"""Network architectures by name.
+
+Three architectures cover the benchmarks of the plugin:
+
+- ``"wrn-40-2"``: :class:`pytorch_ood.model.WideResNet` (depth 40, widen factor 2, dropout 0.3),
+  the network of the LogitNorm paper and of pytorch-ood's registry weights; 32 x 32 inputs only
+  (its pooling is hard-coded).
+- ``"resnet18-32x32"``: the CIFAR variant of ResNet-18 used by OpenOOD v1.5 (3 x 3 stem with
+  stride 1, no max-pool), built as a subclass of :class:`pytorch_ood.model.ResNet18` so the
+  state-dict keys are those of ``torchvision.models.resnet18``.
+- ``"digits-cnn"``: a small CNN with BatchNorm after every convolution for the 1 x 8 x 8
+  scikit-learn digits. LogitNorm needs the normalisation layers: without them the logits of a
+  fresh network have a tiny norm and ``z / (t ||z||)`` gives gradients that do not train it.
+
+:func:`arch_spec` returns the ``(arch_class, arch_kwargs)`` pair of pytorch-ood's
+:class:`~pytorch_ood.model.ModelEntry`, so a checkpoint trained here can be published in (and
+rebuilt by) pytorch-ood's model registry.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Dict, Tuple
+
+import torch
+from pytorch_ood.model import ResNet18
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from .errors import UnknownNameError, closest_match
+
+__all__ = [
+    "ARCHS",
+    "ArchEntry",
+    "DigitsCNN",
+    "ResNet18CIFAR",
+    "arch_spec",
+    "build_model",
+    "list_archs",
+    "resolve_class",
+]
+
+
+class ResNet18CIFAR(ResNet18):
+    """ResNet-18 for 32 x 32 inputs (the OpenOOD v1.5 ``resnet18_32x32`` layout).
+
+    The stem is a 3 x 3 convolution with stride 1 and no max-pool, so a 32 x 32 image reaches
+    the last stage at 4 x 4 instead of 1 x 1. Everything else, including the state-dict keys,
+    is :class:`pytorch_ood.model.ResNet18` (``torchvision.models.resnet18``); ``features``,
+    ``feature_maps`` and ``forward_feature_maps`` work unchanged because the stem is replaced by
+    modules with the same attribute names.
+
+    :param num_classes: number of classes :math:`K`
+    :param in_channels: number of input planes
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, **kwargs):
+        super().__init__(num_classes=num_classes, **kwargs)
+        self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        # same init as torchvision uses for every other conv of the network
+        nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
+        self.maxpool = nn.Identity()
+
+
+class DigitsCNN(nn.Module):
+    """A small CNN for 1 x 8 x 8 digits, BatchNorm after every convolution.
+
+    Layout: ``conv3x3(w)-BN-ReLU, conv3x3(2w)-BN-ReLU, maxpool2, conv3x3(4w)-BN-ReLU,
+    global average pool, [dropout], linear``. About 100k parameters for ``width=32``; a CPU
+    epoch over the digits takes well under a second.
+
+    :param num_classes: number of classes :math:`K`
+    :param in_channels: number of input planes
+    :param width: channels of the first convolution
+    :param drop_rate: dropout probability before the classifier
+    """
+
+    def __init__(
+        self, num_classes: int = 10, in_channels: int = 1, width: int = 32, drop_rate: float = 0.0
+    ):
+        super().__init__()
+
+        def block(cin, cout):
+            return nn.Sequential(
+                nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+            )
+
+        self.block1 = block(in_channels, width)
+        self.block2 = block(width, 2 * width)
+        self.pool = nn.MaxPool2d(2)
+        self.block3 = block(2 * width, 4 * width)
+        self.drop_rate = drop_rate
+        self.fc = nn.Linear(4 * width, num_classes)
+
+    def feature_maps(self, x: Tensor) -> Tensor:
+        """:param x: ``B x C x H x W``; :return: ``B x 4w x H/2 x W/2`` feature maps"""
+        return self.block3(self.pool(self.block2(self.block1(x))))
+
+    def forward_feature_maps(self, x: Tensor) -> Tensor:
+        """:param x: feature maps from :meth:`feature_maps`; :return: ``B x K`` logits"""
+        x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        if self.drop_rate > 0:
+            x = F.dropout(x, p=self.drop_rate, training=self.training)
+        return self.fc(x)
+
+    def features(self, x: Tensor) -> Tensor:
+        """:param x: ``B x C x H x W``; :return: ``B x 4w`` pooled features"""
+        return torch.flatten(F.adaptive_avg_pool2d(self.feature_maps(x), 1), 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """:param x: ``B x C x H x W``; :return: ``B x K`` logits"""
+        return self.forward_feature_maps(self.feature_maps(x))
+
+
+@dataclass(frozen=True)
+class ArchEntry:
+    """One architecture: a class given by dotted path plus default constructor arguments.
+
+    Calling the entry builds a model: ``ARCHS["wrn-40-2"](num_classes=10)``.
+
+    :param name: the architecture name
+    :param arch_class: dotted path of the class (resolved lazily, as pytorch-ood does)
+    :param defaults: constructor arguments other than ``num_classes`` / ``in_channels``
+    :param input_size: spatial input size the network expects, ``None`` if any size works
+    :param description: one line for listings
+    """
+
+    name: str
+    arch_class: str
+    defaults: Dict[str, Any] = field(default_factory=dict)
+    input_size: Tuple[int, int] | None = None
+    description: str = ""
+
+    def spec(self, num_classes: int, in_channels: int = 3, **kwargs) -> Tuple[str, dict]:
+        """``(arch_class, arch_kwargs)`` of a model of this architecture."""
+        arch_kwargs = dict(num_classes=int(num_classes), **self.defaults)
+        arch_kwargs["in_channels"] = int(in_channels)
+        arch_kwargs.update(kwargs)
+        return self.arch_class, arch_kwargs
+
+    def __call__(self, num_classes: int, in_channels: int = 3, **kwargs) -> nn.Module:
+        arch_class, arch_kwargs = self.spec(num_classes, in_channels, **kwargs)
+        return resolve_class(arch_class)(**arch_kwargs)
+
+
+ARCHS: Dict[str, ArchEntry] = {
+    entry.name: entry
+    for entry in (
+        ArchEntry(
+            "wrn-40-2",
+            "pytorch_ood.model.WideResNet",
+            {"depth": 40, "widen_factor": 2, "drop_rate": 0.3},
+            (32, 32),
+            "WideResNet-40-2 with dropout 0.3 (LogitNorm paper, pytorch-ood registry)",
+        ),
+        ArchEntry(
+            "resnet18-32x32",
+            f"{__name__}.ResNet18CIFAR",
+            {},
+            None,
+            "ResNet-18 with a 3x3 stride-1 stem and no max-pool (OpenOOD v1.5 CIFAR)",
+        ),
+        ArchEntry(
+            "digits-cnn",
+            f"{__name__}.DigitsCNN",
+            {"width": 32, "drop_rate": 0.0},
+            None,
+            "3-conv CNN with BatchNorm for 1x8x8 digits (fast CPU benchmark)",
+        ),
+    )
+}
+
+
+def list_archs() -> list:
+    """Sorted names of the architectures."""
+    return sorted(ARCHS)
+
+
+def resolve_class(dotted_path: str) -> type:
+    """Import ``package.module.Class`` and return the class."""
+    module_name, _, class_name = dotted_path.rpartition(".")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def _entry(arch: str) -> ArchEntry:
+    key = str(arch).strip().lower().replace("_", "-")
+    if key in ARCHS:
+        return ARCHS[key]
+    raise UnknownNameError("architecture", str(arch), ARCHS, closest_match(key, ARCHS))
+
+
+def arch_spec(arch: str, num_classes: int, in_channels: int = 3, **kwargs) -> Tuple[str, dict]:
+    """The ``(arch_class, arch_kwargs)`` pair of pytorch-ood's ``ModelEntry`` for a model.
+
+    ``resolve_class(arch_class)(**arch_kwargs)`` rebuilds the model of :func:`build_model`
+    with the same arguments (same modules, same state-dict keys and shapes).
+
+    :param arch: architecture name (case-insensitive, ``_`` == ``-``)
+    :param num_classes: number of classes :math:`K`
+    :param in_channels: number of input planes
+    :param kwargs: overrides of the architecture's default arguments, e.g. ``drop_rate``
+    :raises UnknownNameError: for an unknown architecture (with the closest name)
+    """
+    return _entry(arch).spec(num_classes, in_channels, **kwargs)
+
+
+def build_model(arch: str, num_classes: int, in_channels: int = 3, **kwargs) -> nn.Module:
+    """Build a freshly initialised model by architecture name.
+
+    :param arch: architecture name, see :data:`ARCHS`
+    :param num_classes: number of classes :math:`K`; the model maps ``B x C x H x W`` inputs to
+        ``B x K`` logits
+    :param in_channels: number of input planes
+    :param kwargs: overrides of the architecture's default arguments
+    :raises UnknownNameError: for an unknown architecture (with the closest name)
+    """
+    return _entry(arch)(num_classes, in_channels, **kwargs)
