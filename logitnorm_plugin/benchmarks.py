@@ -47,6 +47,7 @@ from .data import (
     subsample_ood,
 )
 from .errors import MissingDataError
+from .loss import PAPER
 
 __all__ = [
     "CIFAR10LogitNormBenchmark",
@@ -60,13 +61,8 @@ __all__ = [
     "TensorBenchmark",
 ]
 
-LOGITNORM_PAPER = Paper(
-    title="Mitigating Neural Network Overconfidence with Logit Normalization",
-    venue="ICML",
-    year=2022,
-    url="https://arxiv.org/abs/2205.09310",
-    code="https://github.com/hongxin001/logitnorm_ood",
-)
+#: the LogitNorm paper, one record shared with the loss and the detector
+LOGITNORM_PAPER = PAPER
 OPENOOD_PAPER = Paper(
     title="OpenOOD v1.5: Enhanced Benchmark for Out-of-Distribution Detection",
     venue="DMLR",
