@@ -8,7 +8,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, IO, Union
+from typing import IO, Any, Callable, Union
 
 PathLike = Union[str, os.PathLike]
 
@@ -27,7 +27,8 @@ def atomic_write(path: PathLike, write: Callable[[IO], None], binary: bool = Tru
     try:
         # mkstemp creates the file 0600; give it the mode a plain open() would have
         os.chmod(tmp, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
+        text_args = {} if binary else {"encoding": "utf-8"}
+        with os.fdopen(fd, "wb" if binary else "w", **text_args) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())

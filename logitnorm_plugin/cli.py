@@ -9,7 +9,7 @@ import argparse
 import importlib
 import sys
 import warnings
-from typing import List, Optional
+from typing import List
 
 from logitnorm_plugin.errors import UserError
 
@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: List[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     # parse the subcommand first, then let its module add its own arguments

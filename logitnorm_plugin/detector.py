@@ -1,6 +1,5 @@
 """LogitNorm as a detector: maximum softmax probability of the normalised logits."""
 
-from typing import Optional
 
 import torch
 from pytorch_ood.api import DetectorInfo, LogitsDetector, Task
@@ -34,7 +33,7 @@ class LogitNormDetector(LogitsDetector):
     #: ``logitnorm-ood tune-t`` around the CIFAR-10 default 0.04, and 1.0 (no sharpening)
     hyperparameter_space = {"t": [0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 1.0]}
 
-    def __init__(self, model: Optional[Module], t: float = 0.04):
+    def __init__(self, model: Module | None, t: float = 0.04):
         """
         :param model: the classifier, mapping inputs to logits (may be ``None`` when only
             :meth:`predict_logits` is used)

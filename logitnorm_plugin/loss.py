@@ -19,7 +19,6 @@ Differences from ``pytorch_ood.loss.LogitNorm`` (0.4.0), on purpose:
 """
 
 import math
-from typing import Optional
 
 import torch
 from pytorch_ood.api import LossInfo, Paper, Representation, Task
@@ -141,7 +140,8 @@ class LogitNormLoss(Module):
     L2 norm,
 
     .. math::
-        \\mathcal{L}(x, y) = - \\log \\frac{\\exp\\big(f_y(x) / (\\tau \\lVert f(x) \\rVert_2)\\big)}
+        \\mathcal{L}(x, y) = - \\log
+        \\frac{\\exp\\big(f_y(x) / (\\tau \\lVert f(x) \\rVert_2)\\big)}
         {\\sum_{k=1}^{C} \\exp\\big(f_k(x) / (\\tau \\lVert f(x) \\rVert_2)\\big)}
 
     The norm gets :math:`\\epsilon = 10^{-7}` added, as in the original code and in pytorch-ood,
@@ -168,7 +168,7 @@ class LogitNormLoss(Module):
         supervised=False,
     )
 
-    def __init__(self, t: float = 0.04, reduction: Optional[str] = "mean"):
+    def __init__(self, t: float = 0.04, reduction: str | None = "mean"):
         """
         :param t: temperature :math:`\\tau > 0`
         :param reduction: ``mean``, ``sum`` or ``none``
@@ -182,9 +182,10 @@ class LogitNormLoss(Module):
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         """
-        :param logits: logits of shape :math:`B \\times C` or :math:`B \\times C \\times H \\times W`
-        :param target: labels of shape :math:`B` or :math:`B \\times H \\times W`; labels
-            :math:`< 0` are ignored
+        :param logits: logits of shape :math:`B \\times C` or
+            :math:`B \\times C \\times H \\times W`
+        :param target: labels of shape :math:`B` or :math:`B \\times H \\times W`;
+            labels :math:`< 0` are ignored
         :return: the loss
         """
         return logit_norm_loss(logits, target, self.t, self.reduction)

@@ -9,12 +9,12 @@ import platform
 import subprocess
 from importlib import metadata
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict
 
 _PACKAGES = ("logitnorm-plugin", "pytorch-ood", "torch", "torchvision", "numpy", "scipy")
 
 
-def package_versions() -> Dict[str, Optional[str]]:
+def package_versions() -> Dict[str, str | None]:
     """Installed versions of the packages that determine our numbers (``None`` if absent)."""
     versions = {"python": platform.python_version()}
     for name in _PACKAGES:
@@ -25,7 +25,7 @@ def package_versions() -> Dict[str, Optional[str]]:
     return versions
 
 
-def git_commit(path: "str | Path | None" = None) -> Optional[str]:
+def git_commit(path: "str | Path | None" = None) -> str | None:
     """The commit checked out at ``path`` (default: this package's folder, which is a git
     checkout for a development install), with ``-dirty`` appended when tracked files changed;
     ``None`` outside a git checkout (e.g. an installed wheel)."""
@@ -58,7 +58,7 @@ def device_name(device=None) -> str:
     return str(device)
 
 
-def collect(device=None, config: Optional[dict] = None, **extra) -> dict:
+def collect(device=None, config: dict | None = None, **extra) -> dict:
     """The provenance record: versions, git commit, device, host, UTC time, config, extras."""
     record = {
         "versions": package_versions(),

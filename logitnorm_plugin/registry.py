@@ -44,7 +44,7 @@ import re
 import warnings
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Dict, Iterable, List, Optional, Tuple, Union
+from typing import Dict, Iterable, List, Tuple, Union
 
 from logitnorm_plugin.errors import UnknownNameError, UserError, closest_match
 
@@ -156,7 +156,7 @@ def _third_party_disabled() -> bool:
     return os.environ.get(NO_THIRD_PARTY_ENV, "").strip().lower() not in ("", "0", "false")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _index(kind: str) -> _Index:
     if kind not in GROUPS:
         raise UnknownNameError("registry kind", kind, GROUPS, closest_match(kind, GROUPS))
@@ -186,7 +186,7 @@ def refresh() -> None:
     _index.cache_clear()
 
 
-def entries(kind: str, pattern: Optional[str] = None) -> List[Entry]:
+def entries(kind: str, pattern: str | None = None) -> List[Entry]:
     """All entries of ``kind`` (duplicates included), optionally filtered by a wildcard pattern
     (``fnmatch`` syntax, case-insensitive), sorted by name then distribution. Imports nothing."""
     found = [e for group in _index(kind).by_name.values() for e in group]
@@ -195,7 +195,7 @@ def entries(kind: str, pattern: Optional[str] = None) -> List[Entry]:
     return sorted(found, key=lambda e: (e.name, e.distribution))
 
 
-def _list(kind: str, pattern: Optional[str], verify: bool) -> List[str]:
+def _list(kind: str, pattern: str | None, verify: bool) -> List[str]:
     names = []
     for entry in entries(kind, pattern):
         if verify:
@@ -209,7 +209,7 @@ def _list(kind: str, pattern: Optional[str], verify: bool) -> List[str]:
     return names
 
 
-def list_losses(pattern: Optional[str] = None, verify: bool = False) -> List[str]:
+def list_losses(pattern: str | None = None, verify: bool = False) -> List[str]:
     """
     Names of the registered training objectives.
 
@@ -220,14 +220,14 @@ def list_losses(pattern: Optional[str] = None, verify: bool = False) -> List[str
     return _list("loss", pattern, verify)
 
 
-def list_detectors(pattern: Optional[str] = None, verify: bool = False) -> List[str]:
+def list_detectors(pattern: str | None = None, verify: bool = False) -> List[str]:
     """
     Names of the registered OOD detectors. See :func:`list_losses` for the parameters.
     """
     return _list("detector", pattern, verify)
 
 
-def list_benchmarks(pattern: Optional[str] = None, verify: bool = False) -> List[str]:
+def list_benchmarks(pattern: str | None = None, verify: bool = False) -> List[str]:
     """
     Names of the registered benchmarks. See :func:`list_losses` for the parameters.
     """
@@ -333,7 +333,7 @@ def get_benchmark(name: Union[str, type], **kwargs):
 _PLURALS = {"losses": "loss", "detectors": "detector", "benchmarks": "benchmark"}
 
 
-def describe(kind: str, pattern: Optional[str] = None) -> List[Dict[str, str]]:
+def describe(kind: str, pattern: str | None = None) -> List[Dict[str, str]]:
     """
     One row per entry of ``kind`` for display: name, class, distribution, paper, notes.
     Imports each class to read its ``info`` (never instantiates); entries that fail to load

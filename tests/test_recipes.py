@@ -81,7 +81,11 @@ def test_resolve_config_fills_from_recipe_and_applies_overrides():
     assert config["recipe"] == "digits" and config["arch"] == r.arch
     assert config["epochs"] == 3 and config["momentum"] == 0.5
     assert config["lr"] == r.lr and config["batch_size"] == r.batch_size
-    assert config["loss_kwargs"] == {"t": 0.04} and config["t"] == 0.04
+    # the digits recipe carries the t that tune-t chose and the package ships
+    from logitnorm_plugin.tune import recommended_digits_t
+
+    tuned = recommended_digits_t()
+    assert config["loss_kwargs"] == {"t": tuned} and config["t"] == tuned
     assert config["t_source"] == r.t_for("digits")[1]
     assert cls.__name__ == "LogitNormLoss"
     json.dumps(config)  # plain JSON all the way down
