@@ -42,6 +42,10 @@ class TrainingDivergedError(UserError, RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
+class ModelIntegrityError(UserError, ValueError):
+    """A model file whose SHA-256 differs from the one its model card records."""
+
+
 class IncompatibleResultsError(UserError, ValueError):
     """A results folder is missing, empty, or written by an incompatible version."""
 

@@ -56,6 +56,7 @@ from logitnorm_plugin import atomic, distributed, recipes
 from logitnorm_plugin.errors import (
     ConfigMismatchError,
     MissingDataError,
+    ModelIntegrityError,
     TrainingDivergedError,
     UserError,
 )
@@ -94,10 +95,6 @@ _NOT_COMPARED = ("runtime", "t_source", "t_from", "recipe_description")
 
 # "no non-finite loss seen yet" for the device-side first-bad-step index
 _NO_BAD_STEP = 2**62
-
-
-class ModelIntegrityError(UserError, ValueError):
-    """A model file whose SHA-256 differs from the one its model card records."""
 
 
 # --------------------------------------------------------------------------------------------

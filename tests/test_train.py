@@ -16,6 +16,7 @@ import logitnorm_plugin
 from logitnorm_plugin import atomic
 from logitnorm_plugin.cli import main as cli
 from logitnorm_plugin.errors import ConfigMismatchError, TrainingDivergedError, UserError
+from logitnorm_plugin.recipes import DIGITS_T
 from logitnorm_plugin.train import (
     CHECKPOINT_FILE,
     ModelIntegrityError,
@@ -142,7 +143,7 @@ def test_run_folder_contents_and_metrics(reference):
     assert records[0]["lr"] == pytest.approx(0.05 / 60)
     assert records[-1]["train_loss"] < records[0]["train_loss"]
     assert config["epochs"] == 3 and config["recipe"] == "digits"
-    assert config["loss_kwargs"] == {"t": 0.04}
+    assert config["loss_kwargs"] == {"t": DIGITS_T}
     assert config["runtime"]["deterministic"] is True
     assert config["runtime"]["compile_mode"] is None and config["amp"] is None
     assert (out / "logit_norm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -164,8 +165,9 @@ def test_model_card_fields_sha_and_round_trip(reference):
     records = read_metrics(reference.run_dir)
     assert card["metrics"]["final_accuracy"] == records[-1]["test_accuracy"]
     assert card["metrics"]["best_accuracy"] == max(r["test_accuracy"] for r in records)
-    assert "'digits' recipe" in card["description"] and "t=0.04" in card["description"]
-    assert card["t"] == 0.04 and "0.04" in card["t_source"]
+    assert "'digits' recipe" in card["description"]
+    assert f"t={DIGITS_T:g}" in card["description"]
+    assert card["t"] == DIGITS_T and f"{DIGITS_T:g}" in card["t_source"]
     assert card["source"] == "https://arxiv.org/abs/2205.09310"
     prov = card["provenance"]
     assert prov["versions"]["torch"] and prov["device"].startswith("cpu")
@@ -434,7 +436,7 @@ def test_openood_recipe_keeps_best_validation_epoch_on_fake_cifar(tmp_path):
 def test_plot_overlays_runs(reference, tmp_path):
     from logitnorm_plugin.plots import plot_logit_norms, run_label
 
-    assert run_label(reference.run_dir) == "logitnorm (t=0.04), s0"
+    assert run_label(reference.run_dir) == f"logitnorm (t={DIGITS_T:g}), s0"
     png = plot_logit_norms([reference.run_dir, reference.run_dir], tmp_path / "n.png",
                            labels=["a", "b"])
     assert png.read_bytes()[:4] == b"\x89PNG"
