@@ -134,8 +134,9 @@ def setup(device: str | None = None) -> Tuple[DistContext, torch.device]:
     """
     import torch.distributed as dist
 
-    requested = "cuda" if device in (None, "auto") and torch.cuda.is_available() else device
-    requested = torch.device(requested or "cpu")
+    if device in (None, "auto"):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    requested = torch.device(device)
     if dist.is_available() and dist.is_initialized():
         # the caller started a group itself: use it, leave it open
         rank, world = dist.get_rank(), dist.get_world_size()

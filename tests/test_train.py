@@ -373,6 +373,16 @@ def test_cli_missing_cifar_names_path_and_download(capsys, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_cli_default_device_is_auto_and_falls_back_to_cpu(capsys, tmp_path):
+    """The README's plain `logitnorm-ood train --dataset digits ...` (no --device) must run on
+    a machine without CUDA."""
+    out = tmp_path / "run"
+    argv = ["train", "--dataset", "digits", "--quiet", "--epochs", "1", "--out", str(out)]
+    assert cli(argv) == 0
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert read_card(out)["provenance"]["device"].startswith(expected)
+
+
 def test_cli_resume_with_other_config_and_existing_run(capsys, tmp_path):
     out = str(tmp_path / "run")
     small = ["--epochs", "1", "--out", out]
