@@ -124,13 +124,9 @@ def cli_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _device(name: str) -> str:
-    import torch
+    from logitnorm_plugin.device import resolve_device
 
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available on this machine; use cpu")
-    return name
+    return str(resolve_device(name))
 
 
 def _threads(value: str) -> int | str:

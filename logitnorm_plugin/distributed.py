@@ -17,6 +17,8 @@ from typing import Any, List, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
+from logitnorm_plugin.device import resolve_device
+
 __all__ = ["DistContext", "setup", "env_world_size", "shard_indices"]
 
 
@@ -134,9 +136,7 @@ def setup(device: str | None = None) -> Tuple[DistContext, torch.device]:
     """
     import torch.distributed as dist
 
-    if device in (None, "auto"):
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    requested = torch.device(device)
+    requested = resolve_device(device)
     if dist.is_available() and dist.is_initialized():
         # the caller started a group itself: use it, leave it open
         rank, world = dist.get_rank(), dist.get_world_size()

@@ -1331,10 +1331,7 @@ def train(
     :raises TrainingDivergedError: the loss became NaN/inf (the last good checkpoint is kept)
     """
     wall_start = time.perf_counter()
-    ctx, dev = distributed.setup(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        ctx.close()
-        raise UserError(f"device {device!r} asked for, but CUDA is not available here")
+    ctx, dev = distributed.setup(device)  # raises UserError for CUDA without CUDA
     saved_flags = (
         torch.are_deterministic_algorithms_enabled(),
         torch.backends.cudnn.benchmark,

@@ -375,6 +375,7 @@ def tune_t(
     :return: the ``recommended_t.json`` record (a dict; ``chosen_t`` is the answer)
     """
     from logitnorm_plugin import atomic, provenance, recipes
+    from logitnorm_plugin.device import resolve_device
     from logitnorm_plugin.evaluate import BenchmarkData, ModelSpec, evaluate
     from logitnorm_plugin.store import ResultStore
 
@@ -405,7 +406,8 @@ def tune_t(
             )
             configs[(t, seed)] = cfg
     first = configs[(grid[0], seeds[0])]
-    device_type = _torch_device(device).type
+    resolved_device = resolve_device(device)
+    device_type = resolved_device.type
     split_seed = int(first.get("split_seed", 0))
     validation = {
         "id": {"dataset": first["dataset"], "split": "val", "split_seed": split_seed,
@@ -456,7 +458,7 @@ def tune_t(
         "validation": validation, "overrides": {k: v for k, v in overrides.items()},
         "device": str(device),
     }
-    record_provenance = provenance.collect(device=_torch_device(device),
+    record_provenance = provenance.collect(device=resolved_device,
                                            config=tune_config)
     out.mkdir(parents=True, exist_ok=True)
     points: Dict[Tuple[float, int], Dict[str, Any]] = {}
@@ -491,7 +493,7 @@ def tune_t(
                     arch=first["arch"], mean=tuple(val.mean), std=tuple(val.std), t=t,
                     identity=pid, source="run", extra={"run_dir": str(folder)},
                 )
-                evaluate({label: spec}, bench, [DETECTOR], device=_torch_device(device),
+                evaluate({label: spec}, bench, [DETECTOR], device=resolved_device,
                          store=store, progress=False, provenance=record_provenance)
             trained += 1
             point = _stored_point(store, pid, t, seed)
@@ -590,15 +592,6 @@ def _diverged_error():
     from logitnorm_plugin.errors import TrainingDivergedError
 
     return TrainingDivergedError
-
-
-def _torch_device(device):
-    """``device`` as the trainer resolves it (``"auto"``: CUDA when available)."""
-    import torch
-
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _train_parallel(todo, train_kwargs, jobs, finish_point):
