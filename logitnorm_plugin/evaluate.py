@@ -76,7 +76,7 @@ ROW_KEYS = (
 )
 
 #: pytorch-ood registry method names -> this package's loss names
-_REGISTRY_LOSS_NAMES = {
+REGISTRY_LOSS_NAMES = {
     "crossentropy": "cross_entropy",
     "logitnorm": "logitnorm",
     "oe": "outlier_exposure",
@@ -201,7 +201,7 @@ def _registry_spec(key: str, download: bool = False) -> ModelSpec:
     pre = entry.preprocessing
     mean = tuple(pre.mean) if pre is not None and hasattr(pre, "mean") else None
     std = tuple(pre.std) if pre is not None and hasattr(pre, "std") else None
-    loss = _REGISTRY_LOSS_NAMES.get(entry.loss, entry.loss)
+    loss = REGISTRY_LOSS_NAMES.get(entry.loss, entry.loss)
     cached = Path(torch.hub.get_dir()) / "checkpoints" / entry.file_name
     if not download and not cached.is_file():
         _registry_weights(entry, download=False)  # raises the MissingDataError, before any work
@@ -449,20 +449,9 @@ class _DetectorRequest:
 
 
 def _registered_name(cls: type) -> str:
-    from logitnorm_plugin.registry import entries
+    from logitnorm_plugin.registry import name_of
 
-    for entry in entries("detector"):
-        if entry.value == f"{cls.__module__}:{cls.__qualname__}":
-            return entry.name
-    # the registry may point at the public import path (pytorch_ood.detector:X)
-    for entry in entries("detector"):
-        if entry.value.rpartition(":")[2] == cls.__qualname__:
-            try:
-                if entry.load() is cls:
-                    return entry.name
-            except Exception:  # a broken third-party entry must not stop us
-                continue
-    return cls.__name__
+    return name_of("detector", cls)
 
 
 def _parse_detectors(detectors) -> List[_DetectorRequest]:

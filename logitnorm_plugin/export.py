@@ -685,11 +685,7 @@ def _train_module():
 def _upstream_loss(loss: str) -> str:
     """pytorch-ood's registry spelling of a training method (``cross_entropy`` ->
     ``crossentropy``), from the engine's table of registry names."""
-    evaluate = importlib.import_module("logitnorm_plugin.evaluate")
-
-    table = getattr(evaluate, "REGISTRY_LOSS_NAMES", None) or getattr(
-        evaluate, "_REGISTRY_LOSS_NAMES", {}
-    )
+    table = importlib.import_module("logitnorm_plugin.evaluate").REGISTRY_LOSS_NAMES
     inverse = {ours: theirs for theirs, ours in table.items()}
     return inverse.get(loss, loss)
 

@@ -270,6 +270,25 @@ def _get_class(kind: str, name_or_class: Union[str, type]) -> type:
     return get_entry(kind, name_or_class).load()
 
 
+def name_of(kind: str, cls: type) -> str:
+    """
+    The registered name of ``cls`` (its class name when no entry points to it). Only entries
+    whose attribute has the class's name are imported to compare.
+    """
+    for entry in entries(kind):
+        if entry.value == f"{cls.__module__}:{cls.__qualname__}":
+            return entry.name
+    # entries may name the public import path (pytorch_ood.detector:X, not ...softmax:X)
+    for entry in entries(kind):
+        if entry.value.rpartition(":")[2] == cls.__qualname__:
+            try:
+                if entry.load() is cls:
+                    return entry.name
+            except RegistryLoadError:  # a broken third-party entry must not stop us
+                continue
+    return cls.__name__
+
+
 def get_loss_class(name: Union[str, type]) -> type:
     """
     The training objective registered as ``name`` (a class is returned unchanged).

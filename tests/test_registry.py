@@ -213,3 +213,13 @@ def test_listing_imports_nothing_heavy():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_name_of_a_class_is_its_registered_name():
+    from pytorch_ood.detector import MaxSoftmax
+
+    assert registry.name_of("detector", MaxSoftmax) == "msp"
+    assert registry.name_of("detector", logitnorm_plugin.LogitNormDetector) == "logitnorm"
+    assert registry.name_of("loss", logitnorm_plugin.LogitNormLoss) == "logitnorm"
+    unregistered = type("Unregistered", (), {})
+    assert registry.name_of("detector", unregistered) == "Unregistered"
