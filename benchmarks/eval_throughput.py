@@ -34,7 +34,8 @@ from pytorch_ood.model import WideResNet
 
 from logitnorm_plugin.data import ImageTensors
 from logitnorm_plugin.detector import LogitNormDetector
-from logitnorm_plugin.evaluate import ModelSpec, evaluate
+from logitnorm_plugin.evaluation import evaluate
+from logitnorm_plugin.specs import ModelSpec
 
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)

@@ -7,7 +7,7 @@ with the same architecture, initial weights, loss and batch size, it times
     padding=4)``, ``RandomHorizontalFlip()``, ``ToTensor()``, ``Normalize``) on PIL images in
     a CPU ``DataLoader`` with worker processes, ``.to(device)`` per batch, and the running loss
     read with ``float(loss)`` every step, as that code does;
-(b) :class:`logitnorm_plugin.train.TrainStep`, the step :func:`logitnorm_plugin.train.train`
+(b) :class:`logitnorm_plugin.train_step.TrainStep`, the step :func:`logitnorm_plugin.train`
     runs, with the settings ``train`` would pick on the device (or the ones forced by the
     switches below): data set on the device as uint8, augmentation on the device, no
     per-step synchronisation.
@@ -101,12 +101,12 @@ class OriginalLoop:
 
 
 class OurLoop:
-    """:class:`~logitnorm_plugin.train.TrainStep` with the settings train() would use."""
+    """:class:`~logitnorm_plugin.train_step.TrainStep` with the settings train() would use."""
 
     def __init__(self, model, loss_fn, images_nchw, labels, mean, std, device, args):
         from logitnorm_plugin.augment import DeviceAugment
         from logitnorm_plugin.data import ImageTensors
-        from logitnorm_plugin.train import TrainStep, fast_path_defaults
+        from logitnorm_plugin.train_step import TrainStep, fast_path_defaults
 
         fast = fast_path_defaults(device, amp=args.amp, compile=args.compile,
                                   channels_last=args.channels_last)

@@ -10,9 +10,11 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _EXPORTS = {
+    # the method
     "LogitNormLoss": "logitnorm_plugin.loss",
     "logit_norm_loss": "logitnorm_plugin.loss",
     "LogitNormDetector": "logitnorm_plugin.detector",
+    # names -> objects
     "list_losses": "logitnorm_plugin.registry",
     "list_detectors": "logitnorm_plugin.registry",
     "list_benchmarks": "logitnorm_plugin.registry",
@@ -23,10 +25,17 @@ _EXPORTS = {
     "create_detector": "logitnorm_plugin.registry",
     "get_benchmark": "logitnorm_plugin.registry",
     "refresh": "logitnorm_plugin.registry",
-    "train": "logitnorm_plugin.train",
-    "load_trained": "logitnorm_plugin.train",
-    "evaluate": "logitnorm_plugin.evaluate",
-    "tune_t": "logitnorm_plugin.tune",
+    # training, evaluation, tuning
+    "train": "logitnorm_plugin.training",
+    "TrainConfig": "logitnorm_plugin.train_config",
+    "Recipe": "logitnorm_plugin.recipes",
+    "load_trained": "logitnorm_plugin.runs",
+    "evaluate": "logitnorm_plugin.evaluation",
+    "ModelSpec": "logitnorm_plugin.specs",
+    "ResultStore": "logitnorm_plugin.store",
+    "tune_t": "logitnorm_plugin.tuning",
+    # the base of every error a user can act on
+    "UserError": "logitnorm_plugin.errors",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,10 +1,13 @@
-"""``logitnorm-ood bench``: train or load models, evaluate them, store, aggregate, write outputs.
+"""Comparison benchmarks: train or load models, evaluate them, store, aggregate, write outputs.
 
-With no arguments it runs the embedded offline default: ``cross_entropy`` and ``logitnorm``
-trained on the scikit-learn digits with the ``digits`` recipe for seeds 0, 1, 2, evaluated with
-``msp``, ``odin``, ``energy``, ``maxlogit`` and ``logitnorm`` on the ``digits`` benchmark.
+:func:`run` is what ``logitnorm-ood bench`` does. With no arguments it runs the embedded
+offline default: ``cross_entropy`` and ``logitnorm`` trained on the scikit-learn digits with
+the ``digits`` recipe for seeds 0, 1, 2, evaluated with ``msp``, ``odin``, ``energy``,
+``maxlogit`` and ``logitnorm`` on the ``digits`` benchmark.
 
-Outputs under ``--out`` (default ``results/``):
+Every name and every training configuration is checked before the first model trains (a typo
+in the last loss, or ``--t`` together with ``--t-from``, fails at once). Outputs under ``out``
+(default ``results/``):
 
 - ``results.sqlite``: the result store (one row per model x detector x OOD set, committed as
   each cell completes; a rerun of the same command recomputes nothing that is finished);
@@ -19,30 +22,31 @@ Outputs under ``--out`` (default ``results/``):
 
 from __future__ import annotations
 
-import argparse
 import csv
 import hashlib
 import io
 import json
-import math
-import sys
 import time
 from collections.abc import Mapping, Sequence
-from importlib import resources
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from logitnorm_plugin.atomic import write_json, write_text
+from logitnorm_plugin.conventions import ROW_KEYS, config_hash
 from logitnorm_plugin.errors import UserError
+from logitnorm_plugin.published import load_published, match_published
+from logitnorm_plugin.tables import markdown_table, pct
 
 __all__ = [
     "DEFAULTS",
-    "cli_arguments",
-    "cli_main",
-    "run",
-    "load_published",
-    "match_published",
+    "README_END",
+    "README_START",
+    "TABLE_METRICS",
+    "format_per_dataset",
     "format_table",
+    "run",
+    "update_readme",
 ]
 
 #: the embedded default run
@@ -62,128 +66,18 @@ README_END = "<!-- logitnorm-ood bench: end -->"
 #: columns of the summary table (mean +- std over seeds of the mean over OOD sets)
 TABLE_METRICS = ("AUROC", "FPR95TPR", "FPR95-ID95", "ACC")
 
-
-def _split(values: Sequence[str] | None) -> list[str]:
-    """``["a,b", "c"] -> ["a", "b", "c"]``: lists may be given with commas or spaces."""
-    out = []
-    for value in values or ():
-        out.extend(v.strip() for v in str(value).split(",") if v.strip())
-    return out
+#: what bench asked the trainer for, kept in each run folder it trains
+REQUEST_FILE = "bench_request.json"
 
 
-def cli_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--benchmark", default=DEFAULTS["benchmark"],
-                        help="benchmark name (`logitnorm-ood list benchmarks`); default: digits")
-    parser.add_argument("--models", nargs="+", metavar="SPEC",
-                        help="evaluate these models instead of training: pytorch-ood registry "
-                        "keys (e.g. wrn-40-2/cifar10/logitnorm/s0) or run folders written by "
-                        "`logitnorm-ood train`")
-    parser.add_argument("--losses", nargs="+", default=None,
-                        help="training objectives to train and compare (default: "
-                        "cross_entropy logitnorm)")
-    parser.add_argument("--detectors", nargs="+", default=None,
-                        help="detectors (default: msp odin energy maxlogit logitnorm)")
-    parser.add_argument("--seeds", nargs="+", default=None,
-                        help="training seeds (default: 0 1 2)")
-    parser.add_argument("--device", default="auto",
-                        help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)")
-    parser.add_argument("--out", default=DEFAULTS["out"], help="output folder (default: results)")
-    parser.add_argument("--data-root", default=None,
-                        help="data folder (default: $LOGITNORM_PLUGIN_DATA or "
-                        "~/.cache/logitnorm-plugin/data)")
-    parser.add_argument("--download", action="store_true",
-                        help="download missing datasets (and registry weights of --models)")
-    parser.add_argument("--force", action="store_true",
-                        help="recompute cells that the store already has")
-    parser.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"],
-                        help="evaluation batch size (default: 256)")
-    parser.add_argument("--protocol", choices=("full", "paper"), default="full",
-                        help="full OOD sets, or the LogitNorm paper's (OOD subsampled to ID/5, "
-                        "10 seeded draws averaged)")
-    parser.add_argument("--recipe", default=None,
-                        help="training recipe (default: the dataset's, e.g. digits)")
-    parser.add_argument("--epochs", type=int, default=None,
-                        help="override the recipe's number of epochs")
-    parser.add_argument("--t", type=float, default=None,
-                        help="LogitNorm temperature for training (default: the recipe's)")
-    parser.add_argument("--t-from", metavar="JSON", default=None,
-                        help="take the LogitNorm temperature from a recommended_t.json of "
-                        "`logitnorm-ood tune-t`")
-    parser.add_argument("--threads", default="auto",
-                        help="torch CPU threads for the run: a number, or auto (default): 1 for "
-                        "the digits benchmark on the CPU (its tiny models gain little from a "
-                        "second thread and slow down many-fold when other processes compete "
-                        "for the cores), else torch's default")
-    parser.add_argument("--num-workers", type=int, default=0,
-                        help="DataLoader workers for datasets without a tensor fast path")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.add_argument("--no-plots", action="store_true", help="no histogram PNGs")
-    parser.add_argument("--update-readme", metavar="PATH", default=None,
-                        help="also write the table into PATH between the lines "
-                        f"'{README_START}' and '{README_END}'")
+# -- README section ----------------------------------------------------------------------------
 
 
-def _device(name: str) -> str:
-    from logitnorm_plugin.device import resolve_device
+def readme_section(path: Path) -> tuple[str, int, int]:
+    """The text of ``path`` and the positions of the bench markers in it.
 
-    return str(resolve_device(name))
-
-
-def _threads(value: str) -> int | str:
-    if value == "auto":
-        return "auto"
-    try:
-        threads = int(value)
-    except ValueError as exc:
-        raise UserError(f"--threads takes a number or 'auto', got {value!r}") from exc
-    if threads < 1:
-        raise UserError(f"--threads must be >= 1, got {threads}")
-    return threads
-
-
-def _seeds(values) -> list[int]:
-    seeds = []
-    for v in _split(values):
-        try:
-            seeds.append(int(v))
-        except ValueError as exc:
-            raise UserError(f"--seeds takes integers, got {v!r}") from exc
-    return seeds
-
-
-def cli_main(args) -> int:
-    if args.update_readme:
-        _readme_section(Path(args.update_readme))  # fail before the run, not after it
-    result = run(
-        benchmark=args.benchmark,
-        models=_split(args.models) or None,
-        losses=_split(args.losses) or list(DEFAULTS["losses"]),
-        detectors=_split(args.detectors) or list(DEFAULTS["detectors"]),
-        seeds=_seeds(args.seeds) if args.seeds else list(DEFAULTS["seeds"]),
-        device=_device(args.device),
-        out=args.out,
-        data_root=args.data_root,
-        download=args.download,
-        force=args.force,
-        batch_size=args.batch_size,
-        protocol=args.protocol,
-        recipe=args.recipe,
-        epochs=args.epochs,
-        t=args.t,
-        t_from=args.t_from,
-        progress=not args.no_progress,
-        plots=not args.no_plots,
-        num_workers=args.num_workers,
-        threads=_threads(args.threads),
-        command=_command_line(),
-    )
-    if args.update_readme:
-        update_readme(args.update_readme, result["markdown"])
-        print(f"updated {args.update_readme}")
-    return 0
-
-
-def _readme_section(path: Path) -> tuple[str, int, int]:
+    :raises UserError: if the file or a marker is missing
+    """
     if not path.is_file():
         raise UserError(f"--update-readme: {str(path)!r} does not exist")
     text = path.read_text(encoding="utf-8")
@@ -203,7 +97,7 @@ def update_readme(path: str | Path, markdown: str) -> Path:
     :raises UserError: if the file or a marker is missing
     """
     path = Path(path)
-    text, start, end = _readme_section(path)
+    text, start, end = readme_section(path)
     # one heading level down: the section sits inside the README
     body = "\n".join("#" + line if line.startswith("#") else line
                      for line in markdown.strip().splitlines())
@@ -211,75 +105,7 @@ def update_readme(path: str | Path, markdown: str) -> Path:
     return write_text(path, new)
 
 
-def _command_line() -> str:
-    """The command as typed (for table.md and the provenance record)."""
-    import shlex
-
-    if sys.argv and Path(sys.argv[0]).name == "logitnorm-ood":
-        return " ".join(["logitnorm-ood", *map(shlex.quote, sys.argv[1:])])
-    return "logitnorm-ood bench"
-
-
-# -- published numbers -------------------------------------------------------------------------
-
-
-def load_published() -> dict:
-    """The published reference numbers shipped with the package (``published_numbers.json``)."""
-    text = resources.files("logitnorm_plugin").joinpath("published_numbers.json").read_text(
-        encoding="utf-8"
-    )
-    return json.loads(text)
-
-
-def _norm(name) -> str | None:
-    return None if name is None else str(name).strip().lower().replace("-", "_")
-
-
-def match_published(
-    benchmark: str, protocol: str, arch: str | None, loss: str | None,
-    detector: str | None, published: Mapping | None = None,
-) -> list[dict]:
-    """Published entries for one table row: same benchmark, protocol (or any), architecture,
-    training loss and detector (or any, for ID-only numbers). Nothing matches a model whose
-    architecture is unknown."""
-    published = published if published is not None else load_published()
-    if arch is None or loss is None:
-        return []
-    found = []
-    for entry in published.get("entries", []):
-        if _norm(entry["benchmark"]) != _norm(benchmark):
-            continue
-        if entry.get("protocol") is not None and entry["protocol"] != protocol:
-            continue
-        if _norm(arch) not in {_norm(a) for a in entry.get("arch", [])}:
-            continue
-        if _norm(entry["loss"]) != _norm(loss):
-            continue
-        if entry.get("detector") is not None and _norm(entry["detector"]) != _norm(detector):
-            continue
-        found.append(entry)
-    return found
-
-
 # -- formatting --------------------------------------------------------------------------------
-
-
-def _pct(mean, std=None) -> str:
-    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
-        return "-"
-    text = f"{100 * mean:.2f}"
-    if std is not None and not (isinstance(std, float) and math.isnan(std)):
-        text += f" ± {100 * std:.2f}"
-    return text
-
-
-def _markdown(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(str(h)), *(len(str(r[i])) for r in body)) if body else len(str(h))
-              for i, h in enumerate(header)]
-    def line(cells):
-        return "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
-    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(header), sep, *(line(r) for r in body)])
 
 
 def format_table(
@@ -302,17 +128,17 @@ def format_table(
     body = []
     for entry in aggregate:
         row = [str(entry.get(b)) for b in by] + [str(entry.get("Seeds", ""))]
-        row += [_pct(entry.get(m), entry.get(f"{m}_std")) for m in metrics]
-        row += [_pct(entry.get(c), entry.get(f"{c}_std")) for c in group_cols]
+        row += [pct(entry.get(m), entry.get(f"{m}_std")) for m in metrics]
+        row += [pct(entry.get(c), entry.get(f"{c}_std")) for c in group_cols]
         if has_pub:
             refs = []
             for p in (published or {}).get(tuple(entry.get(b) for b in by), []):
                 mark = notes.setdefault(p["source"], len(notes) + 1)
                 scope = "" if p["scope"] in ("mean", "id") else f"{p['scope']} "
-                refs.append(f"{scope}{p['metric']} {_pct(p['value'], p.get('std'))} [{mark}]")
+                refs.append(f"{scope}{p['metric']} {pct(p['value'], p.get('std'))} [{mark}]")
             row.append("; ".join(refs) or "-")
         body.append(row)
-    text = _markdown(header, body)
+    text = markdown_table(header, body)
     if notes:
         sources = sources or {}
         text += "\n\n" + "\n".join(
@@ -326,15 +152,13 @@ def format_per_dataset(aggregate: Sequence[Mapping[str, Any]], by: Sequence[str]
     header = [*by, "Dataset", "AUROC", "FPR95TPR", "FPR95-ID95"]
     body = [
         [str(e.get(b)) for b in by] + [str(e.get("Dataset"))]
-        + [_pct(e.get(m), e.get(f"{m}_std")) for m in ("AUROC", "FPR95TPR", "FPR95-ID95")]
+        + [pct(e.get(m), e.get(f"{m}_std")) for m in ("AUROC", "FPR95TPR", "FPR95-ID95")]
         for e in aggregate
     ]
-    return _markdown(header, body)
+    return markdown_table(header, body)
 
 
 def _csv(rows: Sequence[Mapping[str, Any]]) -> str:
-    from logitnorm_plugin.evaluate import ROW_KEYS
-
     keys = list(ROW_KEYS) + sorted({k for r in rows for k in r} - set(ROW_KEYS))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=keys, lineterminator="\n")
@@ -347,48 +171,67 @@ def _csv(rows: Sequence[Mapping[str, Any]]) -> str:
 # -- models ------------------------------------------------------------------------------------
 
 
-#: what bench asked the trainer for, kept in each run folder it trains
-REQUEST_FILE = "bench_request.json"
+@dataclass(frozen=True)
+class _TrainRequest:
+    """One model bench trains: its configuration (checked before anything trains) and what
+    bench asked the trainer for (kept in the run folder, to reuse it on a rerun)."""
 
+    loss: str
+    seed: int
+    run_dir: Path
+    train_kwargs: dict
+    request: dict
 
-def _trained_spec(
-    loss: str, seed: int, dataset: str, out: Path, device: str, recipe, epochs, t, t_from,
-    data_root, download, progress,
-):
-    """Train ``loss`` x ``seed`` into ``out/runs/`` and describe the model as a spec.
+    @classmethod
+    def resolve(cls, loss, seed, dataset, out: Path, recipe, epochs, t, t_from, data_root,
+                download, progress, device: str) -> _TrainRequest:
+        from logitnorm_plugin.train_config import resolve_config
 
-    A run folder that already holds a finished model trained for the same request is reused
-    as it is (nothing is rewritten); an unfinished one is resumed; one trained with other
-    settings is an error (:class:`~logitnorm_plugin.errors.ConfigMismatchError`)."""
-    from logitnorm_plugin.evaluate import _run_spec
-    from logitnorm_plugin.train import CARD_FILE, train
-
-    run_dir = out / "runs" / f"{dataset}-{loss}-s{seed}"
-    loss_kwargs = {"t": t} if t is not None and loss == "logitnorm" else None
-    t_from = str(Path(t_from).resolve()) if t_from is not None and loss == "logitnorm" else None
-    request = {"dataset": dataset, "loss": loss, "loss_kwargs": loss_kwargs, "recipe": recipe,
-               "epochs": epochs, "seed": seed, "t_from": t_from}
-    if t_from is not None and Path(t_from).is_file():
-        # a rewritten recommendation is another request
-        request["t_from_sha256"] = hashlib.sha256(Path(t_from).read_bytes()).hexdigest()
-    request_path = run_dir / REQUEST_FILE
-    reuse = (
-        (run_dir / CARD_FILE).is_file()
-        and request_path.is_file()
-        and json.loads(request_path.read_text(encoding="utf-8")) == request
-    )
-    if not reuse:
-        train(
+        # --t and --t-from concern the LogitNorm models only
+        loss_kwargs = {"t": t} if t is not None and loss == "logitnorm" else None
+        if t_from is not None:
+            t_from = str(Path(t_from).resolve()) if loss == "logitnorm" else None
+        # every conflict (t and t_from, a foreign recommended_t.json, ...) fails here
+        resolve_config(dataset, loss=loss, loss_kwargs=loss_kwargs, recipe=recipe,
+                       epochs=epochs, seed=seed, t_from=t_from)
+        request = {"dataset": dataset, "loss": loss, "loss_kwargs": loss_kwargs,
+                   "recipe": recipe, "epochs": epochs, "seed": seed, "t_from": t_from}
+        if t_from is not None and Path(t_from).is_file():
+            # a rewritten recommendation is another request
+            request["t_from_sha256"] = hashlib.sha256(Path(t_from).read_bytes()).hexdigest()
+        run_dir = out / "runs" / f"{dataset}-{loss}-s{seed}"
+        train_kwargs = dict(
             dataset=dataset, loss=loss, loss_kwargs=loss_kwargs, recipe=recipe, epochs=epochs,
             seed=seed, device=device, out=run_dir, resume=True, data_root=data_root,
             download=download, progress=progress, t_from=t_from,
         )
-        write_json(request_path, request)
-    spec = _run_spec(str(run_dir))
-    spec.extra["trained_now"] = not reuse
-    spec.label = f"{loss}/s{seed}"
-    spec.loss, spec.seed = loss, seed
-    return spec
+        return cls(loss, seed, run_dir, train_kwargs, request)
+
+    def spec(self):
+        """Train (or reuse, or resume) the model and describe it as a
+        :class:`~logitnorm_plugin.specs.ModelSpec`.
+
+        A run folder that already holds a finished model trained for the same request is
+        reused as it is (nothing is rewritten); an unfinished one is resumed; one trained with
+        other settings is an error (:class:`~logitnorm_plugin.errors.ConfigMismatchError`)."""
+        from logitnorm_plugin.runs import CARD_FILE
+        from logitnorm_plugin.specs import resolve_model
+        from logitnorm_plugin.training import train
+
+        request_path = self.run_dir / REQUEST_FILE
+        reuse = (
+            (self.run_dir / CARD_FILE).is_file()
+            and request_path.is_file()
+            and json.loads(request_path.read_text(encoding="utf-8")) == self.request
+        )
+        if not reuse:
+            train(**self.train_kwargs)
+            write_json(request_path, self.request)
+        spec = resolve_model(str(self.run_dir))
+        spec.extra["trained_now"] = not reuse
+        spec.label = f"{self.loss}/s{self.seed}"
+        spec.loss, spec.seed = self.loss, self.seed
+        return spec
 
 
 # -- the run -----------------------------------------------------------------------------------
@@ -420,15 +263,19 @@ def run(
 ) -> dict:
     """Run a comparison and write its outputs; what ``logitnorm-ood bench`` does.
 
-    ``threads`` sets torch's CPU threads for the run (restored afterwards): a number, ``"auto"``
-    (1 for the digits benchmark on the CPU, else unchanged) or ``None`` (unchanged). The other
-    parameters are the command-line options of the same names.
+    ``device`` is ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``. ``threads`` sets torch's
+    CPU threads for the run (restored afterwards): a number, ``"auto"`` (1 for the digits
+    benchmark on the CPU, else unchanged) or ``None`` (unchanged). The other parameters are the
+    command-line options of the same names.
 
     :return: dict with ``rows``, ``aggregate``, ``table`` and ``markdown`` (the table alone and
         the whole ``table.md``), ``config_id``, ``out``, ``seconds`` and ``plots``
     """
     import torch
 
+    from logitnorm_plugin.device import resolve_device
+
+    device = str(resolve_device(device))
     if threads == "auto":
         on_cpu = torch.device(device).type == "cpu"
         threads = 1 if on_cpu and str(benchmark).lower() == "digits" else None
@@ -436,147 +283,174 @@ def run(
     if threads is not None:
         torch.set_num_threads(int(threads))
     try:
-        return _run(
-            benchmark, models, losses, detectors, seeds, device, out, data_root, download, force,
-            batch_size, protocol, recipe, epochs, t, t_from, progress, plots, num_workers,
-            command, stdout,
+        comparison = _Comparison(
+            benchmark, models, losses, detectors, seeds, device, Path(out), data_root,
+            download, force, batch_size, protocol, recipe, epochs, t, t_from, progress, plots,
+            num_workers, command,
         )
+        return comparison.run(stdout)
     finally:
         torch.set_num_threads(previous)
 
 
-def _run(
-    benchmark, models, losses, detectors, seeds, device, out, data_root, download, force,
-    batch_size, protocol, recipe, epochs, t, t_from, progress, plots, num_workers, command,
-    stdout,
-) -> dict:
-    from logitnorm_plugin import provenance
-    from logitnorm_plugin.evaluate import (
-        _parse_detectors,
-        config_id,
-        evaluate,
-        evaluation_config,
-        resolve_benchmark,
-        resolve_model,
-    )
-    from logitnorm_plugin.registry import get_loss_class
-    from logitnorm_plugin.store import ResultStore
+class _Comparison:
+    """One bench run: checked on construction, then trained, evaluated and written."""
 
-    stdout = stdout or sys.stdout
-    start = time.perf_counter()
-    out = Path(out)
-    # check names and data first: a typo or missing data fails before any training
-    requests = _parse_detectors(detectors)
-    if not models:
-        if not losses or not seeds:
+    def __init__(self, benchmark, models, losses, detectors, seeds, device, out, data_root,
+                 download, force, batch_size, protocol, recipe, epochs, t, t_from, progress,
+                 plots, num_workers, command):
+        from logitnorm_plugin.specs import parse_detectors, resolve_benchmark
+
+        if batch_size < 1:
+            raise UserError(f"the batch size must be >= 1, got {batch_size}")
+        self.start = time.perf_counter()
+        self.models, self.detectors, self.device, self.out = models, detectors, device, out
+        self.download, self.force, self.batch_size = download, force, batch_size
+        self.protocol, self.progress, self.plots = protocol, progress, plots
+        self.num_workers, self.command = num_workers, command
+        # check names, data and training configurations first: nothing trains before all pass
+        self.requests = parse_detectors(detectors)
+        if not models and (not losses or not seeds):
             raise UserError("name at least one loss and one seed (or --models)")
-        for loss in losses:
-            get_loss_class(loss)
-    bench = resolve_benchmark(benchmark, data_root=data_root, download=download, seed=0)
-    out.mkdir(parents=True, exist_ok=True)
-    dataset = getattr(bench.benchmark, "dataset", None) or bench.name
-
-    if models:
-        specs = [resolve_model(m, download=download) for m in models]
-    else:
-        specs = [
-            _trained_spec(loss, seed, dataset, out, device, recipe, epochs, t, t_from,
-                          data_root, download, progress)
+        self.bench = resolve_benchmark(benchmark, data_root=data_root, download=download,
+                                       seed=0)
+        dataset = getattr(self.bench.benchmark, "dataset", None) or self.bench.name
+        self.to_train = [] if models else [
+            _TrainRequest.resolve(loss, seed, dataset, out, recipe, epochs, t, t_from,
+                                  data_root, download, progress, device)
             for loss in losses for seed in seeds
         ]
-    trained_now = sum(bool(s.extra.get("trained_now")) for s in specs)
 
-    first_seed = {}
-    for s in specs:
-        first_seed.setdefault(s.loss, s.label)
-    record = provenance.collect(
-        device=device,
-        config={
-            "command": command, "benchmark": bench.name, "protocol": protocol,
-            "models": [s.label for s in specs], "detectors": list(detectors),
-            "batch_size": batch_size, "torch_threads": _torch_threads(),
-        },
-    )
-    run_config = evaluation_config(bench, protocol)
-    cfg = config_id(run_config)
-    model_ids = [s.model_id() for s in specs]
-    with ResultStore(out / "results.sqlite") as store:
-        cells_before = 0 if force else sum(len(store.cells(m, cfg)) for m in model_ids)
-        rows = evaluate(
-            specs, bench, detectors=detectors, device=device, batch_size=batch_size,
-            store=store, force=force, progress=progress, protocol=protocol,
-            keep_scores=(lambda s: first_seed.get(s.loss) == s.label) if plots else False,
-            provenance=record, num_workers=num_workers,
+    def run(self, stdout) -> dict:
+        import sys
+
+        from logitnorm_plugin import provenance
+        from logitnorm_plugin.specs import evaluation_config, resolve_model
+
+        stdout = stdout or sys.stdout
+        self.out.mkdir(parents=True, exist_ok=True)
+        if self.models:
+            specs = [resolve_model(m, download=self.download) for m in self.models]
+        else:
+            specs = [request.spec() for request in self.to_train]
+        record = provenance.collect(
+            device=self.device,
+            config={
+                "command": self.command, "benchmark": self.bench.name,
+                "protocol": self.protocol, "models": [s.label for s in specs],
+                "detectors": list(self.detectors), "batch_size": self.batch_size,
+                "torch_threads": _torch_threads(),
+            },
         )
+        cfg = config_hash(evaluation_config(self.bench, self.protocol))
+        rows, summary, per_dataset, cells_before, hist = self._evaluate(specs, record, cfg)
+        return self._write(specs, rows, summary, per_dataset, cells_before, hist, record, cfg,
+                           stdout)
+
+    def _evaluate(self, specs, record, cfg):
+        """Evaluate into the store; aggregate this run's models and detectors from it."""
+        from logitnorm_plugin.evaluation import evaluate
+        from logitnorm_plugin.store import STORE_FILE, ResultStore
+
+        first_seed = {}
+        for s in specs:
+            first_seed.setdefault(s.loss, s.label)
+        self.first_seed = first_seed
+        model_ids = [s.model_id() for s in specs]
+        with ResultStore(self.out / STORE_FILE) as store:
+            cells_before = 0 if self.force else sum(len(store.cells(m, cfg)) for m in model_ids)
+            rows = evaluate(
+                specs, self.bench, detectors=self.detectors, device=self.device,
+                batch_size=self.batch_size, store=store, force=self.force,
+                progress=self.progress, protocol=self.protocol,
+                keep_scores=(lambda s: first_seed.get(s.loss) == s.label) if self.plots
+                else False,
+                provenance=record, num_workers=self.num_workers,
+            )
+            self.by = (("Arch", "Loss", "Detector") if len({s.arch for s in specs}) > 1
+                       else ("Loss", "Detector"))
+            names = [r.name for r in self.requests]
+            summary = _ordered(
+                store.aggregate(cfg, model_ids=model_ids, by=self.by, detectors=names),
+                specs, names, self.by,
+            )
+            per_dataset = _ordered(
+                store.aggregate(cfg, model_ids=model_ids, by=self.by, per_dataset=True,
+                                detectors=names),
+                specs, names, self.by, self.bench.ood_names,
+            )
+            hist = _histograms(store, specs, self.requests, self.bench, cfg, self.out,
+                               first_seed) if self.plots else []
+        return rows, summary, per_dataset, cells_before, hist
+
+    def _write(self, specs, rows, summary, per_dataset, cells_before, hist, record, cfg,
+               stdout) -> dict:
+        """Print the table; write table.md, results.csv and results.json."""
+        from logitnorm_plugin import provenance
+        from logitnorm_plugin.specs import evaluation_config
+
+        bench, by = self.bench, self.by
+        published = load_published()
         archs = {s.arch for s in specs}
-        by = ("Arch", "Loss", "Detector") if len(archs) > 1 else ("Loss", "Detector")
-        names = [r.name for r in requests]
-        summary = _ordered(
-            store.aggregate(cfg, model_ids=model_ids, by=by, detectors=names), specs, names, by
+        arch_of = {s.loss: s.arch for s in specs}
+        matched = {}
+        for entry in summary:
+            arch = entry.get("Arch", arch_of.get(entry.get("Loss")) if len(archs) == 1 else None)
+            matched[tuple(entry.get(b) for b in by)] = match_published(
+                bench.name, self.protocol, arch, entry.get("Loss"), entry.get("Detector"),
+                published,
+            )
+        table = format_table(summary, by, list(bench.groups), matched, published.get("sources"))
+        seconds = time.perf_counter() - self.start
+        title = (
+            f"Benchmark `{bench.name}` (protocol {self.protocol}), {len(specs)} models, "
+            f"detectors {', '.join(self.detectors)}; values in %, mean ± std over seeds of the "
+            f"mean over {len(bench.ood_names)} OOD sets ({', '.join(bench.ood_names)}). "
+            "FPR95TPR: pytorch-ood's (OOD positive, ID flagged at 95% OOD detected); "
+            "FPR95-ID95: the LogitNorm paper's (OOD accepted at 95% ID kept). ACC: ID test "
+            "accuracy."
         )
-        per_dataset = _ordered(
-            store.aggregate(cfg, model_ids=model_ids, by=by, per_dataset=True, detectors=names),
-            specs, names, by, bench.ood_names,
-        )
-        hist = _histograms(store, specs, detectors, bench, cfg, out, first_seed) if plots else []
-
-    published = load_published()
-    arch_of = {s.loss: s.arch for s in specs}
-    matched = {}
-    for entry in summary:
-        arch = entry.get("Arch", arch_of.get(entry.get("Loss")) if len(archs) == 1 else None)
-        matched[tuple(entry.get(b) for b in by)] = match_published(
-            bench.name, protocol, arch, entry.get("Loss"), entry.get("Detector"), published
-        )
-    groups = list(bench.groups)
-    table = format_table(summary, by, groups, matched, published.get("sources"))
-    seconds = time.perf_counter() - start
-    title = (
-        f"Benchmark `{bench.name}` (protocol {protocol}), {len(specs)} models, "
-        f"detectors {', '.join(detectors)}; values in %, mean ± std over seeds of the mean "
-        f"over {len(bench.ood_names)} OOD sets ({', '.join(bench.ood_names)}). FPR95TPR: "
-        "pytorch-ood's (OOD positive, ID flagged at 95% OOD detected); FPR95-ID95: the "
-        "LogitNorm paper's (OOD accepted at 95% ID kept). ACC: ID test accuracy."
-    )
-    temperatures = sorted({s.t for s in specs if s.loss == "logitnorm" and s.t is not None})
-    if temperatures:
-        title += " LogitNorm models trained with t = " + ", ".join(f"{t:g}" for t in temperatures)
-        title += "."
-    md = "\n\n".join([
-        f"# logitnorm-ood bench: {bench.name}",
-        title,
-        table,
-        "## Per OOD set",
-        format_per_dataset(per_dataset, by),
-        f"Command: `{command or 'logitnorm-ood bench'}`; device {provenance.device_name(device)}"
-        f", torch threads: {_torch_threads()}; run time {seconds:.1f} s after interpreter "
-        "start-up; "
-        + (f"{len(specs)} models given with --models" if models else
-           f"{trained_now} of {len(specs)} models trained in this run, "
-           f"{len(specs) - trained_now} reused from runs/")
-        + f"; {len(rows) - cells_before} of {len(rows)} cells computed in this run, the "
-        "others read from results.sqlite.",
-    ]) + "\n"
-    print(title + "\n\n" + table, file=stdout)
-    write_text(out / "table.md", md)
-    write_text(out / "results.csv", _csv(rows))
-    write_json(out / "results.json", {
-        "benchmark": bench.name,
-        "config_id": cfg,
-        "config": run_config,
-        "provenance": record,
-        "rows": rows,
-        "aggregate": summary,
-        "aggregate_per_dataset": per_dataset,
-        "published": [p for v in matched.values() for p in v],
-        "plots": [str(p.name) for p in hist],
-        "seconds": seconds,
-    }, default=repr)
-    print(f"\nwrote {out}/ (results.sqlite, results.json, results.csv, table.md"
-          + (", " + ", ".join(p.name for p in hist) if hist else "")
-          + f") in {seconds:.1f} s", file=stdout)
-    return {"rows": rows, "aggregate": summary, "table": table, "markdown": md,
-            "config_id": cfg, "out": out, "seconds": seconds, "plots": hist}
+        temperatures = sorted({s.t for s in specs if s.loss == "logitnorm" and s.t is not None})
+        if temperatures:
+            title += (" LogitNorm models trained with t = "
+                      + ", ".join(f"{t:g}" for t in temperatures) + ".")
+        trained_now = sum(bool(s.extra.get("trained_now")) for s in specs)
+        md = "\n\n".join([
+            f"# logitnorm-ood bench: {bench.name}",
+            title,
+            table,
+            "## Per OOD set",
+            format_per_dataset(per_dataset, by),
+            f"Command: `{self.command or 'logitnorm-ood bench'}`; device "
+            f"{provenance.device_name(self.device)}, torch threads: {_torch_threads()}; run "
+            f"time {seconds:.1f} s after interpreter start-up; "
+            + (f"{len(specs)} models given with --models" if self.models else
+               f"{trained_now} of {len(specs)} models trained in this run, "
+               f"{len(specs) - trained_now} reused from runs/")
+            + f"; {len(rows) - cells_before} of {len(rows)} cells computed in this run, the "
+            "others read from results.sqlite.",
+        ]) + "\n"
+        print(title + "\n\n" + table, file=stdout)
+        out = self.out
+        write_text(out / "table.md", md)
+        write_text(out / "results.csv", _csv(rows))
+        write_json(out / "results.json", {
+            "benchmark": bench.name,
+            "config_id": cfg,
+            "config": evaluation_config(bench, self.protocol),
+            "provenance": record,
+            "rows": rows,
+            "aggregate": summary,
+            "aggregate_per_dataset": per_dataset,
+            "published": [p for v in matched.values() for p in v],
+            "plots": [str(p.name) for p in hist],
+            "seconds": seconds,
+        }, default=repr)
+        print(f"\nwrote {out}/ (results.sqlite, results.json, results.csv, table.md"
+              + (", " + ", ".join(p.name for p in hist) if hist else "")
+              + f") in {seconds:.1f} s", file=stdout)
+        return {"rows": rows, "aggregate": summary, "table": table, "markdown": md,
+                "config_id": cfg, "out": out, "seconds": seconds, "plots": hist}
 
 
 def _torch_threads() -> int:
@@ -604,29 +478,24 @@ def _ordered(entries, specs, detectors, by, datasets=()):
     return sorted(entries, key=key)
 
 
-def _histograms(store, specs, detectors, bench, cfg, out: Path, first_seed) -> list[Path]:
+def _histograms(store, specs, requests, bench, cfg, out: Path, first_seed) -> list[Path]:
     """One PNG per detector: ID vs OOD scores of the first seed of each loss, side by side."""
-    try:
-        from logitnorm_plugin.plots import score_histograms
-    except ImportError:  # plots module not available: no figures, results are unaffected
-        return []
-    from logitnorm_plugin.evaluate import _auto_kwargs, _parse_detectors
+    from logitnorm_plugin.conventions import ID_DATASET
+    from logitnorm_plugin.plots import score_histograms
 
     chosen = [s for s in specs if first_seed.get(s.loss) == s.label]
-    if not chosen:
-        return []
     paths = []
-    for request in _parse_detectors(detectors):
+    for request in requests:
         panels = {}
         for spec in chosen:
             std = spec.std if spec.std is not None else bench.std
-            key = request.key(_auto_kwargs(request, spec, std))
+            key = request.key(request.model_kwargs(spec, std))
             sets = {}
-            for dataset in ["ID", *bench.ood_names]:
+            for dataset in [ID_DATASET, *bench.ood_names]:
                 values = store.scores(spec.model_id(), cfg, key, dataset)
                 if values is not None:
                     sets[dataset] = values.numpy()
-            if "ID" in sets and len(sets) > 1:
+            if ID_DATASET in sets and len(sets) > 1:
                 panels[spec.label] = sets
         if panels:
             path = out / f"hist_{request.name}.png"

@@ -6,6 +6,7 @@ from pytorch_ood.api import DetectorInfo, LogitsDetector, Task
 from torch import Tensor
 from torch.nn import Module
 
+from logitnorm_plugin.conventions import DEFAULT_T
 from logitnorm_plugin.loss import PAPER, _normalized_logits, check_temperature
 
 
@@ -29,11 +30,16 @@ class LogitNormDetector(LogitsDetector):
 
     info = DetectorInfo(paper=PAPER, tasks={Task.CLASSIFICATION, Task.SEGMENTATION})
 
+    #: the constructor parameter the evaluation engine sets to the temperature the model was
+    #: trained with, when it is known (a run folder's card, a LogitNorm registry entry) and the
+    #: caller did not give one
+    training_t_parameter = "t"
+
     #: candidate temperatures for :class:`pytorch_ood.utils.GridSearch`: the grid of
     #: ``logitnorm-ood tune-t`` around the CIFAR-10 default 0.04, and 1.0 (no sharpening)
     hyperparameter_space = {"t": [0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 1.0]}
 
-    def __init__(self, model: Module | None, t: float = 0.04):
+    def __init__(self, model: Module | None, t: float = DEFAULT_T):
         """
         :param model: the classifier, mapping inputs to logits (may be ``None`` when only
             :meth:`predict_logits` is used)

@@ -1,7 +1,7 @@
 """torch.distributed helpers for the trainer: one code path for 1 and N processes.
 
-Under ``torchrun --nproc_per_node N`` every process runs the same :func:`~logitnorm_plugin.
-train.train` call. :func:`setup` reads the launcher's environment (``env://``: ``RANK``,
+Under ``torchrun --nproc_per_node N`` every process runs the same :func:`logitnorm_plugin.train`
+call. :func:`setup` reads the launcher's environment (``env://``: ``RANK``,
 ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) and starts a process group
 (``nccl`` on CUDA, ``gloo`` on CPU); in a plain process it returns a context of size 1 whose
 collectives do nothing, so the trainer never branches on "distributed or not" beyond asking

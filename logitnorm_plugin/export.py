@@ -17,8 +17,8 @@ device, seeds, dates):
   (``pandas.read_csv(path, comment="#")`` reads it).
 - ``results_table.json``: everything at full precision as fractions in [0, 1].
 
-:func:`parse_markdown`, :func:`parse_rst`, :func:`parse_csv` and :func:`parse_json` read each
-format back into flat records (tests compare them with the store).
+Each file identifies its tables (an HTML comment in Markdown, a comment in RST), so the tests
+read every format back and compare it with the store.
 
 ``logitnorm-ood export --model RUN_DIR`` prints a ready-to-paste ``ModelEntry(...)`` for
 ``pytorch_ood/model/registry.py`` built from a trainer run folder's model card; the snippet is
@@ -28,54 +28,39 @@ printed. The download URL is an explicit placeholder (``https://FILL-IN/...``).
 
 from __future__ import annotations
 
-import argparse
 import csv
-import importlib
 import io
 import json
-import math
-import re
 import shutil
-import sqlite3
-import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from logitnorm_plugin.errors import IncompatibleResultsError, UserError
+from logitnorm_plugin import runs
+from logitnorm_plugin.conventions import REGISTRY_LOSS_NAMES
+from logitnorm_plugin.errors import ModelIntegrityError, UserError
+from logitnorm_plugin.provenance import provenance_text
+from logitnorm_plugin.store import open_results
+from logitnorm_plugin.tables import finite_json, is_missing, markdown_table, rst_grid_table
 
 __all__ = [
-    "STORE_FILE",
-    "EXPORT_FORMAT_VERSION",
     "DOC_METRICS",
+    "EXPORT_FORMAT_VERSION",
     "EXTRA_METRICS",
     "FORMATS",
     "URL_PLACEHOLDER",
-    "open_results",
-    "config_ids",
-    "results_config",
+    "build_model_entry",
+    "check_entry",
     "copy_weights",
-    "provenance_summary",
-    "provenance_text",
+    "export_results",
     "export_tables",
-    "to_markdown",
-    "to_rst",
+    "model_entry_snippet",
     "to_csv",
     "to_json",
-    "parse_markdown",
-    "parse_rst",
-    "parse_csv",
-    "parse_json",
-    "export_results",
-    "model_entry_snippet",
-    "build_model_entry",
+    "to_markdown",
+    "to_rst",
     "upstream_key",
-    "cli_arguments",
-    "cli_main",
 ]
-
-#: the result store inside a results folder (written by ``logitnorm-ood bench``)
-STORE_FILE = "results.sqlite"
 
 #: version of the files written here (JSON ``format_version``)
 EXPORT_FORMAT_VERSION = 1
@@ -95,185 +80,7 @@ URL_PLACEHOLDER = "https://FILL-IN"
 _BY = ("Arch", "Loss", "Detector")
 _SCOPE_DATASET = "dataset"
 _SCOPE_MEAN = "mean"
-_TABLE_TAG = "logitnorm-plugin-table"
-
-
-# -- reading a results folder -----------------------------------------------------------------
-
-
-def _store_path(path) -> Path:
-    path = Path(path)
-    if not path.exists():
-        raise IncompatibleResultsError(
-            f"results folder {str(path)!r} does not exist; write one with "
-            f"`logitnorm-ood bench --out {path}`"
-        )
-    if path.is_dir():
-        store = path / STORE_FILE
-        if not store.is_file():
-            raise IncompatibleResultsError(
-                f"{str(path)!r} holds no {STORE_FILE}: it is not a results folder of "
-                f"`logitnorm-ood bench` (or the run was stopped before its first result)"
-            )
-        return store
-    return path
-
-
-def _check_schema(path: Path) -> None:
-    """Read-only check that ``path`` is a result store of the version this package reads, before
-    :class:`~logitnorm_plugin.store.ResultStore` opens it (which would add its tables to any
-    SQLite file)."""
-    from logitnorm_plugin.store import SCHEMA_VERSION
-
-    try:
-        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-    except sqlite3.Error as exc:
-        raise IncompatibleResultsError(f"cannot open {str(path)!r}: {exc}") from exc
-    try:
-        try:
-            found = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        except sqlite3.DatabaseError as exc:
-            if path.stat().st_size == 0:
-                raise IncompatibleResultsError(
-                    f"{str(path)!r} is empty: the bench run stored no results"
-                ) from exc
-            raise IncompatibleResultsError(
-                f"{str(path)!r} is not a result store of logitnorm-plugin ({exc})"
-            ) from exc
-        if found is None:
-            raise IncompatibleResultsError(
-                f"{str(path)!r} has no schema version: not a result store of logitnorm-plugin"
-            )
-        if str(found[0]) != str(SCHEMA_VERSION):
-            raise IncompatibleResultsError(
-                f"{str(path)!r} is a result store of schema version {found[0]}, written by "
-                f"another version of logitnorm-plugin; this version reads schema "
-                f"{SCHEMA_VERSION}. Re-run `logitnorm-ood bench` with this version, or export "
-                "with the version that wrote it"
-            )
-    finally:
-        db.close()
-
-
-def open_results(path):
-    """Open the result store of a results folder (or the store file itself) for reading.
-
-    :param path: a folder written by ``logitnorm-ood bench`` (holding ``results.sqlite``) or
-        the ``.sqlite`` file
-    :return: an open :class:`~logitnorm_plugin.store.ResultStore` holding at least one cell
-    :raises IncompatibleResultsError: if the folder is missing, is not a results folder, holds
-        an empty store, or a store of another schema version
-    """
-    from logitnorm_plugin.store import ResultStore
-
-    store_path = _store_path(path)
-    _check_schema(store_path)
-    store = ResultStore(store_path)
-    if store.count() == 0:
-        store.close()
-        raise IncompatibleResultsError(
-            f"{str(store_path)!r} holds no results (the store is empty); run "
-            "`logitnorm-ood bench` to fill it"
-        )
-    return store
-
-
-def config_ids(store) -> list[str]:
-    """The benchmark configurations of a store, in the order their first cell was stored."""
-    seen: dict[str, None] = {}
-    for row in store.rows(with_ids=True):
-        seen.setdefault(row["config_id"], None)
-    return list(seen)
-
-
-def results_config(store, cfg_id: str, rows: Sequence[Mapping[str, Any]] | None = None) -> dict:
-    """The stored configuration of ``cfg_id`` (benchmark, protocol, OOD names and groups),
-    completed from its rows where an older store lacks a field."""
-    if rows is None:
-        rows = store.rows(config_id=cfg_id, with_ids=True)
-    config = dict(store.config(cfg_id) or {})
-    if not rows:
-        return config
-    config.setdefault("benchmark", rows[0].get("Benchmark"))
-    config.setdefault("protocol", rows[0].get("Protocol"))
-    if not config.get("ood_names"):
-        names: dict[str, None] = {}
-        for r in rows:
-            names.setdefault(r["Dataset"], None)
-        config["ood_names"] = list(names)
-    config.setdefault("groups", {})
-    return config
-
-
-# -- provenance ---------------------------------------------------------------------------------
-
-
-def _distinct(values: Iterable[Any]) -> list:
-    out: list = []
-    for v in values:
-        if v is not None and v not in out:
-            out.append(v)
-    return out
-
-
-def provenance_summary(store, rows: Sequence[Mapping[str, Any]] | None = None) -> dict:
-    """Where the numbers of ``rows`` (default: all cells) came from, merged over the bench runs
-    that computed them: package versions, git commits, devices, commands, seeds and dates; plus
-    when and with which versions this export was made."""
-    from logitnorm_plugin import provenance
-
-    rows = list(rows) if rows is not None else store.rows(with_ids=True)
-    run_ids = sorted({r["run_id"] for r in rows if r.get("run_id") is not None})
-    records = [store.provenance(i) or {} for i in run_ids]
-    packages: dict[str, list] = {}
-    for rec in records:
-        for name, version in (rec.get("versions") or {}).items():
-            values = packages.setdefault(name, [])
-            if version is not None and version not in values:
-                values.append(version)
-    dates = sorted(d for d in (rec.get("created_utc") for rec in records) if d)
-    seeds = sorted({r["Seed"] for r in rows if r.get("Seed") is not None})
-    exporter = provenance.collect()
-    return {
-        "versions": packages,
-        "git_commits": _distinct(rec.get("git_commit") for rec in records),
-        "devices": _distinct(rec.get("device") for rec in records),
-        "commands": _distinct((rec.get("config") or {}).get("command") for rec in records),
-        "seeds": seeds,
-        "computed_utc": [dates[0], dates[-1]] if dates else [],
-        "runs": run_ids,
-        "exported_utc": exporter["created_utc"],
-        "exported_with": {
-            "versions": exporter["versions"],
-            "git_commit": exporter["git_commit"],
-        },
-    }
-
-
-def provenance_text(summary: Mapping[str, Any]) -> str:
-    """One paragraph saying where the numbers came from (for the Markdown / RST files)."""
-
-    def join(values, empty="unknown"):
-        values = [str(v) for v in values or []]
-        return ", ".join(values) if values else empty
-
-    versions = summary.get("versions") or {}
-    order = ["logitnorm-plugin", "pytorch-ood", "torch", "torchvision", "numpy", "scipy",
-             "python"]
-    names = [n for n in order if n in versions] + sorted(set(versions) - set(order))
-    pkg = "; ".join(f"{n} {join(versions[n])}" for n in names) or "versions unknown"
-    dates = summary.get("computed_utc") or []
-    when = (dates[0] if dates and dates[0] == dates[-1] else
-            f"{dates[0]} to {dates[-1]}" if dates else "unknown")
-    text = (
-        f"Provenance: computed with {pkg}; git commit {join(summary.get('git_commits'))}; "
-        f"device {join(summary.get('devices'))}; seeds {join(summary.get('seeds'), 'none')}; "
-        f"computed {when}; exported {summary.get('exported_utc', 'unknown')}."
-    )
-    commands = summary.get("commands") or []
-    if commands:
-        text += " Command: " + "; ".join(f"`{c}`" for c in commands) + "."
-    return text
+TABLE_TAG = "logitnorm-plugin-table"
 
 
 # -- the tables -------------------------------------------------------------------------------
@@ -303,9 +110,9 @@ def export_tables(store) -> list[dict]:
         ``groups``, ``arch``, ``loss``, ``seeds``, ``mean`` and ``per_dataset``
     """
     tables = []
-    for cfg_id in config_ids(store):
+    for cfg_id in store.config_ids():
         rows = store.rows(config_id=cfg_id, with_ids=True)
-        config = results_config(store, cfg_id, rows)
+        config = store.results_config(cfg_id, rows)
         mean = store.aggregate(cfg_id, by=_BY)
         per_dataset = store.aggregate(cfg_id, by=_BY, per_dataset=True)
         ood_order = {name: i for i, name in enumerate(config["ood_names"])}
@@ -338,18 +145,12 @@ def export_tables(store) -> list[dict]:
 
 
 def _sort_value(value) -> float:
-    return float("inf") if value is None or _isnan(value) else float(value)
-
-
-def _isnan(value) -> bool:
-    return isinstance(value, float) and math.isnan(value)
+    return float("inf") if is_missing(value) else float(value)
 
 
 def _pct(value) -> str:
-    """pytorch-ood's number format: percent, two decimals."""
-    if value is None or _isnan(value):
-        return "-"
-    return f"{100 * float(value):.2f}"
+    """pytorch-ood's number format: percent, two decimals (no standard deviation)."""
+    return "-" if is_missing(value) else f"{100 * float(value):.2f}"
 
 
 def _title(table: Mapping[str, Any], scope: str) -> str:
@@ -386,16 +187,6 @@ _NOTE = (
 )
 
 
-def _markdown_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
-    widths = [max([len(h), *(len(r[i]) for r in body)]) for i, h in enumerate(header)]
-
-    def line(cells):
-        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
-
-    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|",
-                      *(line(r) for r in body)])
-
-
 def to_markdown(tables: Sequence[Mapping[str, Any]], provenance: Mapping[str, Any]) -> str:
     """The tables as Markdown, each preceded by a heading and an HTML comment identifying it
     (read back by :func:`parse_markdown`)."""
@@ -410,23 +201,8 @@ def to_markdown(tables: Sequence[Mapping[str, Any]], provenance: Mapping[str, An
             header, body = _doc_rows(table, scope)
             parts.append(f"### {_title(table, scope)}")
             tag = json.dumps(_table_id(table, scope), sort_keys=True)
-            parts.append(f"<!-- {_TABLE_TAG} {tag} -->\n" + _markdown_table(header, body))
+            parts.append(f"<!-- {TABLE_TAG} {tag} -->\n" + markdown_table(header, body))
     return "\n\n".join(parts) + "\n"
-
-
-def _rst_grid(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
-    widths = [max([len(h), *(len(r[i]) for r in body)]) for i, h in enumerate(header)]
-
-    def rule(char):
-        return "+" + "+".join(char * (w + 2) for w in widths) + "+"
-
-    def line(cells):
-        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
-
-    out = [rule("-"), line(header), rule("=")]
-    for r in body:
-        out += [line(r), rule("-")]
-    return "\n".join(out)
 
 
 def _rst_heading(text: str, char: str) -> str:
@@ -448,8 +224,8 @@ def to_rst(tables: Sequence[Mapping[str, Any]], provenance: Mapping[str, Any]) -
             header, body = _doc_rows(table, scope)
             parts.append(_rst_heading(_title(table, scope), "~"))
             tag = json.dumps(_table_id(table, scope), sort_keys=True)
-            parts.append(f".. {_TABLE_TAG} {tag}")
-            parts.append(_rst_grid(header, body))
+            parts.append(f".. {TABLE_TAG} {tag}")
+            parts.append(rst_grid_table(header, body))
     return "\n\n".join(parts) + "\n"
 
 
@@ -505,16 +281,6 @@ def to_csv(tables: Sequence[Mapping[str, Any]], provenance: Mapping[str, Any]) -
     return buffer.getvalue()
 
 
-def _json_safe(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def to_json(tables: Sequence[Mapping[str, Any]], provenance: Mapping[str, Any]) -> str:
     """Everything at full precision (fractions in [0, 1]; NaN as ``null``)."""
     doc = {
@@ -528,118 +294,7 @@ def to_json(tables: Sequence[Mapping[str, Any]], provenance: Mapping[str, Any]) 
         "provenance_text": provenance_text(provenance),
         "tables": tables,
     }
-    return json.dumps(_json_safe(doc), indent=2) + "\n"
-
-
-# -- reading exported files back ----------------------------------------------------------------
-
-
-def _number(text: str):
-    text = text.strip()
-    if text in ("", "-"):
-        return None
-    return float(text) / 100.0
-
-
-def _records(meta: Mapping[str, Any], header: Sequence[str], body) -> list[dict]:
-    out = []
-    for cells in body:
-        rec = {"benchmark": meta["benchmark"], "protocol": meta["protocol"],
-               "config_id": meta["config_id"], "arch": meta["arch"], "loss": meta["loss"],
-               "scope": meta["scope"]}
-        for name, cell in zip(header, cells):
-            rec[name] = _number(cell) if name in DOC_METRICS else cell.strip()
-        rec.setdefault("Dataset", None)
-        out.append(rec)
-    return out
-
-
-def parse_markdown(text: str) -> list[dict]:
-    """Records of a Markdown file written by :func:`to_markdown`: one per table row with the
-    table's identity (``benchmark``, ``protocol``, ``config_id``, ``arch``, ``loss``,
-    ``scope``), ``Dataset``, ``Detector`` and the metrics as fractions."""
-    records = []
-    lines = text.splitlines()
-    i = 0
-    pattern = re.compile(rf"^<!-- {_TABLE_TAG} (\{{.*\}}) -->$")
-    while i < len(lines):
-        match = pattern.match(lines[i].strip())
-        i += 1
-        if not match:
-            continue
-        meta = json.loads(match.group(1))
-        block = []
-        while i < len(lines) and lines[i].startswith("|"):
-            block.append([c.strip() for c in lines[i].strip().strip("|").split("|")])
-            i += 1
-        header, body = block[0], block[2:]
-        records += _records(meta, header, body)
-    return records
-
-
-def parse_rst(text: str) -> list[dict]:
-    """Records of a reStructuredText file written by :func:`to_rst` (as :func:`parse_markdown`)."""
-    records = []
-    lines = text.splitlines()
-    i = 0
-    prefix = f".. {_TABLE_TAG} "
-    while i < len(lines):
-        line = lines[i]
-        i += 1
-        if not line.startswith(prefix):
-            continue
-        meta = json.loads(line[len(prefix):])
-        while i < len(lines) and not lines[i].startswith("+"):
-            i += 1
-        rows = []
-        header = None
-        while i < len(lines) and (lines[i].startswith("+") or lines[i].startswith("|")):
-            if lines[i].startswith("|"):
-                rows.append([c.strip() for c in lines[i].strip().strip("|").split("|")])
-            elif lines[i].startswith("+=") and header is None:
-                header = rows.pop()
-            i += 1
-        records += _records(meta, header, rows)
-    return records
-
-
-def parse_csv(text: str) -> tuple[list[dict], dict]:
-    """Rows of a CSV file written by :func:`to_csv` (metrics as fractions, ``None`` for blank)
-    and its provenance."""
-    provenance = {}
-    data_lines = []
-    for line in text.splitlines():
-        if line.startswith("# provenance-json: "):
-            provenance = json.loads(line[len("# provenance-json: "):])
-        elif not line.startswith("#"):
-            data_lines.append(line)
-    rows = []
-    metrics = {*DOC_METRICS, *EXTRA_METRICS}
-    for rec in csv.DictReader(io.StringIO("\n".join(data_lines))):
-        row: dict[str, Any] = {}
-        for key, value in rec.items():
-            base = key[:-4] if key.endswith("_std") else key
-            if base in metrics:
-                row[key] = _number(value)
-            elif key == "Seeds":
-                row[key] = int(value) if value else None
-            else:
-                row[key] = value or None
-        rows.append(row)
-    return rows, provenance
-
-
-def parse_json(text: str) -> dict:
-    """A JSON file written by :func:`to_json`; refuses other formats and versions."""
-    doc = json.loads(text)
-    if doc.get("format") != "logitnorm-plugin-export":
-        raise IncompatibleResultsError("not a logitnorm-plugin export (no 'format' field)")
-    if doc.get("format_version") != EXPORT_FORMAT_VERSION:
-        raise IncompatibleResultsError(
-            f"export format version {doc.get('format_version')}; this version reads "
-            f"{EXPORT_FORMAT_VERSION}"
-        )
-    return doc
+    return json.dumps(finite_json(doc), indent=2) + "\n"
 
 
 _WRITERS = {"md": to_markdown, "csv": to_csv, "json": to_json, "rst": to_rst}
@@ -663,7 +318,7 @@ def export_results(results_dir, out=None, formats: Sequence[str] = FORMATS,
         raise UserError(f"unknown export format(s) {unknown}; choose from {list(FORMATS)}")
     with open_results(results_dir) as store:
         tables = export_tables(store)
-        provenance = provenance_summary(store)
+        provenance = store.provenance_summary()
     base = Path(results_dir)
     if out is None:
         out = (base if base.is_dir() else base.parent) / "export"
@@ -677,16 +332,10 @@ def export_results(results_dir, out=None, formats: Sequence[str] = FORMATS,
 # -- model entries for pytorch-ood's registry ---------------------------------------------------
 
 
-def _train_module():
-    # ``from logitnorm_plugin import train`` would give the function of the same name
-    return importlib.import_module("logitnorm_plugin.train")
-
-
 def _upstream_loss(loss: str) -> str:
     """pytorch-ood's registry spelling of a training method (``cross_entropy`` ->
     ``crossentropy``), from the engine's table of registry names."""
-    table = importlib.import_module("logitnorm_plugin.evaluate").REGISTRY_LOSS_NAMES
-    inverse = {ours: theirs for theirs, ours in table.items()}
+    inverse = {ours: theirs for theirs, ours in REGISTRY_LOSS_NAMES.items()}
     return inverse.get(loss, loss)
 
 
@@ -759,17 +408,15 @@ def model_entry_snippet(run_dir, key: str | None = None, url: str | None = None)
     :return: the snippet (a Python expression, with comments)
     :raises ModelIntegrityError: if ``model.pt`` does not match the card's hash
     """
-    train = _train_module()
-
     path = Path(run_dir)
-    card = train.read_card(path)
+    card = runs.read_card(path)
     card_dir = path if path.is_dir() else path.parent
-    weights = card_dir / card.get("file", train.MODEL_FILE)
+    weights = card_dir / card.get("file", runs.MODEL_FILE)
     if not weights.is_file():
         raise UserError(f"the model card in {str(card_dir)!r} names {str(weights)!r}, missing")
-    digest = train.sha256_file(weights)
+    digest = runs.sha256_file(weights)
     if digest != card["sha256"]:
-        raise train.ModelIntegrityError(
+        raise ModelIntegrityError(
             f"{str(weights)!r} has SHA-256 {digest}, but its model card records "
             f"{card['sha256']}; refusing to export it"
         )
@@ -831,11 +478,9 @@ def build_model_entry(snippet: str):
     return entry
 
 
-def _check_entry(entry, run_dir) -> None:
+def check_entry(entry, run_dir) -> None:
     """The entry built from the snippet agrees with the card (a safety net before printing)."""
-    train = _train_module()
-
-    card = train.read_card(run_dir)
+    card = runs.read_card(run_dir)
     problems = []
     if entry.sha256 != card["sha256"]:
         problems.append("sha256")
@@ -853,76 +498,19 @@ def _check_entry(entry, run_dir) -> None:
 def copy_weights(run_dir, dest, key: str | None = None) -> Path:
     """Copy a run's ``model.pt`` to ``dest/<key>/model-<sha256[:16]>.pt``, the upload layout
     that the placeholder URL of :func:`model_entry_snippet` assumes."""
-    train = _train_module()
-
     path = Path(run_dir)
-    card = train.read_card(path)
+    card = runs.read_card(path)
     card_dir = path if path.is_dir() else path.parent
     key = key or upstream_key(card)
     target = Path(dest) / key / _upload_name(card["sha256"])
     target.parent.mkdir(parents=True, exist_ok=True)
     from logitnorm_plugin.atomic import atomic_write
 
-    source = card_dir / card.get("file", train.MODEL_FILE)
+    source = card_dir / card.get("file", runs.MODEL_FILE)
     with open(source, "rb") as src:
         atomic_write(target, lambda f: shutil.copyfileobj(src, f))
-    if train.sha256_file(target) != card["sha256"]:
-        raise train.ModelIntegrityError(f"copy of {source} to {target} does not match its hash")
+    if runs.sha256_file(target) != card["sha256"]:
+        raise ModelIntegrityError(f"copy of {source} to {target} does not match its hash")
     return target
 
 
-# -- command line -------------------------------------------------------------------------------
-
-
-def cli_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``logitnorm-ood export``."""
-    parser.epilog = (
-        "examples: logitnorm-ood export results | logitnorm-ood export results --format rst "
-        "--out docs/ | logitnorm-ood export --model results/runs/digits-logitnorm-s0"
-    )
-    parser.add_argument("results_dir", nargs="?", default=None, metavar="RESULTS_DIR",
-                        help="folder written by `logitnorm-ood bench` (default: results)")
-    parser.add_argument("--format", nargs="+", default=list(FORMATS), metavar="FMT",
-                        help="md, csv, json, rst (default: all four)")
-    parser.add_argument("--out", default=None,
-                        help="output folder (default: RESULTS_DIR/export)")
-    parser.add_argument("--model", default=None, metavar="RUN_DIR",
-                        help="print a pytorch-ood ModelEntry(...) for this trainer run folder "
-                        "instead of exporting tables")
-    parser.add_argument("--key", default=None,
-                        help="with --model: registry key (default: arch/dataset/loss/seed in "
-                        "pytorch-ood's spelling)")
-    parser.add_argument("--url", default=None,
-                        help="with --model: download URL of the uploaded weights (default: a "
-                        "https://FILL-IN/... placeholder)")
-    parser.add_argument("--weights-out", default=None, metavar="DIR",
-                        help="with --model: also copy model.pt to DIR/<key>/model-<hash>.pt "
-                        "for upload")
-
-
-def cli_main(args) -> int:
-    """Run ``logitnorm-ood export``."""
-    if args.model is not None:
-        if args.results_dir is not None:
-            raise UserError("give either RESULTS_DIR or --model RUN_DIR, not both")
-        train = _train_module()
-
-        if not Path(args.model).exists():
-            raise UserError(f"run folder {args.model!r} does not exist")
-        train.read_card(args.model)  # a clear error for a folder without a model card
-        snippet = model_entry_snippet(args.model, key=args.key, url=args.url)
-        entry = build_model_entry(snippet)
-        _check_entry(entry, args.model)
-        sys.stdout.write(snippet)
-        if args.weights_out:
-            target = copy_weights(args.model, args.weights_out, key=entry.key)
-            print(f"# weights for upload: {target}", file=sys.stderr)
-        return 0
-    formats = []
-    for item in args.format:
-        formats += [f.strip().lower().lstrip(".") for f in item.split(",") if f.strip()]
-    formats = ["md" if f == "markdown" else f for f in formats]
-    written = export_results(args.results_dir or "results", out=args.out, formats=formats)
-    for fmt, path in written.items():
-        print(f"{fmt}: {path}")
-    return 0

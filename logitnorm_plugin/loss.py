@@ -26,6 +26,8 @@ from torch import Tensor
 from torch.nn import Module
 from torch.nn import functional as F
 
+from logitnorm_plugin.conventions import DEFAULT_T
+
 #: added to the norm so that all-zero logits give finite values (the host and the original
 #: code use the same constant)
 EPS = 1e-7
@@ -110,7 +112,7 @@ def _masked_cross_entropy(logits: Tensor, target: Tensor, reduction: str) -> Ten
 
 
 def logit_norm_loss(
-    logits: Tensor, target: Tensor, t: float = 0.04, reduction: str = "mean"
+    logits: Tensor, target: Tensor, t: float = DEFAULT_T, reduction: str = "mean"
 ) -> Tensor:
     """
     Functional form of :class:`LogitNormLoss`.
@@ -168,7 +170,7 @@ class LogitNormLoss(Module):
         supervised=False,
     )
 
-    def __init__(self, t: float = 0.04, reduction: str | None = "mean"):
+    def __init__(self, t: float = DEFAULT_T, reduction: str | None = "mean"):
         """
         :param t: temperature :math:`\\tau > 0`
         :param reduction: ``mean``, ``sum`` or ``none``

@@ -23,6 +23,8 @@ import torch
 from pytorch_ood.metrics import OODMetrics
 from torch import Tensor
 
+from logitnorm_plugin.conventions import OOD_KEYS, PAPER_FPR_KEY
+
 __all__ = [
     "PAPER_FPR_KEY",
     "OOD_KEYS",
@@ -32,11 +34,6 @@ __all__ = [
     "ood_metrics",
 ]
 
-#: result key of the paper's FPR95 (ID positive, share of OOD accepted at 95% ID kept)
-PAPER_FPR_KEY = "FPR95-ID95"
-
-#: keys of :func:`ood_metrics`, in table order
-OOD_KEYS = ("AUROC", "AUTC", "AUPR-IN", "AUPR-OUT", "FPR95TPR", PAPER_FPR_KEY)
 
 
 def _flat_scores(scores: Tensor, labels: Tensor):

@@ -28,6 +28,7 @@ from pytorch_ood.model import ResNet18
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from .conventions import canonical_name
 from .errors import UnknownNameError, closest_match
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "ArchEntry",
     "DigitsCNN",
     "ResNet18CIFAR",
+    "arch_display_name",
     "arch_spec",
     "build_model",
     "list_archs",
@@ -186,10 +188,18 @@ def resolve_class(dotted_path: str) -> type:
 
 
 def _entry(arch: str) -> ArchEntry:
-    key = str(arch).strip().lower().replace("_", "-")
-    if key in ARCHS:
-        return ARCHS[key]
-    raise UnknownNameError("architecture", str(arch), ARCHS, closest_match(key, ARCHS))
+    for entry in ARCHS.values():
+        if canonical_name(entry.name) == canonical_name(arch):
+            return entry
+    raise UnknownNameError("architecture", str(arch), ARCHS, closest_match(str(arch), ARCHS))
+
+
+def arch_display_name(arch: str) -> str:
+    """The table's spelling of an architecture name (``WRN_40_2`` -> ``wrn-40-2``).
+
+    :raises UnknownNameError: for an unknown architecture (with the closest name)
+    """
+    return _entry(arch).name
 
 
 def arch_spec(arch: str, num_classes: int, in_channels: int = 3, **kwargs) -> Tuple[str, dict]:

@@ -59,7 +59,7 @@ def plot_logit_norms(
     so nothing drives it up; its level is set by the first steps and weight decay (on the
     digits it settles higher than cross-entropy's, and stays flat).
 
-    :param run_dirs: run folders written by :func:`logitnorm_plugin.train.train` (each with a
+    :param run_dirs: run folders written by :func:`logitnorm_plugin.train` (each with a
         ``metrics.jsonl``)
     :param out: the PNG to write
     :param labels: legend labels (default: loss, t and seed of each run's config)
@@ -67,7 +67,7 @@ def plot_logit_norms(
     :param band: shade mean +- one standard deviation over the test images
     :return: the written path
     """
-    from logitnorm_plugin.train import read_metrics
+    from logitnorm_plugin.runs import read_metrics
 
     run_dirs = [Path(r) for r in run_dirs]
     if not run_dirs:
@@ -213,7 +213,7 @@ def reliability_diagram(
     return _save(fig, out)
 
 
-# -- temperature tuning (logitnorm_plugin.tune) ---------------------------------------------
+# -- temperature tuning (logitnorm_plugin.tuning) -------------------------------------------
 
 __all__ += ["plot_t_tuning"]
 
@@ -224,12 +224,12 @@ def plot_t_tuning(record, out: PathLike, title: str | None = None) -> Path:
     Two panels sharing the t axis, mean +- std over seeds as error bars; the grid values the
     rule kept (accuracy within its margin) are filled markers, the chosen t is a vertical line.
 
-    :param record: a ``recommended_t.json`` record of :func:`logitnorm_plugin.tune.tune_t`
+    :param record: a ``recommended_t.json`` record of :func:`logitnorm_plugin.tuning.tune_t`
     :param out: the PNG to write
     :param title: figure title (default: dataset, architecture and chosen t)
     :return: the written path
     """
-    from logitnorm_plugin.metrics import PAPER_FPR_KEY
+    from logitnorm_plugin.conventions import PAPER_FPR_KEY
 
     ok = [r for r in record["results"] if r.get("status") == "ok"]
     if not ok:

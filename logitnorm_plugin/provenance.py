@@ -9,7 +9,7 @@ import platform
 import subprocess
 from importlib import metadata
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Mapping
 
 _PACKAGES = ("logitnorm-plugin", "pytorch-ood", "torch", "torchvision", "numpy", "scipy")
 
@@ -72,3 +72,31 @@ def collect(device=None, config: dict | None = None, **extra) -> dict:
         record["config"] = config
     record.update(extra)
     return record
+
+
+def provenance_text(summary: Mapping) -> str:
+    """One paragraph saying where the numbers of a provenance summary came from (see
+    :meth:`logitnorm_plugin.store.ResultStore.provenance_summary`), for Markdown / RST files and
+    reports."""
+
+    def join(values, empty="unknown"):
+        values = [str(v) for v in values or []]
+        return ", ".join(values) if values else empty
+
+    versions = summary.get("versions") or {}
+    order = ["logitnorm-plugin", "pytorch-ood", "torch", "torchvision", "numpy", "scipy",
+             "python"]
+    names = [n for n in order if n in versions] + sorted(set(versions) - set(order))
+    pkg = "; ".join(f"{n} {join(versions[n])}" for n in names) or "versions unknown"
+    dates = summary.get("computed_utc") or []
+    when = (dates[0] if dates and dates[0] == dates[-1] else
+            f"{dates[0]} to {dates[-1]}" if dates else "unknown")
+    text = (
+        f"Provenance: computed with {pkg}; git commit {join(summary.get('git_commits'))}; "
+        f"device {join(summary.get('devices'))}; seeds {join(summary.get('seeds'), 'none')}; "
+        f"computed {when}; exported {summary.get('exported_utc', 'unknown')}."
+    )
+    commands = summary.get("commands") or []
+    if commands:
+        text += " Command: " + "; ".join(f"`{c}`" for c in commands) + "."
+    return text

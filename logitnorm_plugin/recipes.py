@@ -1,9 +1,13 @@
 """Named training recipes: the paper's, OpenOOD's, and a fast CPU one for the digits.
 
 A recipe is one frozen record with every choice that shapes a training run except the loss,
-the dataset and the seed. :func:`logitnorm_plugin.train.train` fills whatever the caller left
-unset from the recipe and writes the resolved configuration in full to ``config.json`` of the
-run folder, so a run can be reproduced from that file alone.
+the dataset and the seed. :class:`~logitnorm_plugin.train_config.TrainConfig` fills whatever
+the caller left unset from the recipe, and the trainer writes the resolved configuration in
+full to ``config.json`` of the run folder, so a run can be reproduced from that file alone.
+
+This module also holds where a LogitNorm temperature comes from (:func:`resolve_t`, the one
+rule) and the record of a temperature chosen by ``logitnorm-ood tune-t``
+(:func:`load_recommendation`; the digits result ships as ``tuned_t.json``).
 
 The facts behind ``paper`` and ``openood`` were read from the public code of the original
 LogitNorm repository (``hongxin001/logitnorm_ood``: ``train.py``,
@@ -14,13 +18,95 @@ LogitNorm repository (``hongxin001/logitnorm_ood``: ``train.py``,
 from __future__ import annotations
 
 import fnmatch
+import inspect
+import json
+import math
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Tuple
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
 
-from logitnorm_plugin.errors import UnknownNameError, closest_match
-from logitnorm_plugin.tune import recommended_digits_t
+from logitnorm_plugin.conventions import canonical_name
+from logitnorm_plugin.errors import (
+    IncompatibleResultsError,
+    MissingDataError,
+    UnknownNameError,
+    UserError,
+    closest_match,
+)
 
-__all__ = ["Recipe", "RECIPES", "get_recipe", "list_recipes", "default_recipe_for"]
+__all__ = [
+    "RECIPES",
+    "RECOMMENDED_T_FILE",
+    "Recipe",
+    "TemperatureChoice",
+    "default_recipe_for",
+    "get_recipe",
+    "list_recipes",
+    "load_recommendation",
+    "recommended_digits_t",
+    "resolve_t",
+    "tuned_t_record",
+]
+
+# -- the record of a temperature chosen by `logitnorm-ood tune-t` ------------------------------
+
+#: ``format`` field of a ``recommended_t.json`` (written by :mod:`logitnorm_plugin.tuning`)
+RECOMMENDED_T_FORMAT = "logitnorm-plugin/recommended-t"
+RECOMMENDED_T_VERSION = 1
+RECOMMENDED_T_FILE = "recommended_t.json"
+#: the digits result shipped in the package
+TUNED_T_FILE = "tuned_t.json"
+
+
+def load_recommendation(path) -> Dict[str, Any]:
+    """A ``recommended_t.json`` of ``logitnorm-ood tune-t`` (or the shipped ``tuned_t.json``),
+    checked for its format: a file of any other origin is refused, whatever it holds.
+
+    :param path: the file, or a ``tune-t`` output folder holding it
+    :raises MissingDataError: if there is no such file
+    :raises IncompatibleResultsError: if the file is not a ``recommended_t.json`` this version
+        reads, or its ``chosen_t`` is not a positive number
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        path = path / RECOMMENDED_T_FILE
+    if not path.is_file():
+        raise MissingDataError(
+            f"no {RECOMMENDED_T_FILE} at {str(path)!r}; write one with `logitnorm-ood tune-t` "
+            "(it records the chosen temperature as 'chosen_t')"
+        )
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise IncompatibleResultsError(f"{str(path)!r} is not JSON ({exc})") from exc
+    if (not isinstance(record, dict) or record.get("format") != RECOMMENDED_T_FORMAT
+            or not isinstance(record.get("format_version"), int)
+            or record["format_version"] > RECOMMENDED_T_VERSION):
+        raise IncompatibleResultsError(
+            f"{str(path)!r} is not a {RECOMMENDED_T_FILE} written by `logitnorm-ood tune-t` "
+            f"(format {RECOMMENDED_T_FORMAT!r}, version <= {RECOMMENDED_T_VERSION}, with the "
+            "chosen temperature as 'chosen_t'); give the temperature as --loss-arg t=... "
+            "instead"
+        )
+    t = record.get("chosen_t")
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
+        raise IncompatibleResultsError(
+            f"{str(path)!r}: chosen_t must be a positive number, got {t!r}"
+        )
+    return record
+
+
+def tuned_t_record() -> Dict[str, Any]:
+    """The digits tuning result shipped with the package (``logitnorm_plugin/tuned_t.json``),
+    with the command that reproduces it under ``"command"``."""
+    return load_recommendation(Path(__file__).resolve().parent / TUNED_T_FILE)
+
+
+def recommended_digits_t() -> float:
+    """The LogitNorm temperature chosen by ``logitnorm-ood tune-t`` for the digits with the
+    digits recipe (the embedded default benchmark uses it)."""
+    return float(tuned_t_record()["chosen_t"])
+
 
 #: where the temperatures of the recipes come from (quoted in model cards)
 T_SOURCE_CIFAR10 = (
@@ -121,10 +207,10 @@ class Recipe:
 
         :return: ``(t, source)``; ``(None, "")`` if the recipe names none for it
         """
-        key = str(dataset).lower()
+        key = canonical_name(dataset)
         default = None
         for name, t, source in self.t:
-            if name == key:
+            if canonical_name(name) == key:
                 return t, source
             if name == "*":
                 default = (t, source)
@@ -245,12 +331,79 @@ def get_recipe(name) -> Recipe:
     """
     if isinstance(name, Recipe):
         return name
-    key = str(name).strip().lower().replace("_", "-")
-    if key in RECIPES:
-        return RECIPES[key]
-    raise UnknownNameError("recipe", str(name), RECIPES, closest_match(key, RECIPES))
+    for recipe in RECIPES.values():
+        if canonical_name(recipe.name) == canonical_name(name):
+            return recipe
+    raise UnknownNameError("recipe", str(name), RECIPES, closest_match(str(name), RECIPES))
 
 
 def default_recipe_for(dataset: str) -> str:
     """The recipe used when none is named: ``digits`` for the digits, ``paper`` otherwise."""
-    return "digits" if str(dataset).strip().lower() == "digits" else "paper"
+    return "digits" if canonical_name(dataset) == "digits" else "paper"
+
+
+# -- where the temperature of a run comes from ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TemperatureChoice:
+    """The LogitNorm temperature of a run and where it comes from.
+
+    :param t: the temperature, ``None`` for a loss without one
+    :param source: one sentence for the model card (empty when there is no temperature)
+    :param path: the resolved ``recommended_t.json`` it was read from, if any
+    """
+
+    t: float | None
+    source: str = ""
+    path: str | None = None
+
+
+def _takes_t(loss_cls: type) -> bool:
+    try:
+        return "t" in inspect.signature(loss_cls).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def resolve_t(loss_cls: type, loss_name: str, loss_kwargs: Dict[str, Any], t_from, recipe,
+              dataset: str) -> TemperatureChoice:
+    """The one rule for a run's LogitNorm temperature, in this order: the caller's
+    ``loss_kwargs["t"]``; the ``chosen_t`` of a ``recommended_t.json`` given as ``t_from``;
+    the recipe's value for ``dataset``; none for a loss without a ``t`` parameter.
+
+    :param loss_cls: the loss class (its constructor tells whether it takes ``t``)
+    :param loss_name: its name, for messages
+    :param loss_kwargs: the caller's loss arguments
+    :param t_from: path of a ``recommended_t.json`` (or its folder), or ``None``
+    :param recipe: the :class:`Recipe` of the run
+    :param dataset: the dataset tag (a registered name, or an image folder's name)
+    :raises UserError: for ``t`` given twice, ``t_from`` for a loss without a temperature, or a
+        ``recommended_t.json`` tuned on another dataset
+    """
+    if t_from is not None:
+        if "t" in loss_kwargs:
+            raise UserError(
+                "give the temperature either as --loss-arg t=... or --t-from, not both"
+            )
+        if not _takes_t(loss_cls):
+            raise UserError(f"--t-from: loss '{loss_name}' has no temperature argument 't'")
+        record = load_recommendation(t_from)
+        path = Path(t_from).expanduser()
+        path = (path / RECOMMENDED_T_FILE if path.is_dir() else path).resolve()
+        tuned_on = record.get("dataset")
+        if tuned_on is not None and canonical_name(tuned_on) != canonical_name(dataset):
+            raise UserError(
+                f"--t-from {str(path)!r} chose t on '{tuned_on}', but this run trains on "
+                f"'{dataset}'; tune t on '{dataset}', or pass --loss-arg t=... to use the "
+                "value anyway"
+            )
+        return TemperatureChoice(
+            float(record["chosen_t"]), f"chosen_t of {path} (logitnorm-ood tune-t)", str(path)
+        )
+    if "t" in loss_kwargs:
+        return TemperatureChoice(loss_kwargs["t"], "given by the caller (--loss-arg t=...)")
+    if _takes_t(loss_cls):
+        t, source = recipe.t_for(dataset)
+        return TemperatureChoice(t, source)
+    return TemperatureChoice(None)

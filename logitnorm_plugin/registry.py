@@ -35,7 +35,6 @@ Rules:
   in a running process.
 """
 
-import argparse
 import fnmatch
 import functools
 import importlib
@@ -46,6 +45,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Dict, Iterable, List, Tuple, Union
 
+from logitnorm_plugin.conventions import canonical_name
 from logitnorm_plugin.errors import UnknownNameError, UserError, closest_match
 
 #: kind -> entry-point group
@@ -76,9 +76,8 @@ class AmbiguousNameError(UserError, ValueError):
     """Two distributions declare the same name; a qualified name selects one."""
 
 
-def normalize(name: str) -> str:
-    """The canonical form of a name: stripped, lower case, ``-`` replaced by ``_``."""
-    return name.strip().lower().replace("-", "_")
+#: the canonical form of a name (:func:`logitnorm_plugin.conventions.canonical_name`)
+normalize = canonical_name
 
 
 def _normalize_distribution(name: str) -> str:
@@ -347,9 +346,7 @@ def get_benchmark(name: Union[str, type], **kwargs):
     return get_benchmark_class(name)(**kwargs)
 
 
-# --- ``logitnorm-ood list`` -----------------------------------------------------------------
-
-_PLURALS = {"losses": "loss", "detectors": "detector", "benchmarks": "benchmark"}
+# --- what ``logitnorm-ood list`` shows ------------------------------------------------------
 
 
 def describe(kind: str, pattern: str | None = None) -> List[Dict[str, str]]:
@@ -394,36 +391,3 @@ def _notes(kind: str, cls: type) -> str:
     if isinstance(cls, type) and issubclass(cls, GradientDetector):
         notes.append("gradients")
     return ", ".join(notes)
-
-
-def format_table(rows: List[Dict[str, str]], columns: Iterable[str]) -> str:
-    """A plain-text table with one header line, columns padded to their widest cell."""
-    columns = list(columns)
-    widths = {c: max([len(c)] + [len(r[c]) for r in rows]) for c in columns}
-    lines = ["  ".join(c.upper().ljust(widths[c]) for c in columns).rstrip()]
-    lines += ["  ".join(r[c].ljust(widths[c]) for c in columns).rstrip() for r in rows]
-    return "\n".join(lines)
-
-
-def cli_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "kind",
-        nargs="?",
-        choices=sorted(_PLURALS),
-        help="what to list (default: all three)",
-    )
-    parser.add_argument("--filter", default=None, help="wildcard pattern, e.g. '*entropy*'")
-
-
-def cli_main(args) -> int:
-    kinds = [_PLURALS[args.kind]] if args.kind else ["loss", "detector", "benchmark"]
-    for i, kind in enumerate(kinds):
-        rows = describe(kind, args.filter)
-        if i:
-            print()
-        print(f"{GROUPS[kind]} ({len(rows)})")
-        columns = ["name", "class", "distribution", "paper"]
-        if kind == "detector":
-            columns.append("notes")
-        print(format_table(rows, columns) if rows else "  (none)")
-    return 0

@@ -26,21 +26,23 @@ the store.
 
 Run folders are found where ``logitnorm-ood bench`` puts them (``RESULTS_DIR/runs``) or given
 with ``--runs``; a run belongs to a stored model when its weights have the model's fingerprint
-(:func:`logitnorm_plugin.evaluate.model_fingerprint`, the store's model id).
+(:func:`logitnorm_plugin.specs.model_fingerprint`, the store's model id).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from logitnorm_plugin import export
-from logitnorm_plugin.errors import UserError
+from logitnorm_plugin import report_figures
+from logitnorm_plugin.conventions import canonical_name
+from logitnorm_plugin.provenance import provenance_text
+from logitnorm_plugin.published import load_published, match_published
+from logitnorm_plugin.store import open_results
+from logitnorm_plugin.tables import finite_json, is_missing, pct
 
 __all__ = [
     "REPORT_FILE",
@@ -49,10 +51,6 @@ __all__ = [
     "PAPER_METRICS",
     "Report",
     "write_report",
-    "find_runs",
-    "parse_report_tables",
-    "cli_arguments",
-    "cli_main",
 ]
 
 REPORT_FILE = "report.md"
@@ -71,7 +69,7 @@ SUMMARY_METRICS = (
 )
 
 _BY = ("Arch", "Loss", "Detector")
-_TAG = "logitnorm-plugin-report"
+REPORT_TAG = "logitnorm-plugin-report"
 
 
 @dataclass
@@ -93,17 +91,12 @@ class Report:
 # -- numbers ------------------------------------------------------------------------------------
 
 
-def _bad(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
+_bad = is_missing
 
 
 def _fmt(mean, std=None, seeds: int = 1) -> str:
-    if _bad(mean):
-        return "-"
-    text = f"{100 * float(mean):.2f}"
-    if seeds > 1 and not _bad(std):
-        text += f" ± {100 * float(std):.2f}"
-    return text
+    """A mean in percent, with ± std only where there are several seeds."""
+    return pct(mean, std if seeds > 1 else None)
 
 
 def _fmt_delta(value, base) -> str:
@@ -112,17 +105,13 @@ def _fmt_delta(value, base) -> str:
     return f"{100 * (float(value) - float(base)):+.2f}"
 
 
-def _norm(name) -> str:
-    return str(name).strip().lower().replace("-", "_")
-
-
 class _Config:
     """One benchmark configuration of the store, with its aggregates indexed for look-up."""
 
     def __init__(self, store, cfg_id: str, baseline: str):
         self.cfg_id = cfg_id
         self.rows = store.rows(config_id=cfg_id, with_ids=True)
-        self.config = export.results_config(store, cfg_id, self.rows)
+        self.config = store.results_config(cfg_id, self.rows)
         self.benchmark = self.config.get("benchmark")
         self.protocol = self.config.get("protocol")
         self.ood_names = list(self.config["ood_names"])
@@ -142,7 +131,9 @@ class _Config:
             detectors.setdefault(r["Detector"], None)
         self.detectors = list(detectors)
         # baseline first, the others in stored order
-        self.baseline = next((m for m in models if _norm(m[1]) == _norm(baseline)), None)
+        self.baseline = next(
+            (m for m in models if canonical_name(m[1]) == canonical_name(baseline)), None
+        )
         self.models = ([self.baseline] if self.baseline else []) + [
             m for m in models if m != self.baseline
         ]
@@ -226,13 +217,13 @@ def _table(cfg: _Config, name: str, columns: Sequence[Mapping[str, Any]],
             cells.append(text)
             record["cells"].append({"table": name, "config_id": cfg.cfg_id,
                                     "row": list(row["labels"]), "column": col["header"],
-                                    **_jsonable(spec), **_jsonable(value)})
+                                    **finite_json(spec), **finite_json(value)})
         body.append(cells)
     tag = {"table": name, "config_id": cfg.cfg_id}
     record["tables"].append({
         **tag,
-        "columns": [_jsonable(c) for c in columns],
-        "rows": [_jsonable({**r["spec"], **({"published": r["published"]}
+        "columns": [finite_json(c) for c in columns],
+        "rows": [finite_json({**r["spec"], **({"published": r["published"]}
                                             if r.get("published") else {})}) for r in rows],
     })
     widths = [max([len(h), *(len(r[i]) for r in body)]) for i, h in enumerate(header)]
@@ -240,19 +231,9 @@ def _table(cfg: _Config, name: str, columns: Sequence[Mapping[str, Any]],
     def line(cells):
         return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
 
-    lines = [f"<!-- {_TAG} {json.dumps(tag, ensure_ascii=False)} -->", line(header),
+    lines = [f"<!-- {REPORT_TAG} {json.dumps(tag, ensure_ascii=False)} -->", line(header),
              "|" + "|".join("-" * (w + 2) for w in widths) + "|", *(line(r) for r in body)]
     return "\n".join(lines)
-
-
-def _jsonable(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 def _model_spec(model, **extra) -> dict:
@@ -311,8 +292,6 @@ def _paper_table(cfg: _Config, detector: str, record: dict) -> str:
 
 
 def _published_table(cfg: _Config, record: dict) -> tuple[str | None, list[str]]:
-    from logitnorm_plugin.bench import load_published, match_published
-
     published = load_published()
     rows = []
     used: dict[str, int] = {}
@@ -344,208 +323,6 @@ def _published_table(cfg: _Config, record: dict) -> tuple[str | None, list[str]]
     sources = published.get("sources", {})
     notes = [f"[{n}] {sources.get(s, s)}" for s, n in sorted(used.items(), key=lambda x: x[1])]
     return _table(cfg, "published", columns, unique, record), notes
-
-
-# -- run folders and figures --------------------------------------------------------------------
-
-
-def find_runs(results_dir, extra: Sequence = ()) -> list[Path]:
-    """Trainer run folders (holding ``model.json``) under ``RESULTS_DIR/runs`` and ``extra``
-    (each a run folder or a folder of run folders)."""
-    found: dict[Path, None] = {}
-    bases = [Path(results_dir) / "runs", *(Path(e) for e in extra)]
-    for base in bases:
-        if (base / "model.json").is_file():
-            found.setdefault(base.resolve(), None)
-        elif base.is_dir():
-            for child in sorted(base.iterdir()):
-                if (child / "model.json").is_file():
-                    found.setdefault(child.resolve(), None)
-    return list(found)
-
-
-def _match_runs(runs: Sequence[Path], model_ids: set[str], notes: list[str]) -> dict[str, Path]:
-    """Stored model id -> run folder, by the fingerprint of the run's weights."""
-    from logitnorm_plugin.evaluate import model_fingerprint
-    from logitnorm_plugin.train import load_trained
-
-    matched = {}
-    for run in runs:
-        try:
-            model = load_trained(run)
-        except UserError as exc:
-            notes.append(f"run folder {run} skipped: {exc}")
-            continue
-        model_id = "weights:" + model_fingerprint(model)
-        if model_id in model_ids:
-            matched[model_id] = run
-    return matched
-
-
-def _histograms(store, cfg: _Config, out: Path, notes: list[str]) -> list[tuple[str, Path]]:
-    from logitnorm_plugin.evaluate import ID_DATASET
-    from logitnorm_plugin.plots import score_histograms
-
-    detector_ids = {(r["model_id"], r["Detector"]): r["detector_id"] for r in cfg.rows}
-    figures = []
-    for det in cfg.detectors:
-        panels = {}
-        for m in cfg.models:
-            for model_id in cfg.model_ids(m):
-                det_id = detector_ids.get((model_id, det))
-                if det_id is None:
-                    continue
-                id_scores = store.scores(model_id, cfg.cfg_id, det_id, ID_DATASET)
-                if id_scores is None:
-                    continue
-                sets = {"ID": id_scores.numpy()}
-                for name in cfg.ood_names:
-                    values = store.scores(model_id, cfg.cfg_id, det_id, name)
-                    if values is not None:
-                        sets[name] = values.numpy()
-                if len(sets) > 1:
-                    seed = next((r.get("Seed") for r in cfg.rows if r["model_id"] == model_id),
-                                None)
-                    label = cfg.label(m) + (f", seed {seed}" if seed is not None else "")
-                    panels[label] = sets
-                    break
-        if panels:
-            path = out / f"hist_{cfg.cfg_id}_{_safe(det)}.png"
-            score_histograms(panels, path,
-                             title=f"{cfg.benchmark}: {det} outlier scores, ID vs OOD")
-            figures.append((det, path))
-    if not figures:
-        notes.append(
-            f"{cfg.benchmark}: no score histograms: the store keeps no per-sample scores for "
-            "this configuration (`logitnorm-ood bench` keeps them for the first seed of each "
-            "objective)"
-        )
-    return figures
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in str(name))
-
-
-def _registry_model(model_id: str):
-    """A pytorch-ood registry model whose weights are already in the torch hub cache."""
-    if not model_id.startswith("pytorch-ood:"):
-        return None
-    key = model_id.split(":")[1]
-    import torch
-    from pytorch_ood.model import registry
-
-    try:
-        entry = registry.get_model_info(key)
-    except ValueError:
-        return None
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / entry.file_name
-    return key if cached.is_file() else None
-
-
-def _id_logits(model, dataset, device: str, batch_size: int):
-    import torch
-    from torch.utils.data import DataLoader
-
-    logits, labels = [], []
-    model = model.to(device).eval()
-    if hasattr(dataset, "batches"):
-        batches = dataset.batches(batch_size, device=device)
-    else:
-        batches = ((x.to(device), y) for x, y in DataLoader(dataset, batch_size=batch_size))
-    with torch.no_grad():
-        for x, y in batches:
-            logits.append(model(x).float().cpu())
-            labels.append(torch.as_tensor(y).reshape(-1).cpu())
-    return torch.cat(logits), torch.cat(labels)
-
-
-def _reliability(cfg: _Config, runs: Mapping[str, Path], out: Path, data_root, device: str,
-                 batch_size: int, notes: list[str]) -> tuple[Path | None, list[str]]:
-    """Reliability diagram of the first seed of each objective, from ID logits recomputed with
-    the stored model on the benchmark's ID test set; the recomputed ECE is checked against the
-    stored one."""
-    from logitnorm_plugin.evaluate import resolve_benchmark, resolve_model
-    from logitnorm_plugin.metrics import expected_calibration_error
-    from logitnorm_plugin.plots import reliability_diagram
-
-    chosen = []
-    for m in cfg.models:
-        for model_id in cfg.model_ids(m):
-            source = runs.get(model_id) or _registry_model(model_id)
-            if source is not None:
-                chosen.append((m, model_id, source))
-                break
-    if not chosen:
-        notes.append(
-            f"{cfg.benchmark}: no reliability diagram: none of the stored models was found as a "
-            "run folder (pass them with --runs) or in the torch hub cache"
-        )
-        return None, []
-    try:
-        bench = resolve_benchmark(
-            cfg.benchmark, data_root=data_root, download=False,
-            seed=cfg.config.get("seed", 0), **(cfg.config.get("kwargs") or {}),
-        )
-    except (UserError, TypeError) as exc:
-        notes.append(f"{cfg.benchmark}: no reliability diagram: the benchmark's ID test set "
-                     f"is not available ({exc})")
-        return None, []
-    curves, lines = {}, []
-    for m, model_id, source in chosen:
-        spec = resolve_model(str(source))
-        id_set = bench.sets(spec.mean, spec.std)[0]
-        logits, labels = _id_logits(spec.get_model(), id_set, device, batch_size)
-        ece = expected_calibration_error(logits, labels)
-        stored = next((r.get("ECE") for r in cfg.rows if r["model_id"] == model_id), None)
-        seed = next((r.get("Seed") for r in cfg.rows if r["model_id"] == model_id), None)
-        label = cfg.label(m) + (f", seed {seed}" if seed is not None else "")
-        curves[label] = (logits, labels)
-        check = ""
-        if not _bad(stored):
-            check = ("matches the stored ECE" if abs(ece - stored) <= 1e-4 else
-                     f"DIFFERS from the stored ECE {100 * stored:.2f}% (other device or data?)")
-        lines.append(f"{label}: ECE {100 * ece:.2f}% recomputed from {len(labels)} ID test "
-                     f"images, {check}".rstrip(", "))
-    path = out / f"reliability_{cfg.cfg_id}.png"
-    reliability_diagram(curves, path, title=f"{cfg.benchmark}: reliability on the ID test set")
-    return path, lines
-
-
-def _logit_norms(cfg: _Config, runs: Mapping[str, Path], out: Path,
-                 notes: list[str]) -> tuple[Path | None, str | None]:
-    from logitnorm_plugin.plots import plot_logit_norms, run_label
-    from logitnorm_plugin.train import read_metrics
-
-    ordered = [(m, runs[i]) for m in cfg.models for i in cfg.model_ids(m) if i in runs]
-    if not ordered:
-        notes.append(f"{cfg.benchmark}: no logit-norm curves: no run folder of the stored "
-                     "models was found (pass them with --runs)")
-        return None, None
-    path = out / f"logit_norm_{cfg.cfg_id}.png"
-    plot_logit_norms([r for _, r in ordered], path, labels=[run_label(r) for _, r in ordered],
-                     title=f"{cfg.benchmark}: mean logit L2 norm on the ID test set")
-    rows = ["| Model | Runs | Epochs | first epoch | last epoch |", "|---|---|---|---|---|"]
-    for m in cfg.models:
-        records = [read_metrics(r) for mm, r in ordered if mm == m]
-        records = [r for r in records if r]
-        if not records:
-            continue
-        first = [r[0]["logit_norm_mean"] for r in records]
-        last = [r[-1]["logit_norm_mean"] for r in records]
-        epochs = sorted({len(r) for r in records})
-        rows.append(f"| {cfg.label(m)} | {len(records)} | {', '.join(map(str, epochs))} | "
-                    f"{_mean_std_text(first)} | {_mean_std_text(last)} |")
-    return path, "\n".join(rows)
-
-
-def _mean_std_text(values: Sequence[float]) -> str:
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return f"{mean:.2f}"
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    return f"{mean:.2f} ± {std:.2f}"
 
 
 # -- the report ---------------------------------------------------------------------------------
@@ -604,30 +381,33 @@ def write_report(
     :param runs: more run folders (or folders of run folders) than ``<results_dir>/runs``
     :param baseline: the objective the others are compared with
     :param data_root: data folder of the benchmark (reliability diagrams recompute ID logits)
-    :param device: where the ID logits are recomputed
+    :param device: where the ID logits are recomputed (``"cpu"``, ``"cuda"``, ``"auto"``, ...)
     :param batch_size: batch size of that pass
     :param figures: draw the PNGs (tables only when false)
     :raises IncompatibleResultsError: for a missing, empty or incompatible results folder
     """
     from logitnorm_plugin.atomic import write_json, write_text
+    from logitnorm_plugin.device import resolve_device
 
+    device = str(resolve_device(device))
     base = Path(results_dir)
     folder = base if base.is_dir() else base.parent
     out = Path(out) if out is not None else folder / "report"
     record: dict[str, list] = {"tables": [], "cells": []}
     notes: list[str] = []
     written: list[Path] = []
-    with export.open_results(results_dir) as store:
+    with open_results(results_dir) as store:
         out.mkdir(parents=True, exist_ok=True)  # only once the results are known to be there
-        provenance = export.provenance_summary(store)
-        configs = [_Config(store, c, baseline) for c in export.config_ids(store)]
+        provenance = store.provenance_summary()
+        configs = [_Config(store, c, baseline) for c in store.config_ids()]
         run_map: dict[str, Path] = {}
         if figures:
             all_ids = {r["model_id"] for c in configs for r in c.rows}
-            run_map = _match_runs(find_runs(folder, runs), all_ids, notes)
+            found = report_figures.find_runs(folder, runs)
+            run_map = report_figures.match_runs(found, all_ids, notes)
         parts = [
             "# LogitNorm against cross-entropy: report",
-            f"Results folder: `{folder}`. " + export.provenance_text(provenance),
+            f"Results folder: `{folder}`. " + provenance_text(provenance),
             _CONVENTIONS,
         ]
         for cfg in configs:
@@ -662,18 +442,18 @@ def write_report(
                 parts += [table, "Sources:\n\n" + "\n".join(f"- {s}" for s in sources)]
             if figures:
                 parts.append("### Figures")
-                for det, path in _histograms(store, cfg, out, notes):
+                for det, path in report_figures.histograms(store, cfg, out, notes):
                     written.append(path)
                     parts.append(f"ID vs OOD scores, `{det}` (first seed of each objective; "
                                  f"larger = more OOD):\n\n![{det} scores]({path.name})")
-                path, lines = _reliability(cfg, run_map, out, data_root, device, batch_size,
-                                           notes)
+                path, lines = report_figures.reliability(cfg, run_map, out, data_root, device,
+                                                         batch_size, notes)
                 if path is not None:
                     written.append(path)
                     parts.append("Reliability diagram (ID test set, 15 equal-width bins):\n\n"
                                  f"![reliability]({path.name})\n\n"
                                  + "\n".join(f"- {line}" for line in lines))
-                path, table = _logit_norms(cfg, run_map, out, notes)
+                path, table = report_figures.logit_norms(cfg, run_map, out, notes)
                 if path is not None:
                     written.append(path)
                     parts.append("Logit norm during training (mean L2 norm of the logits on "
@@ -686,63 +466,7 @@ def write_report(
     json_path = write_json(out / REPORT_JSON, {
         "format": "logitnorm-plugin-report", "format_version": 1,
         "results_dir": str(folder), "provenance": provenance,
-        "tables": _jsonable(record["tables"]), "cells": _jsonable(record["cells"]),
+        "tables": finite_json(record["tables"]), "cells": finite_json(record["cells"]),
         "figures": [p.name for p in written], "notes": notes,
     })
     return Report(path=path, json_path=json_path, figures=written, notes=notes)
-
-
-def parse_report_tables(text: str, report_json: Mapping[str, Any] | None = None) -> list[dict]:
-    """The tables of a report: dicts with ``table``, ``config_id``, ``header`` and ``cells`` (the
-    row texts); with the report's ``report.json`` content also ``columns`` and ``rows``: the
-    specification of what each column and row summarises."""
-    specs = {(t["table"], t["config_id"]): t for t in (report_json or {}).get("tables", [])}
-    tables = []
-    lines = text.splitlines()
-    prefix = f"<!-- {_TAG} "
-    i = 0
-    while i < len(lines):
-        line = lines[i].strip()
-        i += 1
-        if not line.startswith(prefix):
-            continue
-        tag = json.loads(line[len(prefix):-len(" -->")])
-        block = []
-        while i < len(lines) and lines[i].startswith("|"):
-            block.append([c.strip() for c in lines[i].strip()[1:-1].split(" | ")])
-            i += 1
-        spec = specs.get((tag["table"], tag["config_id"]), {})
-        tables.append({**spec, **tag, "header": block[0], "cells": block[2:]})
-    return tables
-
-
-# -- command line -------------------------------------------------------------------------------
-
-
-def cli_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``logitnorm-ood report``."""
-    parser.add_argument("results_dir", metavar="RESULTS_DIR",
-                        help="folder written by `logitnorm-ood bench`")
-    parser.add_argument("--out", default=None, help="output folder (default: RESULTS_DIR/report)")
-    parser.add_argument("--runs", nargs="+", default=[], metavar="DIR",
-                        help="run folders (or folders of them) beyond RESULTS_DIR/runs")
-    parser.add_argument("--baseline", default=BASELINE,
-                        help="objective the others are compared with (default: cross_entropy)")
-    parser.add_argument("--data-root", default=None,
-                        help="data folder of the benchmark (for the reliability diagrams)")
-    parser.add_argument("--device", default="cpu",
-                        help="device for recomputing ID logits (default: cpu)")
-    parser.add_argument("--no-figures", action="store_true", help="tables only, no PNGs")
-
-
-def cli_main(args) -> int:
-    """Run ``logitnorm-ood report``."""
-    report = write_report(args.results_dir, out=args.out, runs=args.runs,
-                          baseline=args.baseline, data_root=args.data_root, device=args.device,
-                          figures=not args.no_figures)
-    print(f"report: {report.path}")
-    for fig in report.figures:
-        print(f"figure: {fig}")
-    for note in report.notes:
-        print(f"not shown: {note}")
-    return 0

@@ -1,12 +1,12 @@
 """Results in SQLite: one row per (model, detector, dataset) cell, resumable, aggregatable.
 
 A cell is keyed by the model's stable identity (a pytorch-ood registry key with its weights'
-hash, or the SHA-256 of the weights), the benchmark + protocol configuration (a hash of it, see
-:func:`logitnorm_plugin.evaluate.config_id`) and the detector (its registry name plus the
+hash, or the SHA-256 of the weights), the benchmark + protocol configuration (its
+:func:`~logitnorm_plugin.conventions.config_hash`) and the detector (its registry name plus the
 arguments that change its scores). Each cell is committed as soon as it is computed, so a run
 that is killed keeps every finished cell, and the next run computes only the missing ones.
 
-Every call of :func:`~logitnorm_plugin.evaluate.evaluate` with a store records its provenance
+Every call of :func:`~logitnorm_plugin.evaluate` with a store records its provenance
 (:func:`logitnorm_plugin.provenance.collect`: versions, git commit, device, time) once in the
 ``runs`` table; each cell refers to the run that computed it.
 
@@ -25,15 +25,23 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from logitnorm_plugin.conventions import AGGREGATE_METRICS
 from logitnorm_plugin.errors import IncompatibleResultsError
+from logitnorm_plugin.tables import mean_std
 
-__all__ = ["SCHEMA_VERSION", "ResultStore", "aggregate", "AGGREGATE_METRICS"]
+__all__ = [
+    "AGGREGATE_METRICS",
+    "SCHEMA_VERSION",
+    "STORE_FILE",
+    "ResultStore",
+    "aggregate",
+    "open_results",
+]
 
 SCHEMA_VERSION = 1
 
-#: metrics averaged by :func:`aggregate` ("FPR95-ID95" is
-#: :data:`logitnorm_plugin.metrics.PAPER_FPR_KEY`, spelled out to keep this module torch-free)
-AGGREGATE_METRICS = ("AUROC", "AUPR-IN", "AUPR-OUT", "FPR95TPR", "FPR95-ID95", "AUTC")
+#: the result store inside a results folder (written by ``logitnorm-ood bench``)
+STORE_FILE = "results.sqlite"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -289,6 +297,65 @@ class ResultStore:
             {"run_id": r, "created_utc": c, "provenance": json.loads(p)} for r, c, p in cursor
         ]
 
+    def config_ids(self) -> list[str]:
+        """The benchmark configurations of the store, in the order their first cell was
+        stored."""
+        cursor = self._db.execute("SELECT config_id FROM cells ORDER BY rowid")
+        return list(dict.fromkeys(row[0] for row in cursor))
+
+    def results_config(self, config_id: str, rows: Sequence[Mapping[str, Any]] | None = None
+                       ) -> dict:
+        """The stored configuration of ``config_id`` (benchmark, protocol, OOD names and
+        groups), completed from its rows where an older store lacks a field."""
+        if rows is None:
+            rows = self.rows(config_id=config_id, with_ids=True)
+        config = dict(self.config(config_id) or {})
+        if not rows:
+            return config
+        config.setdefault("benchmark", rows[0].get("Benchmark"))
+        config.setdefault("protocol", rows[0].get("Protocol"))
+        if not config.get("ood_names"):
+            config["ood_names"] = list(dict.fromkeys(r["Dataset"] for r in rows))
+        config.setdefault("groups", {})
+        return config
+
+    def provenance_summary(self, rows: Sequence[Mapping[str, Any]] | None = None) -> dict:
+        """Where the numbers of ``rows`` (default: all cells) came from, merged over the runs
+        that computed them: package versions, git commits, devices, commands, seeds and dates;
+        plus when and with which versions this summary was made."""
+        from logitnorm_plugin import provenance
+
+        rows = list(rows) if rows is not None else self.rows(with_ids=True)
+        run_ids = sorted({r["run_id"] for r in rows if r.get("run_id") is not None})
+        records = [self.provenance(i) or {} for i in run_ids]
+        packages: dict[str, list] = {}
+        for rec in records:
+            for name, version in (rec.get("versions") or {}).items():
+                values = packages.setdefault(name, [])
+                if version is not None and version not in values:
+                    values.append(version)
+        dates = sorted(d for d in (rec.get("created_utc") for rec in records) if d)
+        seeds = sorted({r["Seed"] for r in rows if r.get("Seed") is not None})
+        exporter = provenance.collect()
+
+        def distinct(values):
+            return [v for v in dict.fromkeys(values) if v is not None]
+
+        return {
+            "versions": packages,
+            "git_commits": distinct(rec.get("git_commit") for rec in records),
+            "devices": distinct(rec.get("device") for rec in records),
+            "commands": distinct((rec.get("config") or {}).get("command") for rec in records),
+            "seeds": seeds,
+            "computed_utc": [dates[0], dates[-1]] if dates else [],
+            "runs": run_ids,
+            "exported_utc": exporter["created_utc"],
+            "exported_with": {
+                "versions": exporter["versions"],
+                "git_commit": exporter["git_commit"],
+            },
+        }
+
     def aggregate(
         self,
         config_id: str,
@@ -307,17 +374,6 @@ class ResultStore:
         )
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    values = [float(v) for v in values if v is not None]
-    if not values:
-        return float("nan"), float("nan")
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, 0.0
-    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
-    return mean, math.sqrt(var)
-
-
 def aggregate(
     rows: Iterable[Mapping[str, Any]],
     groups: Mapping[str, Sequence[str]] | None = None,
@@ -333,7 +389,7 @@ def aggregate(
     model) are taken over the models. ``ACC`` and ``ECE`` are per model and aggregated the same
     way.
 
-    :param rows: result rows (from :func:`~logitnorm_plugin.evaluate.evaluate` or the store)
+    :param rows: result rows (from :func:`~logitnorm_plugin.evaluate` or the store)
     :param groups: group name -> OOD set names
     :param by: fields that define a table row
     :param metrics: metrics to aggregate
@@ -372,7 +428,82 @@ def aggregate(
         entry["Seeds"] = len(models)
         entry["Datasets"] = max(n_sets) if n_sets else 0
         for name, values in per_model.items():
-            mean, std = _mean_std(values)
+            mean, std = mean_std(values)
             entry[name], entry[f"{name}_std"] = mean, std
         out.append(entry)
     return out
+
+
+# -- opening a results folder for reading --------------------------------------------------------
+
+
+def _store_path(path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise IncompatibleResultsError(
+            f"results folder {str(path)!r} does not exist; write one with "
+            f"`logitnorm-ood bench --out {path}`"
+        )
+    if path.is_dir():
+        store = path / STORE_FILE
+        if not store.is_file():
+            raise IncompatibleResultsError(
+                f"{str(path)!r} holds no {STORE_FILE}: it is not a results folder of "
+                f"`logitnorm-ood bench` (or the run was stopped before its first result)"
+            )
+        return store
+    return path
+
+
+def _check_schema(path: Path) -> None:
+    """Read-only check that ``path`` is a result store of the version this package reads,
+    before :class:`ResultStore` opens it (which would add its tables to any SQLite file)."""
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise IncompatibleResultsError(f"cannot open {str(path)!r}: {exc}") from exc
+    try:
+        try:
+            found = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        except sqlite3.DatabaseError as exc:
+            if path.stat().st_size == 0:
+                raise IncompatibleResultsError(
+                    f"{str(path)!r} is empty: the bench run stored no results"
+                ) from exc
+            raise IncompatibleResultsError(
+                f"{str(path)!r} is not a result store of logitnorm-plugin ({exc})"
+            ) from exc
+        if found is None:
+            raise IncompatibleResultsError(
+                f"{str(path)!r} has no schema version: not a result store of logitnorm-plugin"
+            )
+        if str(found[0]) != str(SCHEMA_VERSION):
+            raise IncompatibleResultsError(
+                f"{str(path)!r} is a result store of schema version {found[0]}, written by "
+                f"another version of logitnorm-plugin; this version reads schema "
+                f"{SCHEMA_VERSION}. Re-run `logitnorm-ood bench` with this version, or export "
+                "with the version that wrote it"
+            )
+    finally:
+        db.close()
+
+
+def open_results(path) -> ResultStore:
+    """Open the result store of a results folder (or the store file itself) for reading.
+
+    :param path: a folder written by ``logitnorm-ood bench`` (holding ``results.sqlite``) or
+        the ``.sqlite`` file
+    :return: an open :class:`ResultStore` holding at least one cell
+    :raises IncompatibleResultsError: if the folder is missing, is not a results folder, holds
+        an empty store, or a store of another schema version
+    """
+    store_path = _store_path(path)
+    _check_schema(store_path)
+    store = ResultStore(store_path)
+    if store.count() == 0:
+        store.close()
+        raise IncompatibleResultsError(
+            f"{str(store_path)!r} holds no results (the store is empty); run "
+            "`logitnorm-ood bench` to fill it"
+        )
+    return store

@@ -14,10 +14,10 @@ import pytest
 
 from logitnorm_plugin import bench
 from logitnorm_plugin.errors import UnknownNameError, UserError
+from logitnorm_plugin.published import load_published, match_published
 from logitnorm_plugin.store import ResultStore
 
-# the module (the package attribute ``evaluate`` is the function of the same name)
-evaluate_module = importlib.import_module("logitnorm_plugin.evaluate")
+evaluate_module = importlib.import_module("logitnorm_plugin.evaluation")
 
 METRICS = ("AUROC", "AUPR-IN", "AUPR-OUT", "FPR95TPR", "FPR95-ID95", "ACC", "ECE")
 
@@ -154,23 +154,41 @@ def test_unknown_names_fail_before_training(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+def test_conflicting_temperatures_fail_before_any_model_trains(tmp_path):
+    """--t with --t-from concerns the LogitNorm models, the last ones trained: the conflict is
+    found while the configurations are resolved, before cross_entropy trains."""
+    from logitnorm_plugin.recipes import tuned_t_record
+
+    rec = tmp_path / "recommended_t.json"
+    record = tuned_t_record()
+    rec.write_text(json.dumps(record))
+    with pytest.raises(UserError, match="either"):
+        bench.run(out=tmp_path / "out", t=0.04, t_from=rec, stdout=io.StringIO())
+    # a file that tune-t did not write is refused as well, before training too
+    foreign = tmp_path / "foreign.json"
+    foreign.write_text(json.dumps({"chosen_t": 0.05}))
+    with pytest.raises(UserError, match="chosen_t"):
+        bench.run(out=tmp_path / "out", t_from=foreign, stdout=io.StringIO())
+    assert not (tmp_path / "out" / "runs").exists()
+
+
 def test_published_numbers_are_sourced_and_matched():
-    published = bench.load_published()
+    published = load_published()
     assert published["entries"]
     for entry in published["entries"]:
         assert entry["source"] in published["sources"]
         assert 0 < entry["value"] <= 1
         assert entry["metric"] in ("AUROC", "FPR95-ID95", "AUPR-IN", "ACC")
-    hits = bench.match_published("cifar10", "paper", "wrn-40-2", "cross_entropy", "msp")
+    hits = match_published("cifar10", "paper", "wrn-40-2", "cross_entropy", "msp")
     assert {(h["metric"], h["value"]) for h in hits} >= {("FPR95-ID95", 0.5104),
                                                          ("AUROC", 0.9090)}
     # another protocol, architecture or an unknown architecture: nothing
-    assert not bench.match_published("cifar10", "full", "wrn-40-2", "cross_entropy", "msp")
-    assert not bench.match_published("cifar10", "paper", "resnet18-32x32", "cross_entropy",
+    assert not match_published("cifar10", "full", "wrn-40-2", "cross_entropy", "msp")
+    assert not match_published("cifar10", "paper", "resnet18-32x32", "cross_entropy",
                                      "msp")
-    assert not bench.match_published("cifar10", "paper", None, "cross_entropy", "msp")
-    assert not bench.match_published("digits", "full", "digits-cnn", "logitnorm", "msp")
-    openood = bench.match_published("cifar10_openood", "full", "resnet18-32x32", "logitnorm",
+    assert not match_published("cifar10", "paper", None, "cross_entropy", "msp")
+    assert not match_published("digits", "full", "digits-cnn", "logitnorm", "msp")
+    openood = match_published("cifar10_openood", "full", "resnet18-32x32", "logitnorm",
                                     "msp")
     assert {h["scope"] for h in openood} == {"near", "far", "id"}
 

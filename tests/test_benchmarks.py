@@ -5,14 +5,14 @@ import os
 
 import pytest
 import torch
-
-from logitnorm_plugin import benchmarks as B
-from logitnorm_plugin.data import ImageTensors
-from logitnorm_plugin.data.fake import (
+from fake_data import (
     write_cifar,
     write_openood,
     write_paper_ood_sets,
 )
+
+from logitnorm_plugin import benchmarks as B
+from logitnorm_plugin.data import ImageTensors
 from logitnorm_plugin.errors import MissingDataError
 
 OURS = {

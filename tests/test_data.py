@@ -256,7 +256,7 @@ def test_unknown_names():
 
 @pytest.mark.parametrize("which, k", [("cifar10", 10), ("cifar100", 100)])
 def test_cifar_through_torchvision_reader(which, k, tmp_path):
-    from logitnorm_plugin.data.fake import fake_images, write_cifar
+    from fake_data import fake_images, write_cifar
 
     write_cifar(tmp_path, which, n_train=30, n_test=12, seed=3)
     test = load_split(which, "test", root=tmp_path)
@@ -271,12 +271,14 @@ def test_cifar_through_torchvision_reader(which, k, tmp_path):
     assert dataset_meta(which)["num_classes"] == k
 
 
-def test_cifar_checksums_apply_to_real_folders(tmp_path):
-    from logitnorm_plugin.data.cifar import FAKE_MARKER
-    from logitnorm_plugin.data.fake import write_cifar
+def test_cifar_checksums_apply_to_every_folder(tmp_path):
+    from fake_data import write_cifar
 
     folder = write_cifar(tmp_path, "cifar10", 10, 10)
-    (folder / FAKE_MARKER).unlink()  # now it claims to be real CIFAR-10: MD5s must match
+    batch = folder / "data_batch_1"
+    data = bytearray(batch.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # no longer a file the fixture wrote: its MD5 must match
+    batch.write_bytes(bytes(data))
     with pytest.raises(MissingDataError) as err:
         load_split("cifar10", "test", root=tmp_path)
     assert "corrupted" in str(err.value) and "data_batch_1" in str(err.value)
@@ -292,8 +294,9 @@ def test_missing_cifar_message(tmp_path):
 
 
 def test_svhn_test_split(tmp_path):
+    from fake_data import write_svhn
+
     from logitnorm_plugin.data.cifar import load_svhn
-    from logitnorm_plugin.data.fake import write_svhn
 
     write_svhn(tmp_path, n=15)
     ds = load_svhn(tmp_path)
@@ -305,9 +308,9 @@ def test_svhn_test_split(tmp_path):
 
 def test_paper_ood_layouts_and_resizing(tmp_path):
     import torchvision.transforms as T
+    from fake_data import write_paper_ood_sets
     from PIL import Image
 
-    from logitnorm_plugin.data.fake import write_paper_ood_sets
     from logitnorm_plugin.data.images import list_images
 
     written = write_paper_ood_sets(tmp_path, n=4)
@@ -332,7 +335,8 @@ def test_paper_ood_layouts_and_resizing(tmp_path):
 
 
 def test_decoded_folder_cache_follows_the_files(tmp_path):
-    from logitnorm_plugin.data.fake import write_image_folder
+    from fake_data import write_image_folder
+
     from logitnorm_plugin.data.images import CACHE_DIR
 
     folder = write_image_folder(tmp_path / "iSUN", None, 3, (32, 32), "png")
@@ -354,7 +358,7 @@ def test_missing_ood_folder_message(tmp_path):
 
 
 def test_image_folder_id_dataset(tmp_path):
-    from logitnorm_plugin.data.fake import write_image_folder
+    from fake_data import write_image_folder
 
     for split, n in (("train", 6), ("test", 2)):
         write_image_folder(tmp_path / "toy" / split, ["cat", "dog", "eel"], n, (16, 16), "png")

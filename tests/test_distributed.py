@@ -82,7 +82,7 @@ def test_torchrun_two_processes_gloo(tmp_path):
     for r in records:
         assert all(v == v for v in r.values())  # no NaN
 
-    from logitnorm_plugin.train import load_trained
+    from logitnorm_plugin.runs import load_trained
 
     model, card = load_trained(out, return_card=True)
     assert card["runtime"]["world_size"] == 2 and not model.training

@@ -9,17 +9,13 @@ from pytorch_ood.detector import ODIN, EnergyBased, KLMatching, MaxLogit, MaxSof
 from torch import nn
 from torch.utils.data import ConcatDataset, TensorDataset
 
+from logitnorm_plugin.conventions import ROW_KEYS
 from logitnorm_plugin.data import ImageTensors
 from logitnorm_plugin.detector import LogitNormDetector
 from logitnorm_plugin.errors import MissingDataError, UnknownNameError
-from logitnorm_plugin.evaluate import (
-    ROW_KEYS,
-    ModelSpec,
-    evaluate,
-    paper_subsample_indices,
-    resolve_model,
-)
+from logitnorm_plugin.evaluation import evaluate, paper_subsample_indices
 from logitnorm_plugin.metrics import PAPER_FPR_KEY, ood_metrics
+from logitnorm_plugin.specs import ModelSpec, resolve_model
 from logitnorm_plugin.store import ResultStore
 
 HOST_NAMES = {
@@ -293,7 +289,7 @@ def test_named_digits_benchmark_with_groups():
 
 
 def test_named_cifar_benchmark_from_on_disk_fixtures(tmp_path):
-    from logitnorm_plugin.data.fake import write_cifar, write_paper_ood_sets
+    from fake_data import write_cifar, write_paper_ood_sets
 
     write_cifar(tmp_path, "cifar10", n_train=20, n_test=20)
     write_paper_ood_sets(tmp_path, n=6)
@@ -356,10 +352,45 @@ def test_other_data_under_the_same_names_are_other_cells(tmp_path):
         assert store.count() == 6
 
 
-def test_package_attribute_evaluate_is_callable():
+def test_package_attribute_evaluate_is_the_engine():
     import logitnorm_plugin
 
-    # this file imported the module logitnorm_plugin.evaluate, which shadows the function
+    assert logitnorm_plugin.evaluate is evaluate
     rows = logitnorm_plugin.evaluate({"m": tiny_net().eval()}, InMemoryBenchmark(),
                                      detectors=["msp"], progress=False)
     assert [r["Dataset"] for r in rows] == ["ood0", "ood1", "ood2"]
+
+
+class _SharperMSP(LogitNormDetector):
+    """A detector under another name that declares the training-temperature parameter."""
+
+
+class _NoDeclaration(MaxSoftmax):
+    """Takes ``t`` but does not declare it as the training temperature."""
+
+
+def test_training_t_goes_to_detectors_that_declare_it_whatever_their_name():
+    model = tiny_net().eval()
+    spec = ModelSpec(label="m", model=model, t=0.5)
+    scores = {}
+    rows = evaluate({"m": spec}, InMemoryBenchmark(), detectors=[_SharperMSP, _NoDeclaration],
+                    progress=False, keep_scores=True, scores_out=scores)
+    assert {r["Detector"] for r in rows} == {"_SharperMSP", "_NoDeclaration"}
+    x = InMemoryBenchmark().test_sets(known=True, unknown=False)[0]
+    logits = model(torch.stack([x[i][0] for i in range(len(x))]))
+    expected = LogitNormDetector(None, t=0.5).predict_logits(logits)
+    assert torch.allclose(scores[("m", "_SharperMSP", "ID")], expected, atol=1e-6)
+    # no declaration: the detector keeps its own default (MSP's t=1), not the training t
+    default = MaxSoftmax(None).predict_logits(logits)
+    assert torch.allclose(scores[("m", "_NoDeclaration", "ID")], default, atol=1e-6)
+
+
+def test_device_auto_picks_the_available_device():
+    model = tiny_net().eval()
+    rows = evaluate({"m": model}, InMemoryBenchmark(), detectors=["msp"], device="auto",
+                    progress=False)
+    expected = evaluate({"m": model}, InMemoryBenchmark(), detectors=["msp"], device="cpu",
+                        progress=False)
+    if not torch.cuda.is_available():
+        assert rows == expected
+    assert len(rows) == 3

@@ -11,13 +11,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import parsers
 import pytest
 import torch
 
 from logitnorm_plugin import export, provenance
 from logitnorm_plugin.cli import main
 from logitnorm_plugin.errors import IncompatibleResultsError
-from logitnorm_plugin.store import ResultStore
+from logitnorm_plugin.store import STORE_FILE, ResultStore
 
 OOD = ["near_a", "far_b", "far_c"]
 GROUPS = {"near": ["near_a"], "far": ["far_b", "far_c"]}
@@ -33,7 +34,7 @@ def write_store(folder: Path) -> Path:
     """A real result store written through ResultStore's API: 2 losses x 3 seeds x 3 detectors
     x 3 OOD sets (near/far groups), random metric values."""
     rng = random.Random(0)
-    with ResultStore(folder / export.STORE_FILE) as store:
+    with ResultStore(folder / STORE_FILE) as store:
         store.register_config("cfg0", {
             "benchmark": "toy", "protocol": "full", "seed": 0, "kwargs": {},
             "ood_names": OOD, "groups": GROUPS,
@@ -63,7 +64,7 @@ def results(tmp_path):
 
 
 def stored_rows(folder):
-    with ResultStore(folder / export.STORE_FILE) as store:
+    with ResultStore(folder / STORE_FILE) as store:
         return store.rows(with_ids=True)
 
 
@@ -94,7 +95,7 @@ def check_doc_records(records, rows):
 def test_markdown_in_pytorch_ood_layout_reads_back_as_stored(results):
     path = export.export_results(results, formats=["md"])["md"]
     text = path.read_text(encoding="utf-8")
-    records = export.parse_markdown(text)
+    records = parsers.parse_markdown(text)
     check_doc_records(records, stored_rows(results))
     # pytorch-ood's columns, in its order
     assert "| Detector | AUROC | AUTC  | AUPR-IN | AUPR-OUT | FPR95TPR |" in text
@@ -111,7 +112,7 @@ def test_markdown_in_pytorch_ood_layout_reads_back_as_stored(results):
 def test_rst_grid_tables_read_back_as_stored(results):
     path = export.export_results(results, formats=["rst"])["rst"]
     text = path.read_text(encoding="utf-8")
-    check_doc_records(export.parse_rst(text), stored_rows(results))
+    check_doc_records(parsers.parse_rst(text), stored_rows(results))
     lines = text.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("| Dataset "))
     assert lines[header - 1].startswith("+---") and lines[header + 1].startswith("+===")
@@ -121,7 +122,7 @@ def test_rst_grid_tables_read_back_as_stored(results):
 
 def test_csv_reads_back_as_stored_with_extras_and_groups(results):
     path = export.export_results(results, formats=["csv"])["csv"]
-    rows_csv, prov = export.parse_csv(path.read_text(encoding="utf-8"))
+    rows_csv, prov = parsers.parse_csv(path.read_text(encoding="utf-8"))
     rows = stored_rows(results)
     assert list(rows_csv[0])[:12] == [*export.CSV_KEYS, *export.DOC_METRICS]
     # per (loss, detector): the mean, near, far and one row per OOD set
@@ -145,7 +146,7 @@ def test_csv_reads_back_as_stored_with_extras_and_groups(results):
 
 def test_json_is_exact(results):
     path = export.export_results(results, formats=["json"])["json"]
-    doc = export.parse_json(path.read_text(encoding="utf-8"))
+    doc = parsers.parse_json(path.read_text(encoding="utf-8"))
     rows = stored_rows(results)
     assert doc["units"] == "fraction"
     assert doc["doc_columns"]["mean"] == ["Detector", *export.DOC_METRICS]
@@ -170,11 +171,11 @@ def test_json_is_exact(results):
     import json
 
     with pytest.raises(IncompatibleResultsError, match="version 99"):
-        export.parse_json(json.dumps(bad))
+        parsers.parse_json(json.dumps(bad))
 
 
 def test_every_format_carries_provenance(results):
-    with ResultStore(results / export.STORE_FILE) as store:
+    with ResultStore(results / STORE_FILE) as store:
         record = store.runs()[0]["provenance"]
     written = export.export_results(results)
     assert set(written) == set(export.FORMATS)
@@ -204,25 +205,25 @@ def _incompatible(tmp_path):
     not_results.mkdir()
     cases["no store"] = (not_results, "not a results folder")
     empty = tmp_path / "empty"
-    ResultStore(empty / export.STORE_FILE).close()
+    ResultStore(empty / STORE_FILE).close()
     cases["empty store"] = (empty, "empty")
     zero = tmp_path / "zero"
     zero.mkdir()
-    (zero / export.STORE_FILE).write_bytes(b"")
+    (zero / STORE_FILE).write_bytes(b"")
     cases["zero bytes"] = (zero, "empty")
     garbage = tmp_path / "garbage"
     garbage.mkdir()
-    (garbage / export.STORE_FILE).write_bytes(b"this is not sqlite" * 100)
+    (garbage / STORE_FILE).write_bytes(b"this is not sqlite" * 100)
     cases["not sqlite"] = (garbage, "not a result store")
     other = tmp_path / "other_sqlite"
     other.mkdir()
-    db = sqlite3.connect(other / export.STORE_FILE)
+    db = sqlite3.connect(other / STORE_FILE)
     db.execute("CREATE TABLE things (x)")
     db.commit()
     db.close()
     cases["foreign sqlite"] = (other, "not a result store")
     newer = write_store(tmp_path / "newer")
-    db = sqlite3.connect(newer / export.STORE_FILE)
+    db = sqlite3.connect(newer / STORE_FILE)
     db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
     db.commit()
     db.close()
@@ -238,7 +239,7 @@ def test_missing_empty_or_incompatible_results_are_refused(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith("logitnorm-ood export: error: ") and words in err, (name, err)
     # the foreign database was only read, not turned into a result store
-    db = sqlite3.connect(tmp_path / "other_sqlite" / export.STORE_FILE)
+    db = sqlite3.connect(tmp_path / "other_sqlite" / STORE_FILE)
     tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     db.close()
     assert tables == {"things"}
@@ -257,7 +258,7 @@ def test_console_script_error_has_no_traceback(tmp_path):
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    from logitnorm_plugin.train import train
+    from logitnorm_plugin.training import train
 
     out = tmp_path_factory.mktemp("runs") / "digits-logitnorm-s0"
     # one epoch in large batches: the weights only need to be real, not good
@@ -269,7 +270,7 @@ def run_dir(tmp_path_factory):
 def test_snippet_builds_the_real_model_entry(run_dir):
     from pytorch_ood.model.registry import ModelEntry
 
-    from logitnorm_plugin.train import model_entry, read_card
+    from logitnorm_plugin.runs import model_entry, read_card
 
     card = read_card(run_dir)
     snippet = export.model_entry_snippet(run_dir)
@@ -332,7 +333,7 @@ def test_cli_model_prints_the_snippet_and_copies_weights(run_dir, tmp_path, caps
 
 
 def test_tampered_weights_are_refused(run_dir, tmp_path, capsys):
-    from logitnorm_plugin.train import ModelIntegrityError
+    from logitnorm_plugin.errors import ModelIntegrityError
 
     copy = tmp_path / "tampered"
     shutil.copytree(run_dir, copy)
@@ -349,7 +350,7 @@ def test_tampered_weights_are_refused(run_dir, tmp_path, capsys):
 
 
 def test_upstream_key_uses_pytorch_ood_method_names(run_dir):
-    from logitnorm_plugin.train import read_card
+    from logitnorm_plugin.runs import read_card
 
     card = dict(read_card(run_dir), loss="cross_entropy")
     assert export.upstream_key(card) == "digits-cnn/digits/crossentropy/s0"

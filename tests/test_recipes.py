@@ -9,7 +9,7 @@ from logitnorm_plugin import recipes
 from logitnorm_plugin.errors import UnknownNameError, UserError
 from logitnorm_plugin.models import ARCHS
 from logitnorm_plugin.recipes import Recipe, get_recipe, list_recipes
-from logitnorm_plugin.train import resolve_config
+from logitnorm_plugin.train_config import resolve_config
 
 
 def test_list_and_filter():
@@ -82,13 +82,13 @@ def test_resolve_config_fills_from_recipe_and_applies_overrides():
     assert config["epochs"] == 3 and config["momentum"] == 0.5
     assert config["lr"] == r.lr and config["batch_size"] == r.batch_size
     # the digits recipe carries the t that tune-t chose and the package ships
-    from logitnorm_plugin.tune import recommended_digits_t
+    from logitnorm_plugin.recipes import recommended_digits_t
 
     tuned = recommended_digits_t()
     assert config["loss_kwargs"] == {"t": tuned} and config["t"] == tuned
     assert config["t_source"] == r.t_for("digits")[1]
     assert cls.__name__ == "LogitNormLoss"
-    json.dumps(config)  # plain JSON all the way down
+    json.dumps(config.to_dict())  # plain JSON all the way down
 
 
 def test_resolve_config_paper_on_cifar100_uses_the_authors_t():

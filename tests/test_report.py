@@ -8,6 +8,7 @@ import re
 import sqlite3
 import statistics
 
+import parsers
 import pytest
 import torch
 
@@ -53,7 +54,7 @@ def check_traces(folder, out):
     holds the same at full precision. Returns the number of checked cells."""
     text = (out / report.REPORT_FILE).read_text(encoding="utf-8")
     doc = json.loads((out / report.REPORT_JSON).read_text(encoding="utf-8"))
-    tables = report.parse_report_tables(text, doc)
+    tables = parsers.parse_report_tables(text, doc)
     assert tables and all("columns" in t for t in tables)
     with ResultStore(folder / "results.sqlite") as store:
         rows = store.rows(with_ids=True)

@@ -15,21 +15,24 @@ from torch.nn import functional as F
 import logitnorm_plugin
 from logitnorm_plugin import atomic
 from logitnorm_plugin.cli import main as cli
-from logitnorm_plugin.errors import ConfigMismatchError, TrainingDivergedError, UserError
-from logitnorm_plugin.recipes import DIGITS_T
-from logitnorm_plugin.train import (
-    CHECKPOINT_FILE,
+from logitnorm_plugin.cli._args import key_values as parse_loss_args
+from logitnorm_plugin.errors import (
+    ConfigMismatchError,
     ModelIntegrityError,
-    TrainStep,
-    _sync_free_loss,
+    TrainingDivergedError,
+    UserError,
+)
+from logitnorm_plugin.recipes import DIGITS_T
+from logitnorm_plugin.runs import (
+    CHECKPOINT_FILE,
     load_trained,
     model_entry,
-    parse_loss_args,
     read_card,
     read_metrics,
     sha256_file,
-    train,
 )
+from logitnorm_plugin.train_step import TrainStep, _sync_free_loss
+from logitnorm_plugin.training import train
 
 # small and quick: a narrow digits CNN, 3 epochs of the digits recipe
 SMALL = dict(dataset="digits", arch_kwargs={"width": 8}, epochs=3, progress=False)
@@ -135,7 +138,7 @@ def test_run_folder_contents_and_metrics(reference):
         assert 0 <= r["test_accuracy"] <= 1 and r["logit_norm_std"] >= 0
     # lr at each epoch start: the digits recipe's 3-epoch warm-up (20 steps per epoch) times
     # a cosine over the 3 epochs
-    from logitnorm_plugin.train import _lr_factor
+    from logitnorm_plugin.train_step import lr_factor as _lr_factor
 
     config = json.loads((out / "config.json").read_text())
     factor = _lr_factor(config, 20)
@@ -202,11 +205,10 @@ def test_tampered_model_file_is_refused(reference, tmp_path):
     assert isinstance(info.value, UserError)
 
 
-def test_logitnorm_plugin_train_is_callable_whatever_was_imported_first():
-    import logitnorm_plugin.train as module
+def test_public_train_is_the_training_function():
+    import logitnorm_plugin.training as module
 
-    assert callable(module)
-    assert callable(logitnorm_plugin.train)
+    assert logitnorm_plugin.train is module.train is train
     assert logitnorm_plugin.load_trained is load_trained
 
 
@@ -246,7 +248,8 @@ def test_nan_found_mid_epoch_with_check_every(tmp_path):
 
 def test_t_from_recommended_file(tmp_path):
     rec = tmp_path / "recommended_t.json"
-    rec.write_text(json.dumps({"chosen_t": 0.1, "candidates": [0.01, 0.1]}))
+    rec.write_text(json.dumps({"format": "logitnorm-plugin/recommended-t", "format_version": 1,
+                               "chosen_t": 0.1, "candidates": [0.01, 0.1]}))
     result = train(out=tmp_path / "run", t_from=rec, **{**SMALL, "epochs": 1})
     card = result.card
     assert card["t"] == 0.1 and card["config"]["loss_kwargs"] == {"t": 0.1}
@@ -289,7 +292,7 @@ def test_train_step_accumulates_on_device_and_spots_nan():
 
 
 def test_lr_schedules_match_their_definitions():
-    from logitnorm_plugin.train import _lr_factor
+    from logitnorm_plugin.train_step import lr_factor as _lr_factor
 
     base = {"lr": 0.1, "epochs": 10, "gamma": 0.1, "milestones": [3, 6], "lr_min": 1e-6,
             "warmup_epochs": 0}
@@ -313,7 +316,8 @@ def test_lr_schedules_match_their_definitions():
 
 
 def test_fast_path_defaults():
-    from logitnorm_plugin.train import _compile_mode, fast_path_defaults
+    from logitnorm_plugin.train_step import compile_mode as _compile_mode
+    from logitnorm_plugin.train_step import fast_path_defaults
 
     cpu = fast_path_defaults("cpu")
     assert cpu == {"amp_dtype": None, "channels_last": False, "compile_mode": None}
@@ -417,7 +421,7 @@ def test_cli_nan_loss_through_console_script(tmp_path):
 
 def test_openood_recipe_keeps_best_validation_epoch_on_fake_cifar(tmp_path):
     """CIFAR reader, 3-channel crop + flip, the val split and best-validation selection."""
-    from logitnorm_plugin.data.fake import write_cifar
+    from fake_data import write_cifar
 
     write_cifar(tmp_path / "data", "cifar10", n_train=80, n_test=20)
     result = train(

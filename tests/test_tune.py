@@ -1,5 +1,6 @@
-"""Tests of ``logitnorm-ood tune-t`` (logitnorm_plugin.tune): the rule as stated, validation
-data only (no test split, no test-time OOD set), resumable grid, the shipped digits result."""
+"""Tests of ``logitnorm-ood tune-t`` (logitnorm_plugin.tuning, .t_selection): the rule as
+stated, validation data only (no test split, no test-time OOD set), resumable grid, the shipped
+digits result."""
 
 import importlib
 import json
@@ -7,7 +8,7 @@ import math
 
 import pytest
 
-from logitnorm_plugin import tune
+from logitnorm_plugin import recipes, t_selection, tuning
 from logitnorm_plugin.errors import UserError
 from logitnorm_plugin.metrics import PAPER_FPR_KEY
 from logitnorm_plugin.store import ResultStore
@@ -17,7 +18,7 @@ FAST = dict(dataset="digits", epochs=1, seeds=[0], device="cpu", noise_n=200, pr
 
 
 def _train_module():
-    return importlib.import_module("logitnorm_plugin.train")
+    return importlib.import_module("logitnorm_plugin.training")
 
 
 # -- the rule, on numbers we choose ------------------------------------------------------------
@@ -35,16 +36,16 @@ def test_rule_margin_then_lowest_fpr():
         _point(0.04, 0, 0.980, 0.40, 0.9), _point(0.04, 1, 0.980, 0.20, 0.9),  # best acc, fpr .3
         _point(0.08, 0, 0.960, 0.05, 0.9), _point(0.08, 1, 0.960, 0.05, 0.9),  # 2 pp below
     ]
-    summary = tune.summarize(points, seeds=[0, 1])
+    summary = t_selection.summarize(points, seeds=[0, 1])
     assert [s["t"] for s in summary] == [0.01, 0.02, 0.04, 0.08]
     assert summary[2][PAPER_FPR_KEY] == pytest.approx(0.30)
     assert summary[2][f"{PAPER_FPR_KEY}_std"] == pytest.approx(math.sqrt(0.02))
-    chosen, eligible = tune.select_t(summary, tune.SelectionRule(acc_margin=0.01))
+    chosen, eligible = t_selection.select_t(summary, t_selection.SelectionRule(acc_margin=0.01))
     assert eligible == [0.02, 0.04]
     # 0.02 and 0.04 tie on FPR (0.30) and AUROC: the smaller t wins
     assert chosen == 0.02
     # a wider margin lets the low-FPR value in
-    chosen, eligible = tune.select_t(summary, tune.SelectionRule(acc_margin=0.025))
+    chosen, eligible = t_selection.select_t(summary, t_selection.SelectionRule(acc_margin=0.025))
     assert chosen == 0.08 and 0.08 in eligible
 
 
@@ -55,37 +56,37 @@ def test_rule_ties_go_to_auroc_then_smaller_t_and_divergence_is_excluded():
         _point(0.02, 0, 0.98, 0.10, 0.97),  # same FPR, higher AUROC
         _point(0.04, 0, 0.98, 0.10, 0.97),  # same FPR and AUROC, larger t
     ]
-    summary = tune.summarize(points, seeds=[0])
+    summary = t_selection.summarize(points, seeds=[0])
     assert summary[0]["status"] == "diverged"
-    chosen, eligible = tune.select_t(summary)
+    chosen, eligible = t_selection.select_t(summary)
     assert chosen == 0.02 and 0.005 not in eligible
     # the pytorch-ood convention is a choice of the rule too
-    rule = tune.SelectionRule(metric="FPR95TPR")
-    assert tune.select_t(summary, rule)[0] == 0.02
+    rule = t_selection.SelectionRule(metric="FPR95TPR")
+    assert t_selection.select_t(summary, rule)[0] == 0.02
     assert "FPR95TPR" in rule.describe() and "1 percentage point" in rule.describe()
 
 
 def test_rule_needs_complete_results():
-    summary = tune.summarize([_point(0.01, 0, 0.9, 0.1, 0.9)], seeds=[0, 1])
+    summary = t_selection.summarize([_point(0.01, 0, 0.9, 0.1, 0.9)], seeds=[0, 1])
     assert summary[0]["status"] == "incomplete"
     with pytest.raises(UserError, match="no grid value"):
-        tune.select_t(summary)
+        t_selection.select_t(summary)
     with pytest.raises(UserError):
-        tune.SelectionRule(metric="AUROC")
+        t_selection.SelectionRule(metric="AUROC")
 
 
 def test_a_choice_at_the_edge_of_the_grid_is_flagged():
-    assert "largest value of the grid" in tune._edge_warnings(0.16, [0.04, 0.16])[0]
-    assert "smallest value of the grid" in tune._edge_warnings(0.04, [0.04, 0.16])[0]
-    assert tune._edge_warnings(0.08, [0.04, 0.08, 0.16]) == []
+    assert "largest value of the grid" in t_selection.edge_warnings(0.16, [0.04, 0.16])[0]
+    assert "smallest value of the grid" in t_selection.edge_warnings(0.04, [0.04, 0.16])[0]
+    assert t_selection.edge_warnings(0.08, [0.04, 0.08, 0.16]) == []
 
 
 def test_shortened_recipe_scales_milestones():
     from logitnorm_plugin.recipes import get_recipe
 
-    assert tune._shortened(get_recipe("paper"), 20) == {"milestones": (8, 14)}
-    assert tune._shortened(get_recipe("paper"), 200) == {}
-    assert tune._shortened(get_recipe("digits"), 3) == {}  # cosine follows the run length
+    assert tuning._shortened(get_recipe("paper"), 20) == {"milestones": (8, 14)}
+    assert tuning._shortened(get_recipe("paper"), 200) == {}
+    assert tuning._shortened(get_recipe("digits"), 3) == {}  # cosine follows the run length
 
 
 # -- end to end on the digits ------------------------------------------------------------------
@@ -125,13 +126,13 @@ def test_tiny_grid_end_to_end_applies_the_rule_and_reads_validation_data_only(
 ):
     spy = _Spy(monkeypatch)
     out = tmp_path / "tune"
-    record = tune.tune_t(grid=[0.02, 0.1], out=out, **FAST)
+    record = tuning.tune_t(grid=[0.02, 0.1], out=out, **FAST)
 
     # only the training and validation splits, and only the validation noise
     assert "test" not in spy.splits and "test" not in spy.index_splits
     assert {"train", "val"} <= set(spy.index_splits)
-    assert spy.ood and all(o == ("gaussian", tune.VALIDATION_NOISE_SEED) for o in spy.ood)
-    assert spy.noise and all(n == ("gaussian", tune.VALIDATION_NOISE_SEED) for n in spy.noise)
+    assert spy.ood and all(o == ("gaussian", tuning.VALIDATION_NOISE_SEED) for o in spy.ood)
+    assert spy.noise and all(n == ("gaussian", tuning.VALIDATION_NOISE_SEED) for n in spy.noise)
     assert spy.other_ood == []
 
     # the files, and the trainer's --t-from reads them
@@ -150,7 +151,7 @@ def test_tiny_grid_end_to_end_applies_the_rule_and_reads_validation_data_only(
     t_of = {p["model_id"]: r["t"] for r in saved["results"] for p in r["per_seed"]}
     with ResultStore(out / "results.sqlite") as store:
         rows = store.rows(model_ids=list(t_of), with_ids=True)
-    assert len(rows) == 2 and {r["Dataset"] for r in rows} == {tune.VALIDATION_SET_NAME}
+    assert len(rows) == 2 and {r["Dataset"] for r in rows} == {tuning.VALIDATION_SET_NAME}
     means = {}
     for t in sorted(set(t_of.values())):
         mine = [r for r in rows if t_of[r["model_id"]] == t]
@@ -194,13 +195,13 @@ def test_interrupted_tuning_resumes_without_recomputing_finished_points(tmp_path
         raise Stop(point["t"])
 
     with pytest.raises(Stop):
-        tune.tune_t(grid=grid, out=out, callback=stop_after_first, **FAST)
+        tuning.tune_t(grid=grid, out=out, callback=stop_after_first, **FAST)
     assert calls == [0.02]
     with ResultStore(out / "results.sqlite") as store:
         first = store.rows(with_ids=True)
     assert len(first) == 1
 
-    record = tune.tune_t(grid=grid, out=out, **FAST)
+    record = tuning.tune_t(grid=grid, out=out, **FAST)
     assert calls == [0.02, 0.1]  # the finished point was not trained again
     assert record["points"] == {"total": 2, "computed": 1, "reused": 1}
     with ResultStore(out / "results.sqlite") as store:
@@ -210,9 +211,19 @@ def test_interrupted_tuning_resumes_without_recomputing_finished_points(tmp_path
     assert kept == first[0]  # the same stored cell, from the same run
 
     # a third run recomputes nothing and chooses the same t
-    again = tune.tune_t(grid=grid, out=out, **FAST)
+    again = tuning.tune_t(grid=grid, out=out, **FAST)
     assert calls == [0.02, 0.1]
     assert again["chosen_t"] == record["chosen_t"] and again["points"]["reused"] == 2
+
+
+def test_device_auto_is_resolved_before_it_is_recorded(tmp_path):
+    import torch
+
+    fast = {**FAST, "device": "auto"}
+    record = tuning.tune_t(grid=[0.1], out=tmp_path / "tune", **fast)
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert record["provenance"]["config"]["device"].startswith(expected)
+    assert record["provenance"]["device"].startswith(expected)
 
 
 # -- command line and the shipped digits result ------------------------------------------------
@@ -228,14 +239,14 @@ def test_cli_rejects_bad_grid_without_traceback(capsys, tmp_path):
 
 
 def test_shipped_digits_result_is_consistent():
-    record = tune.tuned_t_record()
-    assert tune.recommended_digits_t() == record["chosen_t"]
+    record = recipes.tuned_t_record()
+    assert recipes.recommended_digits_t() == record["chosen_t"]
     assert record["dataset"] == "digits" and record["chosen_t"] in record["grid"]
     assert record["command"].startswith("logitnorm-ood tune-t --dataset digits")
     assert not record["validation"]["test_split_read"]
     # the recorded choice is the one the recorded numbers select under the recorded rule
-    rule = tune.SelectionRule(record["rule"]["acc_margin"], record["rule"]["metric"])
-    assert tune.select_t(record["results"], rule)[0] == record["chosen_t"]
+    rule = t_selection.SelectionRule(record["rule"]["acc_margin"], record["rule"]["metric"])
+    assert t_selection.select_t(record["results"], rule)[0] == record["chosen_t"]
     for value in record["results"]:
         assert len(value["per_seed"]) == len(record["seeds"])
 
@@ -247,9 +258,9 @@ def test_reading_the_shipped_t_is_light():
 
     from logitnorm_plugin import metrics
 
-    assert tune.PAPER_FPR_KEY == metrics.PAPER_FPR_KEY
+    assert tuning.PAPER_FPR_KEY == metrics.PAPER_FPR_KEY
     code = (
-        "import sys, logitnorm_plugin.tune as t; t.recommended_digits_t(); "
+        "import sys, logitnorm_plugin.recipes as r; r.recommended_digits_t(); "
         "print(sorted(m for m in ('torch', 'pytorch_ood', 'numpy') if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -261,13 +272,15 @@ def test_shipped_digits_result_matches_the_current_recipe():
     """tuned_t.json is tied to the training configuration it was tuned with: a change of the
     digits recipe (or of the trainer's resolved config) must come with a re-tuning (run the
     record's command and copy its recommended_t.json to logitnorm_plugin/tuned_t.json)."""
-    record = tune.tuned_t_record()
+    record = recipes.tuned_t_record()
     training = record["training"]
-    config, _ = _train_module().resolve_config(
+    from logitnorm_plugin.train_config import resolve_config
+
+    config, _ = resolve_config(
         record["dataset"], record["arch"], "logitnorm", {"t": record["chosen_t"]},
         training["recipe"], training["epochs"], None, None, 0, eval_split="val",
         **{k: tuple(v) if isinstance(v, list) else v for k, v in training["overrides"].items()},
     )
-    current = {k: v for k, v in config.items()
+    current = {k: v for k, v in config.to_dict().items()
                if k not in ("t", "t_source", "t_from", "seed", "loss_kwargs")}
     assert current == training["config"], "re-run the command in tuned_t.json"

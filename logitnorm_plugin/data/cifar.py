@@ -7,10 +7,8 @@ Layouts (torchvision's, and the LogitNorm code's):
 - SVHN test: ``<root>/svhn/test_32x32.mat``
 
 torchvision checks the published MD5 of every file before reading, always, not only on
-download. The tiny fixtures of :mod:`~logitnorm_plugin.data.fake` cannot match those sums, so
-they carry a marker file (:data:`FAKE_MARKER`) next to the data; only in a folder with that
-marker are the files read by the same torchvision reader with the checksums switched off.
-Real data is always verified.
+download, and this module never switches that off: the CIFAR batches are Python pickles, and
+only a verified file is unpickled.
 """
 
 from __future__ import annotations
@@ -22,12 +20,10 @@ import numpy as np
 import torch
 
 from ..errors import MissingDataError
+from .catalog import DATASETS
 from .tensors import ImageTensors
 
-__all__ = ["FAKE_MARKER", "load_cifar", "load_svhn"]
-
-#: file written by the fake-data writers; its presence disables torchvision's MD5 checks
-FAKE_MARKER = "LOGITNORM_PLUGIN_FAKE_DATA.txt"
+__all__ = ["load_cifar", "load_svhn"]
 
 _CIFAR_URLS = {
     "cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
@@ -44,18 +40,6 @@ def _cifar_class(which: str):
     return CIFAR10 if which == "cifar10" else CIFAR100
 
 
-def _unverified(cls):
-    """The same torchvision reader with MD5 checks off (files must still exist)."""
-    attrs = {}
-    if hasattr(cls, "train_list"):
-        attrs["train_list"] = [[name, None] for name, _ in cls.train_list]
-        attrs["test_list"] = [[name, None] for name, _ in cls.test_list]
-        attrs["meta"] = {**cls.meta, "md5": None}
-    else:  # SVHN
-        attrs["split_list"] = {k: [v[0], v[1], None] for k, v in cls.split_list.items()}
-    return type(f"{cls.__name__}FakeFixture", (cls,), attrs)
-
-
 def load_cifar(
     which: str, train: bool, root, download: bool = False
 ) -> ImageTensors:
@@ -68,8 +52,6 @@ def load_cifar(
     :param download: let torchvision download the archive if it is missing
     :raises MissingDataError: missing or corrupted files and ``download`` is false
     """
-    from . import DATASETS
-
     cls = _cifar_class(which)
     root = Path(root)
     folder = root / cls.base_folder
@@ -79,9 +61,8 @@ def load_cifar(
             f"To get it, pass download=True (CLI: --download), or download "
             f"{_CIFAR_URLS[which]} and extract it into {root}."
         )
-    reader = _unverified(cls) if (folder / FAKE_MARKER).is_file() else cls
     try:
-        ds = reader(str(root), train=train, download=download)
+        ds = cls(str(root), train=train, download=download)
     except (RuntimeError, OSError) as exc:  # integrity check failed, or the download did
         files = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
         raise MissingDataError(
@@ -118,9 +99,8 @@ def load_svhn(
             f"'{folder}', split='{split}', download=True), or put "
             f"{SVHN.split_list[split][0]} there."
         )
-    reader = _unverified(SVHN) if (folder / FAKE_MARKER).is_file() else SVHN
     try:
-        ds = reader(str(folder), split=split, download=download)
+        ds = SVHN(str(folder), split=split, download=download)
     except (RuntimeError, OSError) as exc:
         raise MissingDataError(
             f"SVHN file {folder / filename} is missing or corrupted ({exc}); pass download=True "

@@ -1,0 +1,74 @@
+"""The ``logitnorm-ood`` command line: one module per command, the only place argparse lives.
+
+Each command module provides ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args)``;
+this file wires them up and turns :class:`~logitnorm_plugin.errors.UserError` into a one-line
+message on stderr and exit status 2. A command's module is imported only when it runs, so
+``logitnorm-ood list`` stays light.
+"""
+
+import argparse
+import importlib
+import sys
+import warnings
+from typing import List
+
+from logitnorm_plugin.errors import UserError
+
+#: command -> module of this package that implements it
+COMMANDS = {
+    "list": "list",
+    "train": "train",
+    "bench": "bench",
+    "export": "export",
+    "report": "report",
+    "tune-t": "tune_t",
+}
+
+#: one line per command for the top-level help (the modules hold the same text as HELP)
+SUMMARIES = {
+    "list": "list registered losses, detectors and benchmarks",
+    "train": "train a model with any registered loss",
+    "bench": "run a comparison benchmark (default: digits, offline)",
+    "export": "export results or a model entry for pytorch-ood",
+    "report": "write a Markdown report with plots",
+    "tune-t": "choose the LogitNorm temperature on Gaussian noise",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="logitnorm-ood",
+        description="LogitNorm for pytorch-ood: train, benchmark and export.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, summary in SUMMARIES.items():
+        sub.add_parser(name, help=summary, description=summary)
+    return parser
+
+
+def main(argv: List[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    # parse the command first, then let its module add its own arguments
+    known, _ = parser.parse_known_args(argv[:1] if argv and not argv[0].startswith("-") else argv)
+    if known.command is None:
+        parser.print_help()
+        return 0 if not argv else 2
+    # warnings are messages for the user here, not for a developer reading a stack
+    warnings.formatwarning = lambda message, category, *rest: (
+        f"logitnorm-ood: warning: {message}\n"
+    )
+    module = importlib.import_module(f"{__name__}.{COMMANDS[known.command]}")
+    sub = argparse.ArgumentParser(
+        prog=f"logitnorm-ood {known.command}", description=module.HELP
+    )
+    module.add_arguments(sub)
+    args = sub.parse_args(argv[1:])
+    try:
+        return int(module.run(args) or 0)
+    except UserError as exc:
+        print(f"logitnorm-ood {known.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"logitnorm-ood {known.command}: interrupted", file=sys.stderr)
+        return 130

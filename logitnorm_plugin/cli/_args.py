@@ -1,0 +1,95 @@
+"""Parsing helpers shared by the commands: lists, seeds, ``KEY=VALUE`` pairs, thread counts."""
+
+from __future__ import annotations
+
+import ast
+from typing import Any, Dict, List, Sequence
+
+from logitnorm_plugin.errors import UserError
+
+__all__ = ["command_line", "key_values", "numbers", "seeds", "split", "threads"]
+
+
+def split(values: Sequence[str] | str | None) -> List[str]:
+    """``["a,b", "c"] -> ["a", "b", "c"]``: lists may be given with commas or spaces."""
+    if isinstance(values, str):
+        values = [values]
+    out = []
+    for value in values or ():
+        out.extend(v.strip() for v in str(value).split(",") if v.strip())
+    return out
+
+
+def seeds(values, option: str = "--seeds") -> List[int]:
+    """Integer seeds from ``0 1 2`` or ``0,1,2`` (or a mix)."""
+    out = []
+    for v in split(values):
+        try:
+            out.append(int(v))
+        except ValueError as exc:
+            raise UserError(f"{option} takes integers, got {v!r}") from exc
+    return out
+
+
+def numbers(values, option: str) -> List[float]:
+    """Floats from ``0.01 0.04`` or ``0.01,0.04``."""
+    out = []
+    for v in split(values):
+        try:
+            out.append(float(v))
+        except ValueError as exc:
+            raise UserError(f"{option} takes numbers, got {v!r}") from exc
+    return out
+
+
+def _literal(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        lowered = text.strip().lower()
+        if lowered in ("true", "false"):
+            return lowered == "true"
+        if lowered in ("none", "null"):
+            return None
+        return text
+
+
+def key_values(items: List[str] | None, option: str = "--loss-arg") -> Dict[str, Any]:
+    """``["t=0.04", "reduction=mean"]`` -> ``{"t": 0.04, "reduction": "mean"}``.
+
+    Values are Python literals where they parse as one (numbers, booleans, ``None``, quoted
+    strings) and strings otherwise.
+
+    :raises UserError: for an item without ``=``
+    """
+    out: Dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"{option} expects KEY=VALUE (e.g. t=0.04), got {item!r}")
+        out[key.strip()] = _literal(value.strip())
+    return out
+
+
+def threads(value: str) -> int | str:
+    """``--threads``: a number >= 1 or ``auto``."""
+    if value == "auto":
+        return "auto"
+    try:
+        count = int(value)
+    except ValueError as exc:
+        raise UserError(f"--threads takes a number or 'auto', got {value!r}") from exc
+    if count < 1:
+        raise UserError(f"--threads must be >= 1, got {count}")
+    return count
+
+
+def command_line(name: str) -> str | None:
+    """The command as typed, for result files (``logitnorm-ood <name> ...``); ``None`` when
+    this process was not started as that command (e.g. ``main([...])`` from Python)."""
+    import shlex
+    import sys
+
+    if len(sys.argv) > 1 and sys.argv[1] == name:
+        return shlex.join(["logitnorm-ood", *sys.argv[1:]])
+    return None

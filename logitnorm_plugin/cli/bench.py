@@ -1,0 +1,97 @@
+"""``logitnorm-ood bench``: a comparison benchmark with one command
+(:func:`logitnorm_plugin.bench.run`)."""
+
+import argparse
+from pathlib import Path
+
+from logitnorm_plugin.bench import DEFAULTS, README_END, README_START
+from logitnorm_plugin.cli import _args
+
+HELP = "run a comparison benchmark (default: digits, offline)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--benchmark", default=DEFAULTS["benchmark"],
+                        help="benchmark name (`logitnorm-ood list benchmarks`); default: digits")
+    parser.add_argument("--models", nargs="+", metavar="SPEC",
+                        help="evaluate these models instead of training: pytorch-ood registry "
+                        "keys (e.g. wrn-40-2/cifar10/logitnorm/s0) or run folders written by "
+                        "`logitnorm-ood train`")
+    parser.add_argument("--losses", nargs="+", default=None,
+                        help="training objectives to train and compare (default: "
+                        "cross_entropy logitnorm)")
+    parser.add_argument("--detectors", nargs="+", default=None,
+                        help="detectors (default: msp odin energy maxlogit logitnorm)")
+    parser.add_argument("--seeds", nargs="+", default=None,
+                        help="training seeds (default: 0 1 2)")
+    parser.add_argument("--device", default="auto",
+                        help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)")
+    parser.add_argument("--out", default=DEFAULTS["out"], help="output folder (default: results)")
+    parser.add_argument("--data-root", default=None,
+                        help="data folder (default: $LOGITNORM_PLUGIN_DATA or "
+                        "~/.cache/logitnorm-plugin/data)")
+    parser.add_argument("--download", action="store_true",
+                        help="download missing datasets (and registry weights of --models)")
+    parser.add_argument("--force", action="store_true",
+                        help="recompute cells that the store already has")
+    parser.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"],
+                        help="evaluation batch size (default: 256)")
+    parser.add_argument("--protocol", choices=("full", "paper"), default="full",
+                        help="full OOD sets, or the LogitNorm paper's (OOD subsampled to ID/5, "
+                        "10 seeded draws averaged)")
+    parser.add_argument("--recipe", default=None,
+                        help="training recipe (default: the dataset's, e.g. digits)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="override the recipe's number of epochs")
+    parser.add_argument("--t", type=float, default=None,
+                        help="LogitNorm temperature for training (default: the recipe's)")
+    parser.add_argument("--t-from", metavar="JSON", default=None,
+                        help="take the LogitNorm temperature from a recommended_t.json of "
+                        "`logitnorm-ood tune-t`")
+    parser.add_argument("--threads", default="auto",
+                        help="torch CPU threads for the run: a number, or auto (default): 1 for "
+                        "the digits benchmark on the CPU (its tiny models gain little from a "
+                        "second thread and slow down many-fold when other processes compete "
+                        "for the cores), else torch's default")
+    parser.add_argument("--num-workers", type=int, default=0,
+                        help="DataLoader workers for datasets without a tensor fast path")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--no-plots", action="store_true", help="no histogram PNGs")
+    parser.add_argument("--update-readme", metavar="PATH", default=None,
+                        help="also write the table into PATH between the lines "
+                        f"'{README_START}' and '{README_END}'")
+
+
+def run(args) -> int:
+    from logitnorm_plugin.bench import readme_section, update_readme
+    from logitnorm_plugin.bench import run as run_bench
+
+    if args.update_readme:
+        readme_section(Path(args.update_readme))  # fail before the run, not after it
+    result = run_bench(
+        benchmark=args.benchmark,
+        models=_args.split(args.models) or None,
+        losses=_args.split(args.losses) or list(DEFAULTS["losses"]),
+        detectors=_args.split(args.detectors) or list(DEFAULTS["detectors"]),
+        seeds=_args.seeds(args.seeds) if args.seeds else list(DEFAULTS["seeds"]),
+        device=args.device,
+        out=args.out,
+        data_root=args.data_root,
+        download=args.download,
+        force=args.force,
+        batch_size=args.batch_size,
+        protocol=args.protocol,
+        recipe=args.recipe,
+        epochs=args.epochs,
+        t=args.t,
+        t_from=args.t_from,
+        progress=not args.no_progress,
+        plots=not args.no_plots,
+        num_workers=args.num_workers,
+        threads=_args.threads(args.threads),
+        command=_args.command_line("bench") or "logitnorm-ood bench",
+    )
+    if args.update_readme:
+        update_readme(args.update_readme, result["markdown"])
+        print(f"updated {args.update_readme}")
+    return 0

@@ -1,0 +1,64 @@
+"""``logitnorm-ood export``: results in pytorch-ood's table layout, or a ``ModelEntry`` for its
+model registry (:mod:`logitnorm_plugin.export`)."""
+
+import argparse
+import sys
+from pathlib import Path
+
+from logitnorm_plugin.errors import UserError
+from logitnorm_plugin.export import FORMATS
+
+HELP = "export results or a model entry for pytorch-ood"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = (
+        "examples: logitnorm-ood export results | logitnorm-ood export results --format rst "
+        "--out docs/ | logitnorm-ood export --model results/runs/digits-logitnorm-s0"
+    )
+    parser.add_argument("results_dir", nargs="?", default=None, metavar="RESULTS_DIR",
+                        help="folder written by `logitnorm-ood bench` (default: results)")
+    parser.add_argument("--format", nargs="+", default=list(FORMATS), metavar="FMT",
+                        help="md, csv, json, rst (default: all four)")
+    parser.add_argument("--out", default=None,
+                        help="output folder (default: RESULTS_DIR/export)")
+    parser.add_argument("--model", default=None, metavar="RUN_DIR",
+                        help="print a pytorch-ood ModelEntry(...) for this trainer run folder "
+                        "instead of exporting tables")
+    parser.add_argument("--key", default=None,
+                        help="with --model: registry key (default: arch/dataset/loss/seed in "
+                        "pytorch-ood's spelling)")
+    parser.add_argument("--url", default=None,
+                        help="with --model: download URL of the uploaded weights (default: a "
+                        "https://FILL-IN/... placeholder)")
+    parser.add_argument("--weights-out", default=None, metavar="DIR",
+                        help="with --model: also copy model.pt to DIR/<key>/model-<hash>.pt "
+                        "for upload")
+
+
+def run(args) -> int:
+    from logitnorm_plugin import export
+    from logitnorm_plugin.runs import read_card
+
+    if args.model is not None:
+        if args.results_dir is not None:
+            raise UserError("give either RESULTS_DIR or --model RUN_DIR, not both")
+        if not Path(args.model).exists():
+            raise UserError(f"run folder {args.model!r} does not exist")
+        read_card(args.model)  # a clear error for a folder without a model card
+        snippet = export.model_entry_snippet(args.model, key=args.key, url=args.url)
+        entry = export.build_model_entry(snippet)
+        export.check_entry(entry, args.model)
+        sys.stdout.write(snippet)
+        if args.weights_out:
+            target = export.copy_weights(args.model, args.weights_out, key=entry.key)
+            print(f"# weights for upload: {target}", file=sys.stderr)
+        return 0
+    formats = []
+    for item in args.format:
+        formats += [f.strip().lower().lstrip(".") for f in item.split(",") if f.strip()]
+    formats = ["md" if f == "markdown" else f for f in formats]
+    written = export.export_results(args.results_dir or "results", out=args.out, formats=formats)
+    for fmt, path in written.items():
+        print(f"{fmt}: {path}")
+    return 0

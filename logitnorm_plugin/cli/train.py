@@ -1,0 +1,86 @@
+"""``logitnorm-ood train``: train a model with any registered loss (:func:`lp.train`)."""
+
+import argparse
+import os
+
+from logitnorm_plugin.cli import _args
+
+HELP = "train a model with any registered loss"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = (
+        "examples: logitnorm-ood train --dataset digits --loss cross_entropy | "
+        "logitnorm-ood train --dataset cifar10 --data-root data --loss logitnorm "
+        "--loss-arg t=0.04 --recipe paper --device cuda --out runs/c10-ln | "
+        "torchrun --nproc_per_node 4 -m logitnorm_plugin.cli train --dataset cifar10 ..."
+    )
+    parser.add_argument("--dataset", default="digits",
+                        help="digits (default, offline), cifar10, cifar100 or an image folder")
+    parser.add_argument("--data-root", default=None, help="folder with the datasets")
+    parser.add_argument("--download", action="store_true", help="download missing CIFAR data")
+    parser.add_argument("--arch", default=None,
+                        help="wrn-40-2, resnet18-32x32 or digits-cnn (default: the recipe's)")
+    parser.add_argument("--arch-arg", action="append", default=[], metavar="KEY=VALUE",
+                        help="architecture argument, e.g. drop_rate=0.0 (repeatable)")
+    parser.add_argument("--loss", default="logitnorm",
+                        help="any name of the pytorch_ood.losses group (default: logitnorm)")
+    parser.add_argument("--loss-arg", action="append", default=[], metavar="KEY=VALUE",
+                        help="loss constructor argument, e.g. t=0.04 (repeatable)")
+    parser.add_argument("--recipe", default=None,
+                        help="paper, openood or digits (default: digits for the digits, "
+                        "paper otherwise)")
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=None, help="global batch size")
+    parser.add_argument("--lr", type=float, default=None, help="initial learning rate")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto",
+                        help="cpu, cuda, cuda:N or auto (default: cuda if available)")
+    parser.add_argument("--out", default=None,
+                        help="run folder (default runs/<dataset>-<arch>-<loss>-s<seed>)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out from its last complete epoch")
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                        help="bf16 autocast (default: on for CUDA, off on CPU)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="torch.compile the model (default: on for CUDA, off on CPU)")
+    parser.add_argument("--t-from", default=None, metavar="JSON",
+                        help="recommended_t.json of `logitnorm-ood tune-t`: use its chosen_t")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="deterministic algorithms (bit-for-bit repeatable, slower)")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def run(args) -> int:
+    from logitnorm_plugin.training import train
+
+    result = train(
+        dataset=args.dataset,
+        arch=args.arch,
+        arch_kwargs=_args.key_values(args.arch_arg, "--arch-arg") or None,
+        loss=args.loss,
+        loss_kwargs=_args.key_values(args.loss_arg),
+        recipe=args.recipe,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        device=args.device,
+        out=args.out,
+        resume=args.resume,
+        amp=args.amp,
+        compile=args.compile,
+        data_root=args.data_root,
+        download=args.download,
+        t_from=args.t_from,
+        deterministic=args.deterministic,
+        progress=not args.quiet,
+    )
+    if int(os.environ.get("RANK", "0")) == 0:
+        card = result.card
+        print(
+            f"{card['key']}: final accuracy {card['metrics']['final_accuracy']:.4f} "
+            f"(best {card['metrics']['best_accuracy']:.4f}), "
+            f"{card['wall_time_s']:.1f}s of training; run folder: {result.run_dir}"
+        )
+    return 0

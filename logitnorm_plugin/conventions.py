@@ -1,0 +1,88 @@
+"""Conventions every floor shares, torch-free: result keys, the default temperature, the one
+rule for names and the one hash of a configuration.
+
+Nothing here imports torch, pytorch-ood or another module of the package, so listing names,
+reading results and formatting tables stay light.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+__all__ = [
+    "AGGREGATE_METRICS",
+    "DEFAULT_T",
+    "ID_DATASET",
+    "ID_KEYS",
+    "OOD_KEYS",
+    "PAPER_FPR_KEY",
+    "REGISTRY_LOSS_NAMES",
+    "ROW_ID_KEYS",
+    "ROW_KEYS",
+    "canonical_name",
+    "config_hash",
+    "dataset_tag",
+]
+
+#: LogitNorm's temperature when none is given: the first author's CIFAR-10 value (OpenOOD's
+#: LogitNorm config, pytorch-ood's registry weights); pytorch-ood's own default is 1.0
+DEFAULT_T = 0.04
+
+#: result key of the LogitNorm paper's FPR95 (ID positive: share of OOD accepted when 95% of
+#: the ID samples are kept); pytorch-ood's ``FPR95TPR`` treats OOD as positive
+PAPER_FPR_KEY = "FPR95-ID95"
+
+#: OOD metrics of every result row, in table order (pytorch-ood's, then the paper's FPR)
+OOD_KEYS = ("AUROC", "AUTC", "AUPR-IN", "AUPR-OUT", "FPR95TPR", PAPER_FPR_KEY)
+
+#: per-model ID metrics repeated on every row of the model
+ID_KEYS = ("ACC", "ECE")
+
+#: what identifies a result row
+ROW_ID_KEYS = (
+    "Model", "Loss", "Seed", "Arch", "Detector", "Dataset", "Group", "Benchmark", "Protocol",
+)
+
+#: keys of every result row, in table order
+ROW_KEYS = ROW_ID_KEYS + OOD_KEYS + ID_KEYS
+
+#: OOD metrics averaged over seeds and OOD sets by the result store
+AGGREGATE_METRICS = ("AUROC", "AUPR-IN", "AUPR-OUT", "FPR95TPR", PAPER_FPR_KEY, "AUTC")
+
+#: the ``Dataset`` under which the ID test set's per-sample scores are kept
+ID_DATASET = "ID"
+
+#: pytorch-ood registry method names -> this package's loss names
+REGISTRY_LOSS_NAMES = {
+    "crossentropy": "cross_entropy",
+    "logitnorm": "logitnorm",
+    "oe": "outlier_exposure",
+    "energy": "energy_regularized",
+    "entropic": "entropic_open_set",
+    "vos": "vos",
+}
+
+
+def canonical_name(name: Any) -> str:
+    """The one rule for names of losses, detectors, benchmarks, datasets, recipes and
+    architectures: stripped, lower case, ``-`` read as ``_``. Two names are the same name when
+    their canonical forms are equal; tables keep their display spelling (``wrn-40-2``)."""
+    return str(name).strip().lower().replace("-", "_")
+
+
+def dataset_tag(dataset: Any) -> str:
+    """The dataset part of a model key and a run-folder name: the canonical name, or the folder
+    name of an image-folder path."""
+    text = str(dataset)
+    if "/" in text or "\\" in text:
+        return text.rstrip("/\\").replace("\\", "/").rpartition("/")[2]
+    return canonical_name(text)
+
+
+def config_hash(config: Any, length: int = 16) -> str:
+    """Short stable SHA-256 of a JSON-like configuration (keys sorted; other objects by
+    ``repr``). The one hash behind configuration ids, store keys and run-folder suffixes."""
+    text = json.dumps(config, sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]

@@ -1,0 +1,243 @@
+"""The configuration of a training run: one frozen, validated :class:`TrainConfig`.
+
+:func:`resolve_config` builds it once from a named recipe (:mod:`logitnorm_plugin.recipes`)
+and the caller's overrides, checking every name and value before any data is read or any folder
+is written: unknown names, conflicting temperatures (``--loss-arg t=...`` with ``--t-from``),
+a ``recommended_t.json`` of another origin or dataset, arguments a loss or an architecture
+rejects. The trainer writes it in full to ``config.json``, so a run can be reproduced from that
+file alone, and compares it with the folder's on ``--resume``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+from logitnorm_plugin import recipes
+from logitnorm_plugin.conventions import canonical_name, dataset_tag
+from logitnorm_plugin.errors import UserError
+
+__all__ = ["CONFIG_FORMAT", "TrainConfig", "default_run_dir", "resolve_config"]
+
+CONFIG_FORMAT = 1
+
+#: largest seed numpy accepts
+_MAX_SEED = 2**32 - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Every value a training run uses, except where and how fast it runs.
+
+    Read a value as ``config.epochs`` or, as in ``config.json``, ``config["epochs"]``.
+    Build it with :func:`resolve_config`; :meth:`to_dict` is what ``config.json`` holds.
+    """
+
+    dataset: str
+    num_classes: int
+    in_channels: int
+    preprocessing: Dict[str, List[float]]
+    arch: str
+    arch_class: str
+    arch_kwargs: Dict[str, Any]
+    loss: str
+    loss_class: str
+    loss_kwargs: Dict[str, Any]
+    t: float | None
+    t_source: str
+    t_from: str | None
+    recipe: str
+    recipe_description: str
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    nesterov: bool
+    schedule: str
+    milestones: List[int]
+    gamma: float
+    lr_min: float
+    warmup_epochs: float
+    crop_padding: int
+    flip: bool
+    drop_last: bool
+    train_split: str
+    keep: str
+    split_seed: int
+    seed: int
+    amp: str | None
+    eval_split: str = "test"
+    format: int = CONFIG_FORMAT
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
+            raise UserError("epochs and batch size must be >= 1 and the learning rate > 0")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not (
+            0 <= self.seed <= _MAX_SEED
+        ):
+            raise UserError(f"the seed must be an integer in 0..{_MAX_SEED}, got {self.seed!r}")
+        if self.eval_split not in ("test", "val"):
+            raise UserError(f"eval_split must be 'test' or 'val', got {self.eval_split!r}")
+        if self.eval_split == "val" and self.train_split != "train":
+            raise UserError(
+                "eval_split='val' needs train_split='train' (the val split is held out)"
+            )
+        if self.keep == "best_val" and self.train_split != "train":
+            raise UserError(
+                "keep='best_val' needs train_split='train' (the val split is held out)"
+            )
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._names():
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key) if key in self._names() else default
+
+    @classmethod
+    def _names(cls) -> frozenset:
+        return frozenset(f.name for f in dataclasses.fields(cls))
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The configuration as plain JSON types, ``format`` first (``config.json``)."""
+        values = dataclasses.asdict(self)
+        return {"format": values.pop("format"), **values}
+
+
+def _dataset_key(dataset: str) -> str:
+    """The dataset as recorded in the config: a known name in canonical form, else the path."""
+    from logitnorm_plugin.data import DATASETS
+
+    key = canonical_name(dataset)
+    return key if key in DATASETS else str(dataset)
+
+
+def _loss_identity(loss) -> Tuple[str, type]:
+    """``(name recorded in the config, class)`` of a loss name or class."""
+    from logitnorm_plugin import registry
+
+    cls = registry.get_loss_class(loss)
+    if isinstance(loss, str):
+        return canonical_name(loss.rpartition(":")[2]), cls
+    return f"{cls.__module__}:{cls.__qualname__}", cls
+
+
+def default_run_dir(config: TrainConfig) -> Path:
+    """``runs/<dataset>-<arch>-<loss>-s<seed>``: where a run goes when no folder is named."""
+    loss = config.loss.rpartition(":")[2].lower()
+    return Path("runs") / f"{dataset_tag(config.dataset)}-{config.arch}-{loss}-s{config.seed}"
+
+
+def resolve_config(
+    dataset: str = "digits",
+    arch: str | None = None,
+    loss="logitnorm",
+    loss_kwargs: Dict[str, Any] | None = None,
+    recipe=None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    seed: int = 0,
+    t_from=None,
+    arch_kwargs: Dict[str, Any] | None = None,
+    amp: str | None = None,
+    eval_split: str = "test",
+    **overrides,
+) -> Tuple[TrainConfig, type]:
+    """The configuration of a run and the loss class, every name and value checked.
+
+    Values left ``None`` come from the recipe (default: ``digits`` for the digits, ``paper``
+    otherwise). The temperature follows :func:`logitnorm_plugin.recipes.resolve_t`.
+
+    :param amp: autocast dtype name recorded in the config (``"bf16"``, ``"fp16"``, ``None``)
+    :param overrides: other recipe fields, e.g. ``momentum=0.0``
+    :raises UnknownNameError: unknown recipe, loss, architecture or dataset (closest match)
+    :raises UserError: conflicting or invalid arguments
+    """
+    from logitnorm_plugin.data import dataset_meta
+    from logitnorm_plugin.models import arch_display_name, arch_spec, resolve_class
+
+    rec = recipes.get_recipe(recipe if recipe is not None else recipes.default_recipe_for(dataset))
+    fields = {f.name for f in dataclasses.fields(recipes.Recipe)} - {
+        "name", "description", "arch", "arch_kwargs", "t", "source"
+    }
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise UserError(f"unknown training option(s) {unknown}; recipe fields: {sorted(fields)}")
+    loss_name, loss_cls = _loss_identity(loss)
+    meta = dataset_meta(dataset)
+    arch_name = arch_display_name(arch or rec.arch)
+    kwargs = dict(rec.arch_kwargs) if arch_name == rec.arch else {}
+    kwargs.update(arch_kwargs or {})
+    arch_class, resolved_arch_kwargs = arch_spec(
+        arch_name, meta["num_classes"], meta["in_channels"], **kwargs
+    )
+    try:
+        inspect.signature(resolve_class(arch_class)).bind(**resolved_arch_kwargs)
+    except TypeError as exc:
+        raise UserError(
+            f"architecture '{arch_name}' rejects the arguments {resolved_arch_kwargs}: {exc}"
+        ) from exc
+
+    loss_kwargs = dict(loss_kwargs or {})
+    choice = recipes.resolve_t(loss_cls, loss_name, loss_kwargs, t_from, rec,
+                               dataset_tag(dataset))
+    if choice.t is not None:
+        loss_kwargs["t"] = choice.t
+    # build it once now: bad arguments fail here with a clear message
+    try:
+        loss_cls(**loss_kwargs)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"loss '{loss_name}' rejects the arguments {loss_kwargs}: {exc}") from exc
+
+    values = rec.to_dict()
+    values.update(overrides)
+    for key, given in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr)):
+        if given is not None:
+            values[key] = given
+    config = TrainConfig(
+        dataset=_dataset_key(dataset),
+        num_classes=int(meta["num_classes"]),
+        in_channels=int(meta["in_channels"]),
+        preprocessing={
+            "mean": [float(v) for v in meta["mean"]],
+            "std": [float(v) for v in meta["std"]],
+            "size": [int(v) for v in meta["size"]],
+        },
+        arch=arch_name,
+        arch_class=arch_class,
+        arch_kwargs=resolved_arch_kwargs,
+        loss=loss_name,
+        loss_class=f"{loss_cls.__module__}.{loss_cls.__qualname__}",
+        loss_kwargs=loss_kwargs,
+        t=choice.t,
+        t_source=choice.source,
+        t_from=choice.path,
+        recipe=rec.name,
+        recipe_description=rec.description,
+        epochs=int(values["epochs"]),
+        batch_size=int(values["batch_size"]),
+        lr=float(values["lr"]),
+        momentum=float(values["momentum"]),
+        weight_decay=float(values["weight_decay"]),
+        nesterov=bool(values["nesterov"]),
+        schedule=values["schedule"],
+        milestones=[int(m) for m in values["milestones"]],
+        gamma=float(values["gamma"]),
+        lr_min=float(values["lr_min"]),
+        warmup_epochs=float(values["warmup_epochs"]),
+        crop_padding=int(values["crop_padding"]),
+        flip=bool(values["flip"]),
+        drop_last=bool(values["drop_last"]),
+        train_split=values["train_split"],
+        keep=values["keep"],
+        split_seed=0,
+        seed=seed if isinstance(seed, bool) else int(seed),
+        amp=amp,
+        eval_split=eval_split,
+    )
+    return config, loss_cls
