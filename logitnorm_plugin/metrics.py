@@ -48,7 +48,7 @@ scikit-learn is only used by the tests, never here.
      - the LogitNorm paper's AUPR (``average_precision_score`` in ``get_measures``)
      - average precision, ID positive: :math:`\\sum_k (R_k - R_{k-1}) P_k` over the distinct
        thresholds, :math:`R_0 = 0` (:func:`average_precision_id`)
-     - one step per distinct score, no interpolation; bit-identical to scikit-learn
+     - one step per distinct score, no interpolation; bit-identical to scikit-learn >= 1.1
    * - ``FPR95TPR``
      - pytorch-ood (:class:`~pytorch_ood.metrics.FPRAtTPR`); **not** OpenOOD's
      - OOD positive: share of ID samples scored at or above the first threshold (from the
@@ -224,10 +224,14 @@ def average_precision_id(scores: Tensor, labels: Tensor) -> float:
     over the distinct confidence values, from the highest down, with :math:`P_k` and
     :math:`R_k` the precision and ID recall of accepting every sample with a confidence
     :math:`\\geq` the :math:`k`-th value, and :math:`R_0 = 0`. A step function: no
-    interpolation between the points, unlike pytorch-ood's trapezoidal ``AUPR-IN`` (a different
-    number, up to about 0.25 apart when ID and OOD samples share scores). Tied samples enter at
-    one threshold, as in scikit-learn; the float64 operations are scikit-learn's, so the result
-    is bit-identical to it. Equal infinite scores are tied (scikit-learn refuses them).
+    interpolation between the points, unlike pytorch-ood's trapezoidal ``AUPR-IN``, a different
+    number: 0.5 against 0.75 when 50 ID and 50 OOD samples share one score, 0.5 against 0.5025
+    when ID and OOD are both scored 0..99. Tied samples enter at one threshold, as in
+    scikit-learn; the float64 operations (and numpy's pairwise sum) are scikit-learn's, so the
+    result is bit-identical to scikit-learn >= 1.1. Releases before 1.1 (which the paper's code
+    of 2022 may have run on) cut the curve at full recall; that only changes the order of the
+    float sum, by a few units in the last place. Equal infinite scores are tied (scikit-learn
+    refuses them).
 
     :param scores: outlier scores of shape :math:`N`, larger means more likely OOD
     :param labels: labels of shape :math:`N`; labels :math:`< 0` mark OOD samples
