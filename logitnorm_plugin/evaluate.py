@@ -46,6 +46,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from logitnorm_plugin.errors import MissingDataError, UnknownNameError, closest_match
 from logitnorm_plugin.metrics import (
+    OPENOOD_FPR_KEY,
+    PAPER_AUPR_KEY,
     PAPER_FPR_KEY,
     accuracy,
     expected_calibration_error,
@@ -72,7 +74,8 @@ DEFAULT_DETECTORS = ("msp", "energy", "maxlogit", "logitnorm", "odin")
 #: keys of every result row, in table order
 ROW_KEYS = (
     "Model", "Loss", "Seed", "Arch", "Detector", "Dataset", "Group", "Benchmark", "Protocol",
-    "AUROC", "AUTC", "AUPR-IN", "AUPR-OUT", "FPR95TPR", PAPER_FPR_KEY, "ACC", "ECE",
+    "AUROC", "AUTC", "AUPR-IN", "AUPR-OUT", "FPR95TPR", PAPER_FPR_KEY, PAPER_AUPR_KEY,
+    OPENOOD_FPR_KEY, "ACC", "ECE",
 )
 
 #: pytorch-ood registry method names -> this package's loss names

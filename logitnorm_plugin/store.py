@@ -31,9 +31,13 @@ __all__ = ["SCHEMA_VERSION", "ResultStore", "aggregate", "AGGREGATE_METRICS"]
 
 SCHEMA_VERSION = 1
 
-#: metrics averaged by :func:`aggregate` ("FPR95-ID95" is
-#: :data:`logitnorm_plugin.metrics.PAPER_FPR_KEY`, spelled out to keep this module torch-free)
-AGGREGATE_METRICS = ("AUROC", "AUPR-IN", "AUPR-OUT", "FPR95TPR", "FPR95-ID95", "AUTC")
+#: metrics averaged by :func:`aggregate` ("FPR95-ID95", "AUPR-ID-AP" and "FPR95-OpenOOD" are
+#: :data:`logitnorm_plugin.metrics.PAPER_FPR_KEY`, ``PAPER_AUPR_KEY`` and ``OPENOOD_FPR_KEY``,
+#: spelled out to keep this module torch-free)
+AGGREGATE_METRICS = (
+    "AUROC", "AUPR-IN", "AUPR-OUT", "FPR95TPR", "FPR95-ID95", "AUTC", "AUPR-ID-AP",
+    "FPR95-OpenOOD",
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -361,7 +365,9 @@ def aggregate(
                     sum(values) / len(values) if values else None
                 )
                 for g, names in groups.items():
-                    in_group = [r[metric] for r in model_rows if r.get("Dataset") in names]
+                    # rows stored before a metric existed lack it
+                    in_group = [r[metric] for r in model_rows
+                                if r.get("Dataset") in names and r.get(metric) is not None]
                     if in_group:
                         per_model.setdefault(f"{g}/{metric}", []).append(
                             sum(in_group) / len(in_group)
