@@ -17,6 +17,8 @@ __all__ = [
     "ID_DATASET",
     "ID_KEYS",
     "OOD_KEYS",
+    "OPENOOD_FPR_KEY",
+    "PAPER_AUPR_KEY",
     "PAPER_FPR_KEY",
     "REGISTRY_LOSS_NAMES",
     "ROW_ID_KEYS",
@@ -34,8 +36,19 @@ DEFAULT_T = 0.04
 #: the ID samples are kept); pytorch-ood's ``FPR95TPR`` treats OOD as positive
 PAPER_FPR_KEY = "FPR95-ID95"
 
-#: OOD metrics of every result row, in table order (pytorch-ood's, then the paper's FPR)
-OOD_KEYS = ("AUROC", "AUTC", "AUPR-IN", "AUPR-OUT", "FPR95TPR", PAPER_FPR_KEY)
+#: result key of the paper's AUPR: average precision with ID positive (scikit-learn's
+#: ``average_precision_score``, step-wise), not pytorch-ood's trapezoidal ``AUPR-IN``
+PAPER_AUPR_KEY = "AUPR-ID-AP"
+
+#: result key of OpenOOD v1.5's FPR@95 (OOD positive, on ``roc_curve(drop_intermediate=True)``)
+OPENOOD_FPR_KEY = "FPR95-OpenOOD"
+
+#: OOD metrics of every result row, in table order (pytorch-ood's first, then the added ones;
+#: :mod:`logitnorm_plugin.metrics` says whose convention each follows and how it treats ties)
+OOD_KEYS = (
+    "AUROC", "AUTC", "AUPR-IN", "AUPR-OUT", "FPR95TPR", PAPER_FPR_KEY, PAPER_AUPR_KEY,
+    OPENOOD_FPR_KEY,
+)
 
 #: per-model ID metrics repeated on every row of the model
 ID_KEYS = ("ACC", "ECE")
@@ -49,7 +62,10 @@ ROW_ID_KEYS = (
 ROW_KEYS = ROW_ID_KEYS + OOD_KEYS + ID_KEYS
 
 #: OOD metrics averaged over seeds and OOD sets by the result store
-AGGREGATE_METRICS = ("AUROC", "AUPR-IN", "AUPR-OUT", "FPR95TPR", PAPER_FPR_KEY, "AUTC")
+AGGREGATE_METRICS = (
+    "AUROC", "AUPR-IN", "AUPR-OUT", "FPR95TPR", PAPER_FPR_KEY, "AUTC", PAPER_AUPR_KEY,
+    OPENOOD_FPR_KEY,
+)
 
 #: the ``Dataset`` under which the ID test set's per-sample scores are kept
 ID_DATASET = "ID"

@@ -7,10 +7,10 @@ The report checks the LogitNorm paper's claims on the user's own runs:
 - a **summary** per detector (mean over the OOD sets): the paper's FPR95 (``FPR95-ID95``, ID
   kept at 95%), pytorch-ood's ``FPR95TPR``, AUROC, AUPR-IN, AUPR-OUT, and the change against
   cross-entropy;
-- the **paper-style table** per detector: per OOD set FPR95 / AUROC / AUPR (AUPR-IN, ID
-  positive, as the paper's code), cross-entropy beside LogitNorm (beside every other
-  objective in the store) with the change, then the mean over the OOD sets and the near/far
-  averages where the benchmark defines groups;
+- the **paper-style table** per detector: per OOD set FPR95 / AUROC / AUPR (``AUPR-ID-AP``:
+  average precision, ID positive, as the paper's code), cross-entropy beside LogitNorm
+  (beside every other objective in the store) with the change, then the mean over the OOD
+  sets and the near/far averages where the benchmark defines groups;
 - **published numbers beside ours**, with their sources, where benchmark, protocol,
   architecture, objective and detector match (``published_numbers.json``);
 - figures: **histograms** of ID vs OOD scores (from the per-sample scores kept in the store),
@@ -60,7 +60,8 @@ REPORT_JSON = "report.json"
 BASELINE = "cross_entropy"
 
 #: the paper's table: (stored metric, column title, better direction)
-PAPER_METRICS = (("FPR95-ID95", "FPR95", "↓"), ("AUROC", "AUROC", "↑"), ("AUPR-IN", "AUPR", "↑"))
+PAPER_METRICS = (("FPR95-ID95", "FPR95", "↓"), ("AUROC", "AUROC", "↑"),
+                 ("AUPR-ID-AP", "AUPR", "↑"))
 
 #: the summary table's metrics
 SUMMARY_METRICS = (
@@ -333,8 +334,10 @@ _CONVENTIONS = (
     "OOD sets is its mean over them). **FPR95** is the LogitNorm paper's (ID is the positive "
     "class: share of OOD accepted when 95% of the ID test set is kept, key `FPR95-ID95`); "
     "**FPR95TPR** is pytorch-ood's (OOD positive: share of ID flagged when 95% of OOD is "
-    "detected); the two are not interchangeable. **AUPR** in the paper-style tables is "
-    "AUPR-IN (ID positive), as in the paper's code. Δ is the change against the baseline "
+    "detected); the two are not interchangeable. **AUPR** in the paper-style tables is the "
+    "paper's: average precision with ID positive (scikit-learn's `average_precision_score`, "
+    "key `AUPR-ID-AP`); **AUPR-IN** in the summary is pytorch-ood's trapezoidal area, a "
+    "different number. Δ is the change against the baseline "
     "objective in percentage points (negative is better for FPR95 and ECE)."
 )
 

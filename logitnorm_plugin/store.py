@@ -417,7 +417,9 @@ def aggregate(
                     sum(values) / len(values) if values else None
                 )
                 for g, names in groups.items():
-                    in_group = [r[metric] for r in model_rows if r.get("Dataset") in names]
+                    # rows stored before a metric existed lack it
+                    in_group = [r[metric] for r in model_rows
+                                if r.get("Dataset") in names and r.get(metric) is not None]
                     if in_group:
                         per_model.setdefault(f"{g}/{metric}", []).append(
                             sum(in_group) / len(in_group)

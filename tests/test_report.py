@@ -181,7 +181,8 @@ def write_cifar_like_store(folder):
                                "Benchmark": "cifar10", "Protocol": "paper", "ACC": acc,
                                "ECE": ece}
                         row.update({m: rng.random() for m in (
-                            "AUROC", "AUTC", "AUPR-IN", "AUPR-OUT", "FPR95TPR", "FPR95-ID95")})
+                            "AUROC", "AUTC", "AUPR-IN", "AUPR-OUT", "FPR95TPR", "FPR95-ID95",
+                            "AUPR-ID-AP", "FPR95-OpenOOD")})
                         store.put(row, model_id=model_id, config_id="c10", detector_id=det,
                                   run_id=run)
                         if seed == 0:
@@ -210,6 +211,13 @@ def test_report_with_seeds_groups_and_published_numbers(tmp_path):
     assert any("logit-norm" in n for n in rep.notes)
     assert "## Not shown" in text
     assert "**near** (textures)" in text and "**far** (svhn, places365)" in text
+    # the paper-style AUPR is the paper's (average precision, AUPR-ID-AP), not AUPR-IN
+    doc = json.loads(rep.json_path.read_text(encoding="utf-8"))
+    paper_aupr = {c["metric"] for t in doc["tables"] if t["table"].startswith("paper:")
+                  for c in t["columns"] if c["header"].startswith(("AUPR", "Δ AUPR"))}
+    assert paper_aupr == {"AUPR-ID-AP"}
+    assert "key `AUPR-ID-AP`" in text and "as in the paper's code" not in text
+    assert "| AUPR-ID-AP |" in published  # the published AUPRs are average precision
     assert check_traces(folder, folder / "report") > 150
 
 

@@ -110,6 +110,22 @@ def test_aggregate_mean_std_over_seeds_of_mean_over_sets():
     assert a["AUROC"] == pytest.approx(0.7)
 
 
+def test_aggregate_rows_stored_before_a_metric_existed():
+    """Rows without the paper's AUPR (AUPR-ID-AP) or OpenOOD's FPR95 (older stores) still
+    aggregate: those metrics are NaN (shown as "-"), with groups too, the others unchanged."""
+    old = [_row("m0", "ce", 0, "msp", "a", 0.6), _row("m0", "ce", 0, "msp", "b", 0.8)]
+    new = [_row("m1", "ce", 1, "msp", d, v, **{"AUPR-ID-AP": v, "FPR95-OpenOOD": 1 - v})
+           for d, v in (("a", 0.7), ("b", 0.9))]
+    (entry,) = aggregate(old, groups={"near": ["a"]})
+    assert math.isnan(entry["AUPR-ID-AP"]) and math.isnan(entry["FPR95-OpenOOD"])
+    assert "near/AUPR-ID-AP" not in entry and entry["near/AUROC"] == pytest.approx(0.6)
+    (mixed,) = aggregate(old + new, groups={"near": ["a"]})
+    assert mixed["Seeds"] == 2 and mixed["AUROC"] == pytest.approx(0.75)
+    assert mixed["AUPR-ID-AP"] == pytest.approx(0.8) and mixed["AUPR-ID-AP_std"] == 0.0
+    assert mixed["near/AUPR-ID-AP"] == pytest.approx(0.7)
+    assert mixed["FPR95-OpenOOD"] == pytest.approx(0.2)
+
+
 def test_store_aggregate_uses_registered_groups(tmp_path):
     with ResultStore(tmp_path / "r.sqlite") as store:
         store.register_config("c", {"groups": {"near": ["a"], "far": ["b"]}})
