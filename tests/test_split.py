@@ -67,7 +67,7 @@ class OpaqueNet(nn.Module):
 KINDS = {
     "digits-cnn": (lambda: DigitsCNN(5, 1, width=4, drop_rate=0.2), (1, 8, 8),
                    "split protocol", True),
-    "resnet18-32x32": (lambda: ResNet18CIFAR(4), (3, 32, 32), "split protocol", True),
+    "resnet18-32x32": (lambda: ResNet18CIFAR(4), (3, 16, 16), "split protocol", True),
     "pytorch-ood-wrn": (lambda: WideResNet(4, depth=10, widen_factor=1), (3, 32, 32),
                         "split protocol", True),
     "torchvision-resnet18": (lambda: torchvision.models.resnet18(weights=None, num_classes=4),
