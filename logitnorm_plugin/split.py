@@ -281,9 +281,7 @@ def build_detector(cls: type, model, **kwargs):
     defaults = published_defaults(cls)
     maps = "backbone" in params
     layer = kwargs.pop("layer", defaults.get("layer", "penultimate")) if maps else None
-    args = {k: v for k, v in defaults.items() if k in params}
-    args.update(kwargs)
-    parts = None
+    args, parts = {**{k: v for k, v in defaults.items() if k in params}, **kwargs}, None
     missing = [p for p in ("encoder", "backbone", "head", "w", "b") if p in params]
     missing = [p for p in missing if p not in args]
     if missing:
