@@ -59,3 +59,9 @@ def closest_match(name: str, candidates) -> "str | None":
         return None
     lowered = {c.lower(): c for c in candidates}
     return lowered[matches[0]]
+
+
+class UnsupportedModelError(UserError, ValueError):
+    """A model that :func:`logitnorm_plugin.split.split_model` cannot split into the encoder,
+    head and backbone that feature-based detectors take; the message names what is missing and
+    the protocol that declares it."""

@@ -330,10 +330,13 @@ def create_detector(name: Union[str, type], model, **kwargs):
     Build the detector registered as ``name`` around ``model``.
 
     :param name: registered name (e.g. ``"msp"``, ``"logitnorm"``) or a class
-    :param model: the classifier, passed as the detector's first argument
+    :param model: the classifier, passed as the detector's first argument; for feature-based
+        detectors (``encoder``/``backbone`` parameters) split by :mod:`logitnorm_plugin.split`
     :param kwargs: further constructor arguments, e.g. ``t=0.04``
     """
-    return get_detector_class(name)(model, **kwargs)
+    from logitnorm_plugin.split import build_detector
+
+    return build_detector(get_detector_class(name), model, **kwargs)
 
 
 def get_benchmark(name: Union[str, type], **kwargs):

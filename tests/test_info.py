@@ -8,25 +8,37 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import logitnorm_plugin
 from logitnorm_plugin import registry
+from logitnorm_plugin.models import DigitsCNN
 
-CLASSES, FEATURES = 4, 6
+CLASSES, SHAPE = 4, (1, 8, 8)
+
+
+def _fit_data():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(64, *SHAPE, generator=g)
+    y = torch.arange(64) % CLASSES  # every class present
+    return x, y
 
 
 def _tiny_model():
+    """A model that logitnorm_plugin.split understands completely (features, feature maps,
+    final Linear), with dropout so that MC dropout samples. Its head is the nearest class mean
+    of the fit data, so that every class has correctly classified samples (SHE fits on those)."""
     torch.manual_seed(0)
-    return torch.nn.Sequential(
-        torch.nn.Linear(FEATURES, 16),
-        torch.nn.ReLU(),
-        torch.nn.Dropout(0.2),  # lets MC dropout sample
-        torch.nn.Linear(16, CLASSES),
-    ).eval()
+    model = DigitsCNN(CLASSES, in_channels=SHAPE[0], width=2, drop_rate=0.2).eval()
+    x, y = _fit_data()
+    with torch.no_grad():
+        z = model.features(x)
+        means = torch.stack([z[y == c].mean(0) for c in range(CLASSES)])
+        model.fc.weight.copy_(means)
+        model.fc.bias.copy_(-0.5 * means.square().sum(1))
+        correct = model(x).argmax(1) == y
+    assert set(y[correct].tolist()) == set(range(CLASSES))
+    return model
 
 
 def _fit_loader():
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(64, FEATURES, generator=g)
-    y = torch.arange(64) % CLASSES  # every class present
-    return DataLoader(TensorDataset(x, y), batch_size=16)
+    return DataLoader(TensorDataset(*_fit_data()), batch_size=16)
 
 
 @pytest.mark.parametrize("name", logitnorm_plugin.list_losses())
@@ -49,7 +61,7 @@ def test_detector_has_own_info_and_gives_finite_scores(name):
     detector = logitnorm_plugin.create_detector(name, model)
     if cls.requires_fit:
         detector.fit(_fit_loader())
-    x = torch.randn(5, FEATURES)
+    x = torch.randn(5, *SHAPE)
     scores = detector(x)
     assert scores.shape == (5,)
     assert torch.isfinite(scores).all()

@@ -129,7 +129,9 @@ def test_unknown_name_lists_names_and_closest_match():
 
 
 def test_wildcard_filter():
-    assert logitnorm_plugin.list_detectors("m*") == ["maxlogit", "mc_dropout", "msp"]
+    assert logitnorm_plugin.list_detectors("m*") == [
+        "mahalanobis", "mahalanobis_odin", "maxlogit", "mc_dropout", "msp"
+    ]
     assert logitnorm_plugin.list_losses("*ENTROP*") == ["cross_entropy", "entropic_open_set"]
 
 
