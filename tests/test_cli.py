@@ -60,3 +60,11 @@ def test_no_arguments_prints_help(tmp_path):
     result = run_cli(cwd=tmp_path)
     assert result.returncode == 0
     assert "list" in result.stdout and "bench" in result.stdout
+
+
+def test_main_can_run_list_twice_in_one_process(capsys):
+    from logitnorm_plugin import cli
+
+    assert cli.main(["list", "losses"]) == 0
+    assert cli.main(["list", "losses"]) == 0  # the submodule cli.list must not shadow list()
+    assert capsys.readouterr().out.count("pytorch_ood.losses") == 2
