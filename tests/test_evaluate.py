@@ -394,3 +394,38 @@ def test_device_auto_picks_the_available_device():
     if not torch.cuda.is_available():
         assert rows == expected
     assert len(rows) == 3
+
+
+@pytest.mark.parametrize("context", [torch.inference_mode, torch.no_grad])
+@pytest.mark.parametrize("kind", ["tensors", "images"])
+def test_odin_scores_under_inference_mode_equal_the_host_odin(context, kind):
+    """pytorch-ood's ODIN leaves inference mode for its gradient (with a warning); the engine's
+    fused ODIN does the same, and gives the host's per-sample scores."""
+    bench = InMemoryBenchmark(n_id=32, n_ood=(16,), kind=kind)
+    model = tiny_net().eval()
+    scores = {}
+    with context():
+        evaluate([ModelSpec("tiny", model=model, mean=MEAN, std=STD)], bench,
+                 detectors=["odin"], batch_size=16, progress=False, keep_scores=True,
+                 scores_out=scores)
+        host = ODIN(model, norm_std=list(STD))
+        expected = {}
+        for name, dataset in (("ID", bench.id), ("ood0", bench.oods[0])):
+            x = torch.stack([torch.as_tensor(dataset[i][0]) for i in range(len(dataset))])
+            if context is torch.inference_mode:
+                with pytest.warns(UserWarning, match="inference mode"):
+                    expected[name] = host.predict(x)
+            else:
+                expected[name] = host.predict(x)
+    for name, values in expected.items():
+        ours = scores[("tiny", "odin", name)]
+        assert ours.shape == values.shape
+        assert torch.allclose(ours, values.float(), rtol=0, atol=1e-6), name
+
+
+def test_odin_with_a_model_built_in_inference_mode_says_what_to_do():
+    bench = InMemoryBenchmark(n_id=16, n_ood=(8,))
+    with torch.inference_mode():
+        model = tiny_net().eval()  # inference-tensor parameters: no autograd through them
+        with pytest.raises(RuntimeError, match=r"create or move the model outside inference"):
+            evaluate({"m": model}, bench, detectors=["odin"], batch_size=16, progress=False)
