@@ -98,3 +98,20 @@ def test_library_evaluate_refuses_batch_size_0():
 
     with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
         evaluate({"m": torch.nn.Linear(64, 10)}, "digits", batch_size=0, progress=False)
+
+
+def test_offline_download_says_the_download_failed(tmp_path, capsys, monkeypatch, offline):
+    from logitnorm_plugin import cli
+
+    empty = tmp_path / "data"
+    empty.mkdir()
+    monkeypatch.chdir(tmp_path)
+    status = cli.main(["bench", "--benchmark", "cifar10", "--data-root", str(empty),
+                       "--download", "--out", str(tmp_path / "res")])
+    err = capsys.readouterr().err
+    assert status == 2, err
+    url = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+    assert err.startswith(f"logitnorm-ood bench: error: Downloading dataset 'cifar10' from {url}")
+    assert "failed" in err and str(empty) in err and err.count("\n") == 1
+    assert "--download" not in err and "download=True" not in err
+    assert offline  # the download was attempted

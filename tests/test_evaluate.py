@@ -429,3 +429,37 @@ def test_odin_with_a_model_built_in_inference_mode_says_what_to_do():
         model = tiny_net().eval()  # inference-tensor parameters: no autograd through them
         with pytest.raises(RuntimeError, match=r"create or move the model outside inference"):
             evaluate({"m": model}, bench, detectors=["odin"], batch_size=16, progress=False)
+
+
+def test_registry_weights_that_fail_to_download_or_load_say_what_to_do(tmp_path, monkeypatch,
+                                                                         offline):
+    from pytorch_ood.model.registry import get_model_info
+
+    from logitnorm_plugin.errors import CorruptDataError
+
+    key = "wrn-40-2/cifar10/logitnorm/s0"
+    entry = get_model_info(key)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    cached = tmp_path / "hub" / "checkpoints" / entry.file_name
+    # offline with download=True: the download failed, from where, where to put the file
+    with pytest.raises(MissingDataError) as info:
+        resolve_model(key, download=True).get_model()
+    msg = str(info.value)
+    assert offline == [entry.url]
+    assert msg.startswith(f"Downloading the weights of '{key}' from {entry.url} failed")
+    assert str(cached) in msg and "--download" not in msg and "download=True" not in msg
+    # a download whose hash differs is a failed download too
+    import torch.hub
+
+    def wrong_hash(url, dst, hash_prefix=None, progress=True):
+        raise RuntimeError(f'invalid hash value (expected "{hash_prefix}", got "0000")')
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", wrong_hash)
+    with pytest.raises(MissingDataError, match="invalid hash value"):
+        resolve_model(key, download=True).get_model()
+    # a damaged file in the cache is named, with what to do
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_bytes(b"not a checkpoint")
+    with pytest.raises(CorruptDataError) as info:
+        resolve_model(key).get_model()
+    assert str(cached) in str(info.value) and "remove that file" in str(info.value)

@@ -276,32 +276,36 @@ def _find_folder(entry, root: Path) -> Path | None:
     return None
 
 
+_ISUN_URL = "https://www.dropbox.com/s/raw/ssz7qxfqae0cca5/iSUN.tar.gz"
+
+
+def _pood_class(name: str):
+    """pytorch-ood's dataset class that downloads the OOD image set ``name``."""
+    from pytorch_ood.dataset import img
+
+    return {"textures": img.Textures, "lsun_crop": img.LSUNCrop,
+            "lsun_resize": img.LSUNResize, "places365": img.Places365}[name]
+
+
+def download_url(entry) -> str:
+    """The address an OOD image set is downloaded from (a Google Drive file for Places365)."""
+    if entry.name == "isun":
+        return _ISUN_URL
+    cls = _pood_class(entry.name)
+    return cls.url or f"https://drive.google.com/uc?id={cls.gdrive_id}"
+
+
 def _download(entry, root: Path) -> None:
     """Fetch an OOD set with pytorch-ood's / torchvision's downloaders (never in tests)."""
     root.mkdir(parents=True, exist_ok=True)
-    if entry.name == "textures":
-        from pytorch_ood.dataset.img import Textures
-
-        Textures(str(root), download=True)
-    elif entry.name == "lsun_crop":
-        from pytorch_ood.dataset.img import LSUNCrop
-
-        LSUNCrop(str(root), download=True)
-    elif entry.name == "lsun_resize":
-        from pytorch_ood.dataset.img import LSUNResize
-
-        LSUNResize(str(root), download=True)
-    elif entry.name == "places365":
-        from pytorch_ood.dataset.img import Places365
-
-        Places365(str(root), download=True)
-    elif entry.name == "isun":
+    if entry.name == "isun":
         from torchvision.datasets.utils import download_and_extract_archive
 
         download_and_extract_archive(
-            "https://www.dropbox.com/s/raw/ssz7qxfqae0cca5/iSUN.tar.gz", str(root),
-            filename="iSUN.tar.gz", md5="be77b0f2c26fda898afac5f99645ee70",
+            _ISUN_URL, str(root), filename="iSUN.tar.gz", md5="be77b0f2c26fda898afac5f99645ee70",
         )
+    elif entry.name in ("textures", "lsun_crop", "lsun_resize", "places365"):
+        _pood_class(entry.name)(str(root), download=True)
     else:  # pragma: no cover - every image entry is handled above
         raise MissingDataError(f"No downloader for {entry.name!r}: {entry.how_to_get}")
 
@@ -316,17 +320,20 @@ def load_ood_folder(
 ) -> ImageTensors:
     """An OOD image folder (an :class:`~logitnorm_plugin.data.OODEntry`) as uint8 tensors.
 
-    :raises MissingDataError: names the set, the expected folder and how to get it
+    :raises MissingDataError: names the set, the expected folder and how to get it; when a
+        download was asked for and failed, the URL and where to extract it by hand
     """
     root = Path(root)
     folder = _find_folder(entry, root)
     if folder is None and download:
         try:
             _download(entry, root)
-        except (RuntimeError, ImportError, OSError) as exc:  # no gdown, no network, bad md5
+        except Exception as exc:  # no network, no gdown, a bad MD5, gdown's own errors, ...
             raise MissingDataError(
-                f"Downloading OOD set '{entry.name}' into {root} failed ({exc}). Get it by "
-                f"hand: {entry.how_to_get}."
+                f"Downloading OOD set '{entry.name}' from {download_url(entry)} into {root} "
+                f"failed ({type(exc).__name__}: {exc}). To get it by hand: download that file "
+                f"where there is network access and extract it into {root}, so that its images "
+                f"are under {root / entry.folders[0]}; then run again."
             ) from exc
         folder = _find_folder(entry, root)
     if folder is None:
