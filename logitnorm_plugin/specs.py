@@ -38,6 +38,7 @@ from logitnorm_plugin.errors import (
     CorruptDataError,
     MissingDataError,
     UnknownNameError,
+    UserError,
     closest_match,
 )
 
@@ -256,10 +257,25 @@ def resolve_model(spec, label: str | None = None, download: bool = False) -> Mod
     return resolved
 
 
+class DuplicateModelLabelError(UserError, ValueError):
+    """Two models of one evaluation have the same label (results are keyed by it)."""
+
+
+def _origin(spec: ModelSpec) -> str:
+    """Where a model comes from, for messages: its run folder, registry key or label."""
+    if spec.extra.get("path"):
+        return str(spec.extra["path"])
+    if spec.source == "registry":
+        return f"registry entry {spec.label}"
+    return f"model {spec.label!r}"
+
+
 def resolve_models(models, download: bool = False) -> List[ModelSpec]:
     """Specs of a dict label -> spec, a list of specs, or one spec (see :func:`resolve_model`).
 
-    :raises ValueError: if two models get the same label
+    :raises DuplicateModelLabelError: (a ``UserError`` and ``ValueError``) if two models get the
+        same label, e.g. two run folders whose model cards have the same key; it names the
+        label and where each model comes from
     """
     if isinstance(models, Mapping):
         specs = [resolve_model(spec, str(name), download) for name, spec in models.items()]
@@ -270,7 +286,16 @@ def resolve_models(models, download: bool = False) -> List[ModelSpec]:
     labels = [s.label for s in specs]
     duplicates = sorted({x for x in labels if labels.count(x) > 1})
     if duplicates:
-        raise ValueError(f"model labels must be unique, got {duplicates} more than once")
+        label = duplicates[0]
+        origins = [_origin(s) for s in specs if s.label == label]
+        raise DuplicateModelLabelError(
+            f"{len(origins)} models have the label '{label}' ({'; '.join(origins)}), but each "
+            f"model of one evaluation needs its own label: give a model once; evaluate "
+            f"different models with the same label (e.g. run folders whose model cards have "
+            f"the same key) separately, or in Python label them with a dict {{label: model}}"
+            + (f" (also given more than once: {', '.join(duplicates[1:])})"
+               if len(duplicates) > 1 else "")
+        )
     return specs
 
 

@@ -463,3 +463,37 @@ def test_registry_weights_that_fail_to_download_or_load_say_what_to_do(tmp_path,
     with pytest.raises(CorruptDataError) as info:
         resolve_model(key).get_model()
     assert str(cached) in str(info.value) and "remove that file" in str(info.value)
+
+
+def test_two_models_with_the_same_label_are_a_one_line_user_error():
+    from logitnorm_plugin.errors import UserError
+    from logitnorm_plugin.specs import DuplicateModelLabelError, resolve_models
+
+    specs = [ModelSpec("same", model=tiny_net()), ModelSpec("same", model=tiny_net()),
+             ModelSpec("other", model=tiny_net())]
+    with pytest.raises(DuplicateModelLabelError) as info:
+        resolve_models(specs)
+    msg = str(info.value)
+    assert isinstance(info.value, UserError) and isinstance(info.value, ValueError)
+    assert msg.startswith("2 models have the label 'same'") and "\n" not in msg
+    assert "dict {label: model}" in msg
+
+
+def test_cli_bench_two_run_folders_with_the_same_key_is_one_line(tmp_path, capsys,
+                                                                  monkeypatch):
+    import shutil
+
+    from logitnorm_plugin import cli
+    from logitnorm_plugin.training import train
+
+    monkeypatch.chdir(tmp_path)
+    train(dataset="digits", loss="cross_entropy", epochs=1, batch_size=256, out="runA",
+          progress=False)
+    shutil.copytree("runA", "runB")  # two folders, one model-card key
+    status = cli.main(["bench", "--models", "runA", "runB", "--detectors", "msp",
+                       "--device", "cpu", "--no-progress", "--out", "res"])
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert err.startswith("logitnorm-ood bench: error: 2 models have the label ")
+    assert str(tmp_path / "runA") in err and str(tmp_path / "runB") in err
+    assert "Traceback" not in err and err.count("\n") == 1
