@@ -64,8 +64,8 @@ def check_temperature(t) -> float:
     t = float(t)
     if not math.isfinite(t) or t < MIN_T:
         raise ValueError(
-            f"temperature t must be a finite number >= {MIN_T:g} (typical values: 0.001 to 1), "
-            f"got {t:g}"
+            f"temperature t must be finite and > 0, at least {MIN_T:g} (typical values: 0.001 "
+            f"to 1), got {t:g}"
         )
     return t
 
