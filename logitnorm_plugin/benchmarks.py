@@ -303,6 +303,19 @@ _OPENOOD_HOWTO = (
 )
 
 
+def _openood_sources(pood_cls) -> str:
+    """``name: URL`` of the Google Drive files pytorch-ood downloads for an OpenOOD benchmark."""
+    from pytorch_ood.benchmark.img import openood
+
+    drive = "https://drive.google.com/uc?id="
+    parts = [f"image lists: {drive}{openood._IMGLIST_GDRIVE_ID}"]
+    for name in getattr(pood_cls, "_download_names", ()):
+        gid = openood._OPENOOD_GDRIVE_IDS.get(name)
+        if gid:
+            parts.append(f"{name}: {drive}{gid}")
+    return ", ".join(parts)
+
+
 class _OpenOODBenchmark(TensorBenchmark):
     """Wraps one of pytorch-ood's ``*_OpenOOD`` benchmarks (OpenOOD v1.5 image lists).
 
@@ -384,8 +397,20 @@ class _OpenOODBenchmark(TensorBenchmark):
             kwargs["image_net_root"] = str(self.image_net_root)
         if self.download:
             self.images_root.mkdir(parents=True, exist_ok=True)
-        self._pood = c(str(self.images_root), transform=_identity, download=self.download,
-                       **kwargs)
+        try:
+            self._pood = c(str(self.images_root), transform=_identity, download=self.download,
+                           **kwargs)
+        except Exception as exc:  # gdown offline, a damaged archive, ...
+            if not self.download:
+                raise
+            raise MissingDataError(
+                f"Downloading the OpenOOD benchmark '{self.name}' failed "
+                f"({type(exc).__name__}: {exc}). Its files come from Google Drive: "
+                f"{_openood_sources(c)}. To get them by hand: download them where there is "
+                f"network access, extract the image lists into {self.imglist_root()} (giving "
+                f"{list_dir}/) and each dataset archive into {self.images_root}/<name>/, or "
+                f"use OpenOOD's scripts/download/download.py; then run again."
+            ) from exc
         self.ood_names = [_OPENOOD_NAMES.get(n, n.lower()) for n in self._pood.ood_names]
         self.ood_groups = {
             "near": [_OPENOOD_NAMES.get(n, n.lower()) for n in c._near_ood],

@@ -26,6 +26,10 @@ class LogitNormDetector(LogitsDetector):
 
     The model is kept in the attribute ``model``, which pytorch-ood's ``Benchmark.evaluate``
     uses to share one forward pass among logits detectors. Nothing needs fitting.
+
+    ``t`` is validated wherever it is set: in the constructor, by assignment
+    (``detector.t = 0`` raises) and in :meth:`set_hyperparameters`; it must be a finite number
+    :math:`\\geq 10^{-6}` (:data:`~logitnorm_plugin.loss.MIN_T`).
     """
 
     info = DetectorInfo(paper=PAPER, tasks={Task.CLASSIFICATION, Task.SEGMENTATION})
@@ -43,15 +47,25 @@ class LogitNormDetector(LogitsDetector):
         """
         :param model: the classifier, mapping inputs to logits (may be ``None`` when only
             :meth:`predict_logits` is used)
-        :param t: temperature :math:`\\tau > 0`, normally the one the model was trained with
-        :raises ValueError: for a non-positive or non-finite ``t``
+        :param t: temperature :math:`\\tau \\geq 10^{-6}`, normally the one the model was
+            trained with
+        :raises ValueError: for a ``t`` that is not a finite number :math:`\\geq 10^{-6}`
         """
         super().__init__()
         self.model = model
-        self.t = check_temperature(t)
+        self.t = t
+
+    @property
+    def t(self) -> float:
+        """The temperature :math:`\\tau`; assigning an invalid value raises ``ValueError``."""
+        return self._t
+
+    @t.setter
+    def t(self, value: float) -> None:
+        self._t = check_temperature(value)
 
     def set_hyperparameters(self, **kwargs) -> "LogitNormDetector":
-        """Set ``t`` (validated) for hyperparameter search."""
+        """Set ``t`` (validated, before anything is changed) for hyperparameter search."""
         if "t" in kwargs:
             kwargs["t"] = check_temperature(kwargs["t"])
         return super().set_hyperparameters(**kwargs)

@@ -34,6 +34,11 @@ class MissingDataError(UserError, FileNotFoundError):
     """A dataset is not on disk; the message names the path and how to get it."""
 
 
+class CorruptDataError(UserError, OSError):
+    """A data file exists but cannot be read (truncated, damaged, not what its name says); the
+    message names the file and how to replace it. An ``OSError``, as PIL's own errors are."""
+
+
 class ConfigMismatchError(UserError, ValueError):
     """A run folder holds a run with another configuration than the one asked for."""
 

@@ -79,7 +79,8 @@ def _odin_from_forward(det: ODIN, model: nn.Module, x: Tensor, logits: Tensor, r
     The same steps as :func:`pytorch_ood.detector.odin_preprocessing` and ``ODIN.predict``
     (gradient of the criterion at the temperature-scaled prediction, signed, divided by the
     normalisation std, one step of size eps, then the scaled max softmax), except that the first
-    forward pass is the one shared with the logits detectors.
+    forward pass is the one shared with the logits detectors. Called by :func:`_forward_pass`
+    outside inference mode with gradients enabled, whatever the caller's context.
     """
     scaled = logits / det.temperature
     target = scaled.max(dim=1).indices
@@ -111,18 +112,36 @@ def _forward_pass(
     num_workers: int = 0,
 ) -> _Pass:
     """One pass over ``dataset``: logits for every logits detector, fused ODIN scores, and the
-    scores of input detectors (gradient detectors other than ODIN, feature detectors, ...)."""
+    scores of input detectors (gradient detectors other than ODIN, feature detectors, ...).
+
+    Fused ODIN works under ``torch.inference_mode()`` and ``torch.no_grad()`` too, as
+    pytorch-ood's ODIN does (without its warning): the gradient part leaves inference mode and
+    enables gradients, on a normal copy of a batch created in inference mode. It still needs
+    model parameters created outside inference mode; a clear error says so otherwise.
+    """
     logits, labels = [], []
     scores: Dict[str, List[Tensor]] = {k: [] for k in (*fused, *inputs)}
     for x, y in _batches(dataset, batch_size, device, num_workers):
         if fused:
-            with torch.enable_grad():
+            with torch.inference_mode(False), torch.enable_grad():
+                if torch.is_inference(x):
+                    x = x.clone()  # an inference tensor cannot require gradients
                 x = x.detach().requires_grad_(True)
-                z = model(x)
                 keys = list(fused)
-                for i, key in enumerate(keys):
-                    s = _odin_from_forward(fused[key], model, x, z, retain=i < len(keys) - 1)
-                    scores[key].append(s.detach())
+                try:
+                    z = model(x)
+                    for i, key in enumerate(keys):
+                        s = _odin_from_forward(fused[key], model, x, z, retain=i < len(keys) - 1)
+                        scores[key].append(s.detach())
+                except RuntimeError as exc:
+                    if "nference tensor" not in str(exc):
+                        raise
+                    raise RuntimeError(
+                        f"ODIN ({', '.join(keys)}) needs gradients through the model, but its "
+                        f"parameters or buffers were created under torch.inference_mode(); "
+                        f"create or move the model outside inference mode (the evaluation "
+                        f"itself may run inside it) [{exc}]"
+                    ) from exc
             z = z.detach()
             x = x.detach()
         else:

@@ -14,7 +14,11 @@ Differences from ``pytorch_ood.loss.LogitNorm`` (0.4.0), on purpose:
   fewer rows; no warning is emitted (a warning would need that synchronisation);
 * segmentation-shaped logits ``B x C x H x W`` with targets ``B x H x W`` (norm over ``C`` per
   pixel);
-* the norm and the loss are computed in float32 under autocast;
+* the norm and the loss are computed in float32 under autocast, and float16 logits keep a
+  finite gradient even when they are all zero (see :func:`_normalized_logits`);
+* targets of any integer dtype are accepted (``int32``, ``uint8``, ...: cast to ``int64``, as
+  ``torch.nn.functional.cross_entropy`` needs);
+* ``t`` must be at least :data:`MIN_T` (``1e-6``), so every value stays finite in float32;
 * invalid ``t``, shapes and labels raise ``ValueError`` naming the problem.
 """
 
@@ -32,6 +36,14 @@ from logitnorm_plugin.conventions import DEFAULT_T
 #: code use the same constant)
 EPS = 1e-7
 
+#: the smallest accepted temperature. The normalised logits are bounded by ``1 / t`` and the
+#: loss by about ``2 / t``, so with ``t >= 1e-6`` they stay below 1e7 in float32, and the
+#: gradient (at most ``sqrt(2) / (t * EPS)``, about 1.4e13) stays finite too. A smaller ``t``
+#: changes nothing useful: at ``t = 1e-6`` the softmax of the normalised logits is already
+#: one-hot, while ``t = 1e-300`` becomes 0 in float32 and every value NaN. Values used in
+#: practice are 0.001 to 1 (the paper: 0.04 for CIFAR-10, 0.0085 for CIFAR-100).
+MIN_T = 1e-6
+
 #: the paper, shared by the loss and the detector records
 PAPER = Paper(
     title="Mitigating Neural Network Overconfidence with Logit Normalization",
@@ -45,25 +57,48 @@ _REDUCTIONS = ("mean", "sum", "none")
 
 
 def check_temperature(t) -> float:
-    """Return ``t`` as a float, or raise ``ValueError`` if it is not a finite number > 0."""
+    """Return ``t`` as a float, or raise ``ValueError`` if it is not a finite number
+    ``>= MIN_T`` (``1e-6``; see :data:`MIN_T` for why)."""
     if isinstance(t, bool) or not isinstance(t, (int, float)):
         raise ValueError(f"temperature t must be a positive number, got {t!r}")
     t = float(t)
-    if not math.isfinite(t) or t <= 0:
-        raise ValueError(f"temperature t must be finite and > 0, got {t}")
+    if not math.isfinite(t) or t < MIN_T:
+        raise ValueError(
+            f"temperature t must be finite and > 0, at least {MIN_T:g} (typical values: 0.001 "
+            f"to 1), got {t:g}"
+        )
     return t
 
 
+def _norm_floor(dtype: torch.dtype, t: float) -> float:
+    """The smallest norm used for logits of ``dtype``: ``2 / (t * largest finite value)``.
+
+    The gradient of the normalisation with respect to the logits is at most
+    ``1 / (t * norm)`` times that of the loss, whose per-sample gradient with respect to the
+    normalised logits has an L2 norm of at most ``sqrt(2)``. The gradient is computed in
+    float32 and cast back to the logits' dtype; clamping the norm here keeps it below
+    ``sqrt(2) / 2`` times the largest finite value of that dtype. For float16 (largest value
+    65504) and ``t = 0.04`` the floor is 7.6e-4: without it all-zero float16 logits get an
+    infinite gradient (``1 / (t * EPS) = 2.5e8``). For bfloat16, float32 and float64 the floor
+    is below 1e-36 and changes nothing.
+    """
+    return 2.0 / (t * torch.finfo(dtype).max)
+
+
 def _normalized_logits(logits: Tensor, t: float) -> Tensor:
-    """``logits / (t * (||logits||_2 + EPS))``, the norm taken over the class dimension 1.
+    """``logits / (t * (max(||logits||_2, floor) + EPS))``, the norm taken over the class
+    dimension 1.
 
     Computed in float32 (or float64 if given) whatever autocast says: under bf16 the norm of
-    hundreds of logits loses too many digits.
+    hundreds of logits loses too many digits. ``floor`` (:func:`_norm_floor`) depends on the
+    dtype of the logits given: it keeps the gradient finite when cast back to float16 and is
+    negligible otherwise; logits whose norm is above it get exactly the paper's formula.
     """
+    floor = _norm_floor(logits.dtype, t)
     if logits.dtype not in (torch.float32, torch.float64):
         logits = logits.float()
     norm = torch.linalg.vector_norm(logits, ord=2, dim=1, keepdim=True)
-    return logits / (t * (norm + EPS))
+    return logits / (t * (norm.clamp_min(floor) + EPS))
 
 
 def _check_inputs(logits: Tensor, target: Tensor) -> None:
@@ -79,7 +114,7 @@ def _check_inputs(logits: Tensor, target: Tensor) -> None:
             f"target must have shape {expected} for logits of shape {tuple(logits.shape)}, "
             f"got {tuple(target.shape)}"
         )
-    if target.dtype.is_floating_point or target.dtype == torch.bool:
+    if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
         raise ValueError(f"target must hold integer class labels, got dtype {target.dtype}")
     # Reading label values synchronises with an accelerator and breaks CUDA-graph capture, so
     # the range is checked where it is free: on CPU. On a GPU, cross_entropy's own device
@@ -118,19 +153,21 @@ def logit_norm_loss(
     Functional form of :class:`LogitNormLoss`.
 
     :param logits: logits of shape :math:`B \\times C` or :math:`B \\times C \\times H \\times W`
-    :param target: labels of shape :math:`B` or :math:`B \\times H \\times W`; labels
-        :math:`< 0` (OOD) are ignored
-    :param t: temperature :math:`\\tau > 0`
+    :param target: labels of shape :math:`B` or :math:`B \\times H \\times W`, any integer
+        dtype (cast to ``int64``); labels :math:`< 0` (OOD) are ignored
+    :param t: temperature :math:`\\tau \\geq 10^{-6}` (:data:`MIN_T`)
     :param reduction: ``mean`` (over ID samples), ``sum`` or ``none`` (shape of ``target``,
         zero at OOD positions)
     :return: the loss, float32 (float64 for float64 logits)
-    :raises ValueError: for a non-positive or non-finite ``t``, an unknown reduction, mismatched
-        shapes, non-integer labels or labels :math:`\\geq C`
+    :raises ValueError: for a ``t`` below :data:`MIN_T` or not finite, an unknown reduction,
+        mismatched shapes, non-integer labels or labels :math:`\\geq C`
     """
     t = check_temperature(t)
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     _check_inputs(logits, target)
+    if target.dtype != torch.int64:
+        target = target.long()  # cross_entropy takes int64 class indices only
     with torch.autocast(device_type=logits.device.type, enabled=False):
         return _masked_cross_entropy(_normalized_logits(logits, t), target, reduction)
 
@@ -147,7 +184,8 @@ class LogitNormLoss(Module):
         {\\sum_{k=1}^{C} \\exp\\big(f_k(x) / (\\tau \\lVert f(x) \\rVert_2)\\big)}
 
     The norm gets :math:`\\epsilon = 10^{-7}` added, as in the original code and in pytorch-ood,
-    so all-zero logits give a finite loss and gradient. The result equals
+    so all-zero logits give a finite loss and gradient (in float16 too: there the norm is also
+    kept above a small floor, see ``_norm_floor``). The result equals
     ``pytorch_ood.loss.logit_norm_loss`` and the authors' formula to float32 precision (tested).
 
     The default :math:`\\tau = 0.04` differs from pytorch-ood's ``t=1.0``: 0.04 is the value the
@@ -172,7 +210,7 @@ class LogitNormLoss(Module):
 
     def __init__(self, t: float = DEFAULT_T, reduction: str | None = "mean"):
         """
-        :param t: temperature :math:`\\tau > 0`
+        :param t: temperature :math:`\\tau \\geq 10^{-6}` (:data:`MIN_T`)
         :param reduction: ``mean``, ``sum`` or ``none``
         :raises ValueError: for an invalid ``t`` or ``reduction``
         """

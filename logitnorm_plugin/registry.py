@@ -22,12 +22,26 @@ Rules:
 * An entry point whose value is malformed, or whose import fails when listed with
   ``verify=True`` (as ``logitnorm-ood list`` does), is reported by a warning that names its
   distribution, and skipped; the other names keep working. Asking for such an entry by name
-  raises :class:`RegistryLoadError` with the cause.
+  raises :class:`RegistryLoadError` with the cause. "Fails" includes a plugin module that calls
+  ``sys.exit()`` while it is imported (``SystemExit`` is caught and reported like any error);
+  ``KeyboardInterrupt`` is never caught, so Ctrl-C still stops the program.
+* What an entry point names is checked when it is loaded (see :data:`KIND_RULES`): a detector
+  must be a subclass of ``pytorch_ood.api.Detector``, a benchmark a subclass of
+  ``pytorch_ood.benchmark.Benchmark``, a loss a class whose instances are callable as
+  ``loss(logits, target)`` (normally a ``torch.nn.Module``). Anything else (a function, an
+  instance, an unrelated class) raises :class:`EntryPointKindError` naming the entry point, its
+  value, its distribution and what it should be, instead of failing later inside a benchmark;
+  listing with ``verify=True`` skips it with a warning.
+* A distribution whose metadata has no ``Name`` (a damaged install) is skipped with a warning
+  that names its folder: its entry points cannot be attributed, and the other names keep
+  working.
 * **Duplicates are never resolved silently.** When two distributions declare the same name,
   listing warns and shows both; looking up the bare name raises
   :class:`AmbiguousNameError` naming both distributions, and the qualified form
   ``distribution:name`` (e.g. ``logitnorm-plugin:logitnorm``) selects one. Picking by
-  install order would make results depend on ``sys.path``.
+  install order would make results depend on ``sys.path``. A qualified name whose
+  distribution does not declare the name raises :class:`UnknownDistributionError`, which lists
+  the distributions that do.
 * Setting the environment variable ``LOGITNORM_PLUGIN_NO_THIRD_PARTY=1`` ignores every
   distribution except this one (which also declares pytorch-ood's built-ins), for runs that
   must not depend on what else is installed.
@@ -69,7 +83,35 @@ class RegistryWarning(UserWarning):
 
 
 class RegistryLoadError(UserError, ImportError):
-    """The entry point for a name exists, but importing it failed."""
+    """The entry point for a name exists, but importing it failed (an exception or
+    ``sys.exit()`` in the plugin's module), or it names the wrong kind of object."""
+
+
+class EntryPointKindError(RegistryLoadError, TypeError):
+    """An entry point names something its group does not accept (see :data:`KIND_RULES`)."""
+
+
+class UnknownDistributionError(UnknownNameError):
+    """A qualified name ``distribution:name`` whose distribution does not declare ``name``.
+
+    :param kind: e.g. ``"detector"``
+    :param name: the canonical name asked for
+    :param distribution: the distribution asked for
+    :param declaring: the distributions that declare ``name``
+    """
+
+    def __init__(self, kind: str, name: str, distribution: str, declaring):
+        self.kind, self.name, self.distribution = kind, name, distribution
+        self.available = sorted(declaring)
+        self.closest = closest_match(distribution, self.available)
+        hint = f" Did you mean '{self.closest}:{name}'?" if self.closest else ""
+        UserError.__init__(
+            self,
+            f"No distribution '{distribution}' declares the {kind} '{name}'.{hint} "
+            f"Distributions that declare it: {', '.join(self.available)} "
+            f"(qualify it as '<distribution>:{name}', or use the bare name '{name}' when "
+            f"only one declares it)",
+        )
 
 
 class AmbiguousNameError(UserError, ValueError):
@@ -82,6 +124,68 @@ normalize = canonical_name
 
 def _normalize_distribution(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _distribution_name(dist) -> str | None:
+    """The normalised ``Name`` of a distribution's metadata; ``None`` when it has none (a
+    damaged install). ``.get`` never warns, where ``metadata["Name"]`` is deprecated for a
+    missing field on newer Pythons."""
+    name = dist.metadata.get("Name") if dist is not None else None
+    return _normalize_distribution(str(name)) if name else None
+
+
+def _distribution_path(dist) -> str:
+    """Where a distribution's metadata lives, for messages (its ``*.dist-info`` folder)."""
+    path = getattr(dist, "_path", None)  # PathDistribution; there is no public accessor
+    return str(path) if path is not None else str(dist.locate_file(""))
+
+
+def _describe_object(obj) -> str:
+    where = f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', '?')}"
+    if isinstance(obj, type):
+        return f"the class {where}"
+    if callable(obj) and hasattr(obj, "__qualname__"):
+        return f"the function {where}"
+    return f"a {type(obj).__name__} object"
+
+
+def _is_loss(obj) -> bool:
+    """A class whose instances are callable (``__call__`` defined below ``object``)."""
+    return isinstance(obj, type) and any(
+        "__call__" in vars(k) for k in obj.__mro__ if k is not object
+    )
+
+
+def _is_detector(obj) -> bool:
+    from pytorch_ood.api import Detector
+
+    return isinstance(obj, type) and issubclass(obj, Detector)
+
+
+def _is_benchmark(obj) -> bool:
+    from pytorch_ood.benchmark import Benchmark
+
+    return isinstance(obj, type) and issubclass(obj, Benchmark)
+
+
+#: kind -> (test of the loaded object, what an entry point of that kind must name). Checked
+#: when an entry is loaded, never when names are listed (that would import every plugin).
+KIND_RULES = {
+    "loss": (
+        _is_loss,
+        "a class whose instances are called as loss(logits, target), normally a "
+        "torch.nn.Module subclass (it is built as cls(**kwargs))",
+    ),
+    "detector": (
+        _is_detector,
+        "a subclass of pytorch_ood.api.Detector (it is built as cls(model, **kwargs))",
+    ),
+    "benchmark": (
+        _is_benchmark,
+        "a subclass of pytorch_ood.benchmark.Benchmark (it is built as cls(root=..., "
+        "download=..., seed=..., **kwargs))",
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -104,17 +208,30 @@ class Entry:
         return f"{self.distribution}:{self.name}"
 
     def load(self) -> type:
-        """Import and return the object the entry points to."""
+        """Import and return the class the entry points to.
+
+        :raises RegistryLoadError: if the import raises (``SystemExit`` included; only
+            ``KeyboardInterrupt`` and other non-``Exception`` signals pass through)
+        :raises EntryPointKindError: if the object is not what the group requires
+            (:data:`KIND_RULES`)
+        """
         module_name, _, attribute = self.value.partition(":")
         try:
             obj = importlib.import_module(module_name)
             for part in attribute.split("."):
                 obj = getattr(obj, part)
-        except Exception as exc:  # any failure inside third-party code
+        except (Exception, SystemExit) as exc:  # any failure inside third-party code
             raise RegistryLoadError(
                 f"{self.kind} '{self.name}' from distribution '{self.distribution}' "
                 f"({self.value}) failed to load: {type(exc).__name__}: {exc}"
             ) from exc
+        accepts, expected = KIND_RULES[self.kind]
+        if not accepts(obj):
+            raise EntryPointKindError(
+                f"{self.kind} '{self.name}' from distribution '{self.distribution}' "
+                f"({self.value}) is {_describe_object(obj)}, but a {self.kind} entry point "
+                f"must name {expected}"
+            )
         return obj
 
 
@@ -129,13 +246,19 @@ def build_index(kind: str, entry_points: Iterable[metadata.EntryPoint]) -> _Inde
 
     A pure function of its input (tests pass real :class:`importlib.metadata.EntryPoint`
     objects). Malformed values are warned about and skipped; the same distribution listing
-    the same name twice (e.g. found twice on ``sys.path``) counts once.
+    the same name twice (e.g. found twice on ``sys.path``) counts once. The entry points of a
+    distribution without a ``Name`` in its metadata are skipped with one warning naming its
+    folder.
     """
     by_name: Dict[str, List[Entry]] = {}
+    nameless: Dict[str, List[str]] = {}
     for ep in entry_points:
         dist = getattr(ep, "dist", None)
-        dist_name = _normalize_distribution(dist.metadata["Name"]) if dist else "unknown"
-        version = dist.version if dist else "unknown"
+        if dist is not None and _distribution_name(dist) is None:
+            nameless.setdefault(_distribution_path(dist), []).append(ep.name)
+            continue
+        dist_name = _distribution_name(dist) if dist is not None else "unknown"
+        version = str(dist.metadata.get("Version") or "unknown") if dist else "unknown"
         if not _VALUE_PATTERN.match(ep.value.replace(" ", "")):
             warnings.warn(
                 f"Skipping {kind} entry point '{ep.name} = {ep.value}' of distribution "
@@ -148,6 +271,14 @@ def build_index(kind: str, entry_points: Iterable[metadata.EntryPoint]) -> _Inde
         same = by_name.setdefault(entry.name, [])
         if not any(e.distribution == entry.distribution for e in same):
             same.append(entry)
+    for path, names in nameless.items():
+        warnings.warn(
+            f"Skipping the distribution at {path}: its METADATA has no 'Name', so its {kind} "
+            f"entry points ({', '.join(names)}) cannot be attributed; reinstall or remove that "
+            f"package.",
+            RegistryWarning,
+            stacklevel=2,
+        )
     return _Index({name: tuple(entries) for name, entries in by_name.items()})
 
 
@@ -161,11 +292,7 @@ def _index(kind: str) -> _Index:
         raise UnknownNameError("registry kind", kind, GROUPS, closest_match(kind, GROUPS))
     eps = metadata.entry_points(group=GROUPS[kind])
     if _third_party_disabled():
-        eps = [
-            ep for ep in eps
-            if ep.dist is not None
-            and _normalize_distribution(ep.dist.metadata["Name"]) == THIS_DISTRIBUTION
-        ]
+        eps = [ep for ep in eps if _distribution_name(ep.dist) == THIS_DISTRIBUTION]
     index = build_index(kind, eps)
     for name, entries in index.by_name.items():
         if len(entries) > 1:
@@ -238,6 +365,8 @@ def get_entry(kind: str, name: str) -> Entry:
     The entry registered for ``name`` (or ``distribution:name``), without importing it.
 
     :raises UnknownNameError: listing the available names and the closest match
+    :raises UnknownDistributionError: for ``distribution:name`` when ``name`` exists but that
+        distribution does not declare it (lists the distributions that do)
     :raises AmbiguousNameError: if several distributions declare the bare name
     """
     if not isinstance(name, str):
@@ -249,8 +378,11 @@ def get_entry(kind: str, name: str) -> Entry:
     by_name = _index(kind).by_name
     key = normalize(name)
     candidates = by_name.get(key, ())
-    if distribution is not None:
+    if distribution is not None and candidates:
+        declaring = [e.distribution for e in candidates]
         candidates = tuple(e for e in candidates if e.distribution == distribution)
+        if not candidates:
+            raise UnknownDistributionError(kind, key, distribution, declaring)
     if not candidates:
         available = sorted(by_name)
         raise UnknownNameError(kind, name, available, closest_match(key, available))

@@ -34,7 +34,13 @@ from logitnorm_plugin.conventions import (
     REGISTRY_LOSS_NAMES,
     canonical_name,
 )
-from logitnorm_plugin.errors import MissingDataError, UnknownNameError, closest_match
+from logitnorm_plugin.errors import (
+    CorruptDataError,
+    MissingDataError,
+    UnknownNameError,
+    UserError,
+    closest_match,
+)
 
 __all__ = [
     "DEFAULT_DETECTORS",
@@ -134,22 +140,38 @@ def registry_weights_path(entry) -> Path:
 
 
 def _registry_weights(entry, download: bool):
-    """Load a registry entry's model; offline without the cached file is a clear error."""
+    """Load a registry entry's model; offline without the cached file is a clear error.
+
+    :raises MissingDataError: the file is not cached and ``download`` is false, or the
+        download failed (no network; a file whose hash differs): names the URL and where to put
+        the file by hand
+    :raises CorruptDataError: the cached file cannot be loaded (names it; remove or replace it)
+    """
     from pytorch_ood.model import registry
 
     cached = registry_weights_path(entry)
-    if not cached.is_file() and not download:
+    was_cached = cached.is_file()
+    if not was_cached and not download:
         raise MissingDataError(
             f"The weights of '{entry.key}' are not cached: expected {cached}. To get them, "
             f"pass --download (download=True), or download {entry.url} to that path."
         )
     try:
         return registry.load_model(entry.key, map_location="cpu")
-    except OSError as exc:  # URLError, connection errors: no network
-        raise MissingDataError(
-            f"Downloading the weights of '{entry.key}' from {entry.url} failed ({exc}); "
-            f"place the file at {cached} to use it offline."
-        ) from exc
+    except Exception as exc:
+        if was_cached:  # torch.load or load_state_dict of the file on disk failed
+            raise CorruptDataError(
+                f"The cached weights of '{entry.key}' at {cached} cannot be loaded "
+                f"({type(exc).__name__}: {exc}); remove that file and run again with "
+                f"--download (download=True), or replace it with a good copy of {entry.url}."
+            ) from exc
+        if isinstance(exc, OSError) or "invalid hash value" in str(exc):
+            raise MissingDataError(  # URLError, connection errors, torch.hub's hash check
+                f"Downloading the weights of '{entry.key}' from {entry.url} failed ({exc}). "
+                f"To get them by hand: download that file where there is network access and "
+                f"place it at {cached}, then run again."
+            ) from exc
+        raise
 
 
 def _registry_spec(key: str, download: bool = False) -> ModelSpec:
@@ -235,10 +257,25 @@ def resolve_model(spec, label: str | None = None, download: bool = False) -> Mod
     return resolved
 
 
+class DuplicateModelLabelError(UserError, ValueError):
+    """Two models of one evaluation have the same label (results are keyed by it)."""
+
+
+def _origin(spec: ModelSpec) -> str:
+    """Where a model comes from, for messages: its run folder, registry key or label."""
+    if spec.extra.get("path"):
+        return str(spec.extra["path"])
+    if spec.source == "registry":
+        return f"registry entry {spec.label}"
+    return f"model {spec.label!r}"
+
+
 def resolve_models(models, download: bool = False) -> List[ModelSpec]:
     """Specs of a dict label -> spec, a list of specs, or one spec (see :func:`resolve_model`).
 
-    :raises ValueError: if two models get the same label
+    :raises DuplicateModelLabelError: (a ``UserError`` and ``ValueError``) if two models get the
+        same label, e.g. two run folders whose model cards have the same key; it names the
+        label and where each model comes from
     """
     if isinstance(models, Mapping):
         specs = [resolve_model(spec, str(name), download) for name, spec in models.items()]
@@ -249,7 +286,16 @@ def resolve_models(models, download: bool = False) -> List[ModelSpec]:
     labels = [s.label for s in specs]
     duplicates = sorted({x for x in labels if labels.count(x) > 1})
     if duplicates:
-        raise ValueError(f"model labels must be unique, got {duplicates} more than once")
+        label = duplicates[0]
+        origins = [_origin(s) for s in specs if s.label == label]
+        raise DuplicateModelLabelError(
+            f"{len(origins)} models have the label '{label}' ({'; '.join(origins)}), but each "
+            f"model of one evaluation needs its own label: give a model once; evaluate "
+            f"different models with the same label (e.g. run folders whose model cards have "
+            f"the same key) separately, or in Python label them with a dict {{label: model}}"
+            + (f" (also given more than once: {', '.join(duplicates[1:])})"
+               if len(duplicates) > 1 else "")
+        )
     return specs
 
 

@@ -73,8 +73,12 @@ class TrainConfig:
     format: int = CONFIG_FORMAT
 
     def __post_init__(self):
-        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
-            raise UserError("epochs and batch size must be >= 1 and the learning rate > 0")
+        if self.epochs < 1:
+            raise UserError(f"the number of epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise UserError(f"the batch size must be >= 1, got {self.batch_size}")
+        if not self.lr > 0:
+            raise UserError(f"the learning rate must be > 0, got {self.lr}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not (
             0 <= self.seed <= _MAX_SEED
         ):

@@ -31,6 +31,7 @@ def _fixture_checksums(monkeypatch):
     content is exactly one that ``fake_data`` wrote in this session (a changed byte fails)."""
     import torchvision.datasets.cifar as cifar
     import torchvision.datasets.svhn as svhn
+    import torchvision.datasets.utils as utils
     from fake_data import WRITTEN_MD5
 
     def check(original):
@@ -46,4 +47,27 @@ def _fixture_checksums(monkeypatch):
 
     monkeypatch.setattr(cifar, "check_integrity", check(cifar.check_integrity))
     monkeypatch.setattr(svhn, "check_integrity", check(svhn.check_integrity))
+    # download_url checks a present file before it downloads (SVHN with download=True)
+    monkeypatch.setattr(utils, "check_integrity", check(utils.check_integrity))
     yield
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """No network: every URL that torchvision's downloaders or torch.hub open raises
+    ``urllib.error.URLError``, as on a machine without network access. Yields the list of the
+    URLs that were tried, so a test can check that a download was really attempted."""
+    import urllib.error
+    import urllib.request
+
+    import torch.hub
+
+    tried = []
+
+    def urlopen(request, *args, **kwargs):
+        tried.append(getattr(request, "full_url", request))
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+    monkeypatch.setattr(torch.hub, "urlopen", urlopen)
+    yield tried

@@ -238,3 +238,76 @@ def test_openood_download_without_gdown_is_a_clear_error(tmp_path):
 def test_unexpected_arguments_are_rejected():
     with pytest.raises(TypeError):
         B.DigitsBenchmark(batch=3)
+
+
+# -- downloads that fail (issue 10): say so, name the URL and where to put the file by hand ---
+
+
+def _no_download_hint(msg):
+    """The message must not tell a user who passed --download to pass --download."""
+    return "pass download=True" not in msg and "pass --download" not in msg
+
+
+def test_failed_cifar_download_names_the_url_and_where_to_extract(tmp_path, offline):
+    with pytest.raises(MissingDataError) as err:
+        _build("cifar10", tmp_path, download=True)
+    msg = str(err.value)
+    url = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+    assert offline and offline[0] == url  # the real downloader ran, and met no network
+    assert msg.startswith(f"Downloading dataset 'cifar10' from {url} into {tmp_path} failed")
+    assert "Temporary failure in name resolution" in msg
+    assert str(tmp_path / "cifar-10-batches-py" / "data_batch_1") in msg
+    assert _no_download_hint(msg), msg
+
+
+@pytest.mark.parametrize(
+    "ood, path, url",
+    [
+        ("isun", "iSUN", "https://www.dropbox.com/s/raw/ssz7qxfqae0cca5/iSUN.tar.gz"),
+        ("textures", "dtd/images",
+         "https://www.robots.ox.ac.uk/~vgg/data/dtd/download/dtd-r1.0.1.tar.gz"),
+        ("lsun_crop", "LSUN", "https://www.dropbox.com/s/raw/fhtsw1m3qxlwj6h/LSUN.tar.gz"),
+        ("lsun_resize", "LSUN_resize",
+         "https://www.dropbox.com/s/raw/moqh2wh8696c3yl/LSUN_resize.tar.gz"),
+        ("places365", "places365", "https://drive.google.com/uc?id="),
+        ("svhn", "svhn/test_32x32.mat", "http://ufldl.stanford.edu/housenumbers/test_32x32.mat"),
+    ],
+)
+def test_failed_ood_download_names_the_url_and_where_to_put_it(ood, path, url, tmp_path,
+                                                               offline):
+    import shutil
+
+    FIXTURES["cifar10"][0](tmp_path)
+    shutil.rmtree(tmp_path / path.split("/")[0])
+    with pytest.raises(MissingDataError) as err:
+        _build("cifar10", tmp_path, download=True)
+    msg = str(err.value)
+    assert msg.startswith(f"Downloading OOD set '{ood}' from {url}" if ood != "svhn"
+                          else f"Downloading SVHN from {url}"), msg
+    assert "failed" in msg and str(tmp_path / path) in msg and "by hand" in msg
+    assert _no_download_hint(msg), msg
+    if ood != "places365":  # Places365 comes through gdown, which is not installed here
+        assert offline, "the downloader never tried the network"
+
+
+def test_failed_openood_download_names_the_drive_files_and_folders(tmp_path, offline,
+                                                                   monkeypatch):
+    import sys
+    import types
+    import urllib.request
+
+    gdown = types.ModuleType("gdown")  # stands in for the optional gdown, offline
+
+    def download(id=None, output=None, **kwargs):
+        urllib.request.urlopen(f"https://drive.google.com/uc?id={id}")
+
+    gdown.download = download
+    monkeypatch.setitem(sys.modules, "gdown", gdown)
+    with pytest.raises(MissingDataError) as err:
+        _build("cifar10_openood", tmp_path, download=True)
+    msg = str(err.value)
+    assert offline
+    assert msg.startswith("Downloading the OpenOOD benchmark 'cifar10_openood' failed (URLError")
+    assert "image lists: https://drive.google.com/uc?id=" in msg and "cifar10: https://" in msg
+    assert str(tmp_path / "images_classic") in msg and "openood_benchmark_imglist" in msg
+    assert _no_download_hint(msg), msg

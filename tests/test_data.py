@@ -370,3 +370,71 @@ def test_image_folder_id_dataset(tmp_path):
     assert test.classes == ["cat", "dog", "eel"] and test.mean == meta["mean"]
     train, val = load_split(path, "train"), load_split(path, "val")
     assert len(train) + len(val) == 18 and len(val) == 2
+
+
+# -- damaged files (issue 10) -------------------------------------------------------------------
+
+
+def _damage(path, how):
+    data = path.read_bytes()
+    if how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "garbage":
+        path.write_bytes(b"this is not an image" * 10)
+    else:  # empty
+        path.write_bytes(b"")
+
+
+@pytest.mark.parametrize("fmt", ["jpg", "png"])
+@pytest.mark.parametrize("how", ["truncated", "garbage", "empty"])
+def test_damaged_image_in_an_image_folder_names_the_file(tmp_path, fmt, how):
+    from fake_data import write_image_folder
+
+    from logitnorm_plugin.errors import CorruptDataError, UserError
+
+    for split, n in (("train", 3), ("test", 2)):
+        write_image_folder(tmp_path / "toy" / split, ["cat", "dog"], n, (16, 16), fmt)
+    bad = tmp_path / "toy" / "test" / "dog" / f"img_0001.{fmt}"
+    _damage(bad, how)
+    with pytest.raises(CorruptDataError) as err:
+        load_split(str(tmp_path / "toy"), "test")
+    msg = str(err.value)
+    assert str(bad) in msg and "Remove it, or replace it" in msg and "\n" not in msg
+    assert isinstance(err.value, UserError) and isinstance(err.value, OSError)
+    # the first training image, whose header gives the image size, is named the same way
+    first = tmp_path / "toy" / "train" / "cat" / f"img_0000.{fmt}"
+    _damage(first, how)
+    with pytest.raises(CorruptDataError, match="Remove it") as err:
+        load_split(str(tmp_path / "toy"), "train")
+    assert str(first) in str(err.value)
+
+
+def test_damaged_image_in_an_ood_folder_names_the_file(tmp_path):
+    from fake_data import write_image_folder
+
+    from logitnorm_plugin.errors import CorruptDataError
+
+    folder = write_image_folder(tmp_path / "iSUN", None, 3, (32, 32), "jpeg")
+    bad = folder / "img_0002.jpeg"
+    _damage(bad, "truncated")
+    with pytest.raises(CorruptDataError, match="Remove it") as err:
+        load_ood("isun", root=tmp_path)
+    assert str(bad) in str(err.value)
+
+
+def test_cli_damaged_image_is_one_line_with_exit_2(tmp_path, capsys, monkeypatch):
+    from fake_data import write_image_folder
+
+    from logitnorm_plugin import cli
+
+    for split, n in (("train", 3), ("test", 2)):
+        write_image_folder(tmp_path / "toy" / split, ["cat", "dog"], n, (16, 16), "png")
+    bad = tmp_path / "toy" / "train" / "dog" / "img_0002.png"
+    _damage(bad, "truncated")
+    monkeypatch.chdir(tmp_path)
+    status = cli.main(["train", "--dataset", str(tmp_path / "toy"), "--loss", "cross_entropy",
+                       "--epochs", "1", "--device", "cpu", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert err.startswith("logitnorm-ood train: error: Cannot decode the image")
+    assert str(bad) in err and "Traceback" not in err and err.count("\n") == 1

@@ -142,3 +142,23 @@ def test_grid_search_picks_the_best_temperature():
     scores = {r["params"]["t"]: r["score"] for r in search.results_}
     assert len(scores) == len(LogitNormDetector.hyperparameter_space["t"])
     assert search.best_score_ == max(scores.values())
+
+
+@pytest.mark.parametrize("t", [0, -1, float("inf"), 1e-300, None])
+def test_temperature_set_after_construction_is_validated(t):
+    detector = LogitNormDetector(None, t=0.1)
+    with pytest.raises(ValueError, match="temperature"):
+        detector.t = t
+    with pytest.raises(ValueError, match="temperature"):
+        detector.set_hyperparameters(t=t)
+    assert detector.t == 0.1  # unchanged by the refused values
+    assert torch.isfinite(detector.predict_logits(torch.randn(3, 4))).all()
+    detector.t = 0.5
+    assert detector.t == 0.5
+    logits = torch.randn(3, 4)
+    assert torch.allclose(detector.predict_logits(logits), _expected_scores(logits, 0.5))
+
+
+def test_float16_zero_logits_score_like_float32():
+    scores = LogitNormDetector(None).predict_logits(torch.zeros(3, 4, dtype=torch.float16))
+    assert torch.equal(scores, torch.full((3,), -0.25))

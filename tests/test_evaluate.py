@@ -394,3 +394,106 @@ def test_device_auto_picks_the_available_device():
     if not torch.cuda.is_available():
         assert rows == expected
     assert len(rows) == 3
+
+
+@pytest.mark.parametrize("context", [torch.inference_mode, torch.no_grad])
+@pytest.mark.parametrize("kind", ["tensors", "images"])
+def test_odin_scores_under_inference_mode_equal_the_host_odin(context, kind):
+    """pytorch-ood's ODIN leaves inference mode for its gradient (with a warning); the engine's
+    fused ODIN does the same, and gives the host's per-sample scores."""
+    bench = InMemoryBenchmark(n_id=32, n_ood=(16,), kind=kind)
+    model = tiny_net().eval()
+    scores = {}
+    with context():
+        evaluate([ModelSpec("tiny", model=model, mean=MEAN, std=STD)], bench,
+                 detectors=["odin"], batch_size=16, progress=False, keep_scores=True,
+                 scores_out=scores)
+        host = ODIN(model, norm_std=list(STD))
+        expected = {}
+        for name, dataset in (("ID", bench.id), ("ood0", bench.oods[0])):
+            x = torch.stack([torch.as_tensor(dataset[i][0]) for i in range(len(dataset))])
+            if context is torch.inference_mode:
+                with pytest.warns(UserWarning, match="inference mode"):
+                    expected[name] = host.predict(x)
+            else:
+                expected[name] = host.predict(x)
+    for name, values in expected.items():
+        ours = scores[("tiny", "odin", name)]
+        assert ours.shape == values.shape
+        assert torch.allclose(ours, values.float(), rtol=0, atol=1e-6), name
+
+
+def test_odin_with_a_model_built_in_inference_mode_says_what_to_do():
+    bench = InMemoryBenchmark(n_id=16, n_ood=(8,))
+    with torch.inference_mode():
+        model = tiny_net().eval()  # inference-tensor parameters: no autograd through them
+        with pytest.raises(RuntimeError, match=r"create or move the model outside inference"):
+            evaluate({"m": model}, bench, detectors=["odin"], batch_size=16, progress=False)
+
+
+def test_registry_weights_that_fail_to_download_or_load_say_what_to_do(tmp_path, monkeypatch,
+                                                                         offline):
+    from pytorch_ood.model.registry import get_model_info
+
+    from logitnorm_plugin.errors import CorruptDataError
+
+    key = "wrn-40-2/cifar10/logitnorm/s0"
+    entry = get_model_info(key)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    cached = tmp_path / "hub" / "checkpoints" / entry.file_name
+    # offline with download=True: the download failed, from where, where to put the file
+    with pytest.raises(MissingDataError) as info:
+        resolve_model(key, download=True).get_model()
+    msg = str(info.value)
+    assert offline == [entry.url]
+    assert msg.startswith(f"Downloading the weights of '{key}' from {entry.url} failed")
+    assert str(cached) in msg and "--download" not in msg and "download=True" not in msg
+    # a download whose hash differs is a failed download too
+    import torch.hub
+
+    def wrong_hash(url, dst, hash_prefix=None, progress=True):
+        raise RuntimeError(f'invalid hash value (expected "{hash_prefix}", got "0000")')
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", wrong_hash)
+    with pytest.raises(MissingDataError, match="invalid hash value"):
+        resolve_model(key, download=True).get_model()
+    # a damaged file in the cache is named, with what to do
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_bytes(b"not a checkpoint")
+    with pytest.raises(CorruptDataError) as info:
+        resolve_model(key).get_model()
+    assert str(cached) in str(info.value) and "remove that file" in str(info.value)
+
+
+def test_two_models_with_the_same_label_are_a_one_line_user_error():
+    from logitnorm_plugin.errors import UserError
+    from logitnorm_plugin.specs import DuplicateModelLabelError, resolve_models
+
+    specs = [ModelSpec("same", model=tiny_net()), ModelSpec("same", model=tiny_net()),
+             ModelSpec("other", model=tiny_net())]
+    with pytest.raises(DuplicateModelLabelError) as info:
+        resolve_models(specs)
+    msg = str(info.value)
+    assert isinstance(info.value, UserError) and isinstance(info.value, ValueError)
+    assert msg.startswith("2 models have the label 'same'") and "\n" not in msg
+    assert "dict {label: model}" in msg
+
+
+def test_cli_bench_two_run_folders_with_the_same_key_is_one_line(tmp_path, capsys,
+                                                                  monkeypatch):
+    import shutil
+
+    from logitnorm_plugin import cli
+    from logitnorm_plugin.training import train
+
+    monkeypatch.chdir(tmp_path)
+    train(dataset="digits", loss="cross_entropy", epochs=1, batch_size=256, out="runA",
+          progress=False)
+    shutil.copytree("runA", "runB")  # two folders, one model-card key
+    status = cli.main(["bench", "--models", "runA", "runB", "--detectors", "msp",
+                       "--device", "cpu", "--no-progress", "--out", "res"])
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert err.startswith("logitnorm-ood bench: error: 2 models have the label ")
+    assert str(tmp_path / "runA") in err and str(tmp_path / "runB") in err
+    assert "Traceback" not in err and err.count("\n") == 1

@@ -157,3 +157,73 @@ def test_info_record():
     assert "info" in LogitNormLoss.__dict__
     assert isinstance(LogitNormLoss.info, LossInfo)
     assert LogitNormLoss.info.paper.code == "https://github.com/hongxin001/logitnorm_ood"
+
+
+# -- numerics at the edges (issue 10) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_zero_logits_give_finite_loss_and_gradient_in_every_dtype(dtype, reduction):
+    target = torch.tensor([0, 1, 2, 3])
+    for logits in (torch.zeros(4, 10, dtype=dtype), (torch.randn(4, 10) * 1e-5).to(dtype)):
+        logits.requires_grad_(True)
+        loss = logit_norm_loss(logits, target, t=0.0085, reduction=reduction)
+        assert torch.isfinite(loss).all()
+        loss.sum().backward()
+        assert logits.grad.dtype == dtype
+        assert torch.isfinite(logits.grad).all(), (dtype, logits.grad.abs().max())
+    zero = logit_norm_loss(torch.zeros(4, 10, dtype=dtype), target)
+    assert math.isclose(zero.item(), math.log(10), rel_tol=1e-6)
+
+
+def test_float16_logits_of_ordinary_size_get_exactly_the_paper_formula():
+    # the float16 floor of the norm only acts below it (7.6e-4 at t=0.04)
+    logits = (torch.randn(32, 10) * 3).half()
+    target = torch.randint(0, 10, (32,))
+    assert torch.equal(logit_norm_loss(logits, target), logit_norm_loss(logits.float(), target))
+    assert torch.allclose(
+        logit_norm_loss(logits, target), _reference_logit_norm(logits.float(), target, 0.04),
+        rtol=1e-6, atol=1e-6,
+    )
+
+
+@pytest.mark.parametrize("t", [1e-300, 1e-7, 5e-7])
+def test_temperature_below_the_float32_safe_range_is_refused(t):
+    with pytest.raises(ValueError, match=r"temperature t must be finite and > 0, at least 1e-06"):
+        logit_norm_loss(torch.randn(4, 10), torch.tensor([0, 1, 2, 3]), t=t)
+    with pytest.raises(ValueError, match=r"at least 1e-06 .*got "):
+        LogitNormLoss(t=t)
+
+
+def test_smallest_allowed_temperature_stays_finite_in_float32():
+    from logitnorm_plugin.loss import MIN_T
+
+    logits = (torch.randn(8, 100) * 50).requires_grad_(True)
+    target = torch.randint(0, 100, (8,))
+    for t in (MIN_T, 1e-3):
+        loss = logit_norm_loss(logits, target, t=t, reduction="sum")
+        assert torch.isfinite(loss)
+        (grad,) = torch.autograd.grad(loss, logits)
+        assert torch.isfinite(grad).all()
+    # zero logits too (the largest gradient: 1 / (t * EPS) per unit of loss gradient)
+    zero = torch.zeros(2, 100, requires_grad=True)
+    logit_norm_loss(zero, torch.tensor([0, 1]), t=MIN_T, reduction="sum").backward()
+    assert torch.isfinite(zero.grad).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.int16, torch.int32, torch.uint8])
+def test_any_integer_target_dtype_is_accepted(dtype):
+    logits = torch.randn(6, 5, requires_grad=True)
+    target = torch.tensor([0, 4, 2, 1, 3, 0])
+    expected = logit_norm_loss(logits, target, reduction="none")
+    ours = logit_norm_loss(logits, target.to(dtype), reduction="none")
+    assert torch.equal(ours, expected)
+    assert torch.equal(LogitNormLoss()(logits, target.to(dtype)), LogitNormLoss()(logits, target))
+    if dtype.is_signed:  # OOD labels < 0 are ignored whatever the dtype
+        with_ood = torch.tensor([0, -1, 2, -1, 3, 0], dtype=dtype)
+        assert torch.equal(
+            logit_norm_loss(logits, with_ood), logit_norm_loss(logits, with_ood.long())
+        )
+    ours.sum().backward()
+    assert torch.isfinite(logits.grad).all()

@@ -12,7 +12,13 @@ import torch
 import logitnorm_plugin
 from logitnorm_plugin import registry
 from logitnorm_plugin.errors import UnknownNameError
-from logitnorm_plugin.registry import AmbiguousNameError, RegistryLoadError, RegistryWarning
+from logitnorm_plugin.registry import (
+    AmbiguousNameError,
+    EntryPointKindError,
+    RegistryLoadError,
+    RegistryWarning,
+    UnknownDistributionError,
+)
 
 THIRD_PARTY_MODULE = '''
 import torch
@@ -46,13 +52,16 @@ class HalfCrossEntropyLoss(torch.nn.Module):
 '''
 
 
-def write_distribution(root, name, version, entry_points, module_name=None, module_source=None):
+def write_distribution(root, name, version, entry_points, module_name=None, module_source=None,
+                       name_in_metadata=True):
     """Write ``<name>-<version>.dist-info`` (METADATA + entry_points.txt) and optionally a
-    module into ``root``, which the caller puts on ``sys.path``."""
+    module into ``root``, which the caller puts on ``sys.path``. ``name_in_metadata=False``
+    leaves the ``Name`` field out of METADATA, as a damaged install does."""
     dist_info = root / f"{name.replace('-', '_')}-{version}.dist-info"
     dist_info.mkdir(parents=True)
+    name_line = f"Name: {name}\n" if name_in_metadata else ""
     (dist_info / "METADATA").write_text(
-        f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+        f"Metadata-Version: 2.1\n{name_line}Version: {version}\n"
     )
     lines = []
     for group, items in entry_points.items():
@@ -225,3 +234,193 @@ def test_name_of_a_class_is_its_registered_name():
     assert registry.name_of("loss", logitnorm_plugin.LogitNormLoss) == "logitnorm"
     unregistered = type("Unregistered", (), {})
     assert registry.name_of("detector", unregistered) == "Unregistered"
+
+
+# -- plugins that must not break everything (issue 10) ---------------------------------------
+
+
+def _list_detectors_cli(capsys):
+    """``logitnorm-ood list detectors`` in this process: (exit status, listed names)."""
+    from logitnorm_plugin import cli
+
+    status = cli.main(["list", "detectors"])
+    lines = capsys.readouterr().out.splitlines()
+    return status, [line.split()[0] for line in lines[2:] if line.strip()]
+
+
+def test_distribution_without_a_name_is_skipped_with_a_warning_naming_its_folder(
+    third_party, capsys
+):
+    write_distribution(
+        third_party, "nameless-ood", "0.3",
+        {"pytorch_ood.detectors": {"nameless": "margin_ood:MarginDetector"}},
+        name_in_metadata=False,
+    )
+    folder = str(third_party / "nameless_ood-0.3.dist-info")
+    registry.refresh()
+    with pytest.warns(RegistryWarning, match="no 'Name'") as caught:
+        names = logitnorm_plugin.list_detectors()
+    assert folder in str(caught[0].message) and "nameless" in str(caught[0].message)
+    assert "nameless" not in names and {"margin", "msp"} <= set(names)
+    registry.refresh()
+    with pytest.warns(RegistryWarning, match="no 'Name'"):
+        detector = logitnorm_plugin.create_detector("msp", torch.nn.Linear(4, 3))
+    assert detector.__class__.__name__ == "MaxSoftmax"
+    registry.refresh()
+    with pytest.warns(RegistryWarning, match="no 'Name'"):
+        status, listed = _list_detectors_cli(capsys)
+    assert status == 0 and "msp" in listed and "nameless" not in listed
+    # the switch that keeps third-party names out reads the same metadata
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(registry.NO_THIRD_PARTY_ENV, "1")
+        registry.refresh()
+        assert "msp" in logitnorm_plugin.list_detectors()
+
+
+def test_plugin_calling_sys_exit_at_import_is_skipped_and_named(third_party, capsys):
+    write_distribution(
+        third_party, "exiting-ood", "1.0",
+        {"pytorch_ood.detectors": {"exiting": "exiting_ood:Detector"}},
+        "exiting_ood", "import sys\nsys.exit(3)\n",
+    )
+    registry.refresh()
+    try:
+        with pytest.warns(RegistryWarning, match=r"'exiting' from distribution 'exiting-ood'"):
+            status, listed = _list_detectors_cli(capsys)
+        assert status == 0 and {"margin", "msp"} <= set(listed) and "exiting" not in listed
+        with pytest.raises(RegistryLoadError, match=r"exiting-ood.*SystemExit: 3"):
+            logitnorm_plugin.get_detector_class("exiting")
+    finally:
+        sys.modules.pop("exiting_ood", None)
+
+
+def test_keyboard_interrupt_while_importing_a_plugin_is_not_swallowed(third_party):
+    write_distribution(
+        third_party, "ctrl-c-ood", "1.0",
+        {"pytorch_ood.detectors": {"ctrl_c": "ctrl_c_ood:Detector"}},
+        "ctrl_c_ood", "raise KeyboardInterrupt\n",
+    )
+    registry.refresh()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            logitnorm_plugin.get_detector_class("ctrl_c")
+    finally:
+        sys.modules.pop("ctrl_c_ood", None)
+
+
+WRONG_KINDS_MODULE = """
+import torch
+from pytorch_ood.api import DetectorInfo, Paper, Task
+
+
+def score(model, **kwargs):
+    return model
+
+
+class NotADetector:
+    def __init__(self, model):
+        self.model = model
+
+
+def loss_function(logits, target):
+    return torch.nn.functional.cross_entropy(logits, target)
+
+
+class NotABenchmark:
+    pass
+
+
+INSTANCE = NotABenchmark()
+"""
+
+
+@pytest.mark.parametrize(
+    "kind, name, value, what, expected",
+    [
+        ("detector", "scorer", "wrong_kinds:score", "the function wrong_kinds.score",
+         "pytorch_ood.api.Detector"),
+        ("detector", "plain", "wrong_kinds:NotADetector", "the class wrong_kinds.NotADetector",
+         "pytorch_ood.api.Detector"),
+        ("loss", "loss_fn", "wrong_kinds:loss_function", "the function wrong_kinds.loss_function",
+         "loss(logits, target)"),
+        ("loss", "not_callable", "wrong_kinds:NotABenchmark",
+         "the class wrong_kinds.NotABenchmark", "torch.nn.Module"),
+        ("benchmark", "plain_bench", "wrong_kinds:NotABenchmark",
+         "the class wrong_kinds.NotABenchmark", "pytorch_ood.benchmark.Benchmark"),
+        ("benchmark", "instance", "wrong_kinds:INSTANCE", "a NotABenchmark object",
+         "pytorch_ood.benchmark.Benchmark"),
+    ],
+)
+def test_entry_point_of_the_wrong_kind_is_refused_when_loaded(
+    third_party, kind, name, value, what, expected
+):
+    write_distribution(
+        third_party, "wrong-kinds", "0.2", {registry.GROUPS[kind]: {name: value}},
+        "wrong_kinds", WRONG_KINDS_MODULE,
+    )
+    registry.refresh()
+    try:
+        with pytest.raises(EntryPointKindError) as info:
+            registry._get_class(kind, name)
+        message = str(info.value)
+        assert "\n" not in message
+        for part in (f"{kind} '{name}'", "'wrong-kinds'", value, what, expected):
+            assert part in message, (part, message)
+        assert isinstance(info.value, RegistryLoadError) and isinstance(info.value, TypeError)
+        # listing with verification skips it, naming it; the others still load
+        with pytest.warns(RegistryWarning, match=f"'{name}' from distribution 'wrong-kinds'"):
+            verified = registry._list(kind, None, True)
+        assert name not in verified and verified
+    finally:
+        sys.modules.pop("wrong_kinds", None)
+
+
+def test_wrong_kind_detector_in_the_engine_is_a_one_line_user_error(third_party):
+    write_distribution(
+        third_party, "wrong-kinds", "0.2",
+        {"pytorch_ood.detectors": {"scorer": "wrong_kinds:score"}},
+        "wrong_kinds", WRONG_KINDS_MODULE,
+    )
+    registry.refresh()
+    from logitnorm_plugin.errors import UserError
+    from logitnorm_plugin.specs import parse_detectors
+
+    try:
+        with pytest.raises(UserError, match="must name a subclass of pytorch_ood.api.Detector"):
+            parse_detectors(["msp", "scorer"])
+        with pytest.raises(EntryPointKindError):
+            logitnorm_plugin.create_detector("scorer", torch.nn.Linear(4, 3))
+    finally:
+        sys.modules.pop("wrong_kinds", None)
+
+
+def test_every_registered_name_passes_the_kind_check():
+    for kind in registry.GROUPS:
+        for entry in registry.entries(kind):
+            registry.KIND_RULES[kind][0](entry.load())
+
+
+def test_qualified_name_with_an_unknown_distribution_lists_the_declaring_ones(tmp_path,
+                                                                              monkeypatch):
+    with pytest.raises(UnknownDistributionError) as info:
+        logitnorm_plugin.get_detector_class("foo:logitnorm")
+    message = str(info.value)
+    assert "No distribution 'foo' declares the detector 'logitnorm'" in message
+    assert "logitnorm-plugin" in message and "Did you mean 'logitnorm'" not in message
+    assert isinstance(info.value, UnknownNameError) and isinstance(info.value, ValueError)
+    # with two declaring distributions: both listed, and the closest one suggested
+    write_distribution(
+        tmp_path, "other-msp", "3.0",
+        {"pytorch_ood.detectors": {"msp": "pytorch_ood.detector:MaxLogit"}},
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry.refresh()
+    with pytest.warns(RegistryWarning, match="several distributions"):
+        with pytest.raises(UnknownDistributionError) as info:
+            logitnorm_plugin.get_detector_class("other-mps:msp")
+    message = str(info.value)
+    assert "Did you mean 'other-msp:msp'?" in message
+    assert "logitnorm-plugin, other-msp" in message
+    # an unknown name stays an unknown name, whatever the distribution
+    with pytest.raises(UnknownNameError, match="Did you mean 'maxlogit'"):
+        logitnorm_plugin.get_detector_class("foo:maxlogits")

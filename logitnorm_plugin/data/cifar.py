@@ -9,6 +9,10 @@ Layouts (torchvision's, and the LogitNorm code's):
 torchvision checks the published MD5 of every file before reading, always, not only on
 download, and this module never switches that off: the CIFAR batches are Python pickles, and
 only a verified file is unpickled.
+
+When ``download=True`` and the download fails (no network, a proxy, a damaged archive), the
+:class:`~logitnorm_plugin.errors.MissingDataError` says so, names the URL and where to put the
+file by hand; only without ``download`` does it suggest passing ``download=True``.
 """
 
 from __future__ import annotations
@@ -50,7 +54,8 @@ def load_cifar(
     :param train: the 50,000 training images (else the 10,000 test images)
     :param root: folder that holds (or gets) ``cifar-10-batches-py`` / ``cifar-100-python``
     :param download: let torchvision download the archive if it is missing
-    :raises MissingDataError: missing or corrupted files and ``download`` is false
+    :raises MissingDataError: missing or corrupted files and ``download`` is false, or the
+        download failed (names the URL and where to extract the archive by hand)
     """
     cls = _cifar_class(which)
     root = Path(root)
@@ -65,6 +70,13 @@ def load_cifar(
         ds = cls(str(root), train=train, download=download)
     except (RuntimeError, OSError) as exc:  # integrity check failed, or the download did
         files = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
+        if download:
+            raise MissingDataError(
+                f"Downloading dataset '{which}' from {_CIFAR_URLS[which]} into {root} failed "
+                f"({exc}). To get it by hand: download that file where there is network "
+                f"access, extract it into {root} (giving {folder}/{files[0]}, ...), then run "
+                f"again."
+            ) from exc
         raise MissingDataError(
             f"Dataset '{which}' in {folder} is missing, incomplete or corrupted ({exc}); "
             f"expected the "
@@ -86,7 +98,8 @@ def load_svhn(
 ) -> ImageTensors:
     """SVHN (``<root>/svhn/<split>_32x32.mat``) with its digit labels 0-9.
 
-    :raises MissingDataError: the file is missing or corrupted and ``download`` is false
+    :raises MissingDataError: the file is missing or corrupted and ``download`` is false, or
+        the download failed (names the URL and where to put the file by hand)
     """
     from torchvision.datasets import SVHN
 
@@ -102,6 +115,12 @@ def load_svhn(
     try:
         ds = SVHN(str(folder), split=split, download=download)
     except (RuntimeError, OSError) as exc:
+        if download:
+            raise MissingDataError(
+                f"Downloading SVHN from {SVHN.split_list[split][0]} into {folder} failed "
+                f"({exc}). To get it by hand: download that file where there is network "
+                f"access and put it at {folder / filename}, then run again."
+            ) from exc
         raise MissingDataError(
             f"SVHN file {folder / filename} is missing or corrupted ({exc}); pass download=True "
             f"(CLI: --download) or replace it with {SVHN.split_list[split][0]}."

@@ -10,6 +10,10 @@ torchvision's ``Resize(min(size))`` (shorter side, bilinear with antialiasing) f
 ``CenterCrop(size)``; ``"as_is"`` keeps images that already have the target size untouched
 (LSUN-Crop, LSUN-Resize and iSUN are published at 32 x 32) and resizes + crops any other.
 
+A file that PIL cannot decode (truncated, damaged, not an image) raises
+:class:`~logitnorm_plugin.errors.CorruptDataError` naming the file and saying to remove or
+replace it, instead of PIL's own error, which names no file.
+
 Cache: the decoded tensor is stored (atomically) under ``<data root>/.logitnorm_decoded/``,
 keyed by the folder, the target size and a fingerprint of the file list (relative paths,
 sizes, modification times), so a changed folder is decoded again. It lives beside, never
@@ -28,7 +32,7 @@ from typing import List, Sequence, Tuple
 import numpy as np
 import torch
 
-from ..errors import MissingDataError
+from ..errors import CorruptDataError, MissingDataError
 from .tensors import ImageTensors
 
 __all__ = [
@@ -60,6 +64,31 @@ def list_images(folder: Path) -> List[Path]:
     return sorted(found)
 
 
+def _corrupt(path: Path, exc: BaseException) -> CorruptDataError:
+    return CorruptDataError(
+        f"Cannot decode the image {path} ({type(exc).__name__}: {exc}): the file is truncated, "
+        f"damaged or not an image. Remove it, or replace it with a good copy (e.g. extract the "
+        f"dataset's archive again), then run again."
+    )
+
+
+def _open_decoded(path: Path, mode: str):
+    """The image at ``path``, fully decoded and converted to ``mode`` (``"RGB"`` or ``"L"``).
+
+    :raises CorruptDataError: for any decoding error of PIL (they name no file), never for
+        a missing file or a lack of memory
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return img.convert(mode)  # convert() decodes every pixel: errors surface here
+    except (FileNotFoundError, PermissionError, MemoryError):
+        raise
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ...
+        raise _corrupt(path, exc) from exc
+
+
 def decode_image(
     path: Path,
     size: Tuple[int, int],
@@ -71,17 +100,16 @@ def decode_image(
 
     :param resize: shorter side before the center crop (default ``min(size)``; OpenOOD's
         ImageNet protocol uses 256 for a 224 crop)
+    :raises CorruptDataError: if the file cannot be decoded (names the file)
     """
     import torchvision.transforms.functional as TF
-    from PIL import Image
 
     if mode not in ("resize_crop", "as_is"):
         raise ValueError(f"unknown preprocessing {mode!r}")
-    with Image.open(path) as img:
-        img = img.convert("RGB" if channels == 3 else "L")
-        if mode == "resize_crop" or img.size != (size[1], size[0]):
-            img = TF.center_crop(TF.resize(img, resize or min(size)), list(size))
-        arr = np.array(img, dtype=np.uint8)  # writable: torch.from_numpy warns on read-only
+    img = _open_decoded(path, "RGB" if channels == 3 else "L")
+    if mode == "resize_crop" or img.size != (size[1], size[0]):
+        img = TF.center_crop(TF.resize(img, resize or min(size)), list(size))
+    arr = np.array(img, dtype=np.uint8)  # writable: torch.from_numpy warns on read-only
     return arr if arr.ndim == 3 else arr[:, :, None]
 
 
@@ -171,8 +199,13 @@ def _classes(split_dir: Path) -> List[str]:
 def _first_image_size(files: Sequence[Path]) -> Tuple[int, int]:
     from PIL import Image
 
-    with Image.open(files[0]) as img:
-        return img.size[1], img.size[0]
+    try:
+        with Image.open(files[0]) as img:
+            return img.size[1], img.size[0]
+    except (FileNotFoundError, PermissionError, MemoryError):
+        raise
+    except Exception as exc:  # an unreadable header: PIL's error names no file
+        raise _corrupt(files[0], exc) from exc
 
 
 def load_folder_dataset(
@@ -189,6 +222,7 @@ def load_folder_dataset(
     statistics of the training images.
 
     :raises MissingDataError: if the split folder is missing or holds no images
+    :raises CorruptDataError: if an image cannot be decoded (names the file)
     """
     path = Path(path)
     split_dir = path / split
@@ -242,32 +276,36 @@ def _find_folder(entry, root: Path) -> Path | None:
     return None
 
 
+_ISUN_URL = "https://www.dropbox.com/s/raw/ssz7qxfqae0cca5/iSUN.tar.gz"
+
+
+def _pood_class(name: str):
+    """pytorch-ood's dataset class that downloads the OOD image set ``name``."""
+    from pytorch_ood.dataset import img
+
+    return {"textures": img.Textures, "lsun_crop": img.LSUNCrop,
+            "lsun_resize": img.LSUNResize, "places365": img.Places365}[name]
+
+
+def download_url(entry) -> str:
+    """The address an OOD image set is downloaded from (a Google Drive file for Places365)."""
+    if entry.name == "isun":
+        return _ISUN_URL
+    cls = _pood_class(entry.name)
+    return cls.url or f"https://drive.google.com/uc?id={cls.gdrive_id}"
+
+
 def _download(entry, root: Path) -> None:
     """Fetch an OOD set with pytorch-ood's / torchvision's downloaders (never in tests)."""
     root.mkdir(parents=True, exist_ok=True)
-    if entry.name == "textures":
-        from pytorch_ood.dataset.img import Textures
-
-        Textures(str(root), download=True)
-    elif entry.name == "lsun_crop":
-        from pytorch_ood.dataset.img import LSUNCrop
-
-        LSUNCrop(str(root), download=True)
-    elif entry.name == "lsun_resize":
-        from pytorch_ood.dataset.img import LSUNResize
-
-        LSUNResize(str(root), download=True)
-    elif entry.name == "places365":
-        from pytorch_ood.dataset.img import Places365
-
-        Places365(str(root), download=True)
-    elif entry.name == "isun":
+    if entry.name == "isun":
         from torchvision.datasets.utils import download_and_extract_archive
 
         download_and_extract_archive(
-            "https://www.dropbox.com/s/raw/ssz7qxfqae0cca5/iSUN.tar.gz", str(root),
-            filename="iSUN.tar.gz", md5="be77b0f2c26fda898afac5f99645ee70",
+            _ISUN_URL, str(root), filename="iSUN.tar.gz", md5="be77b0f2c26fda898afac5f99645ee70",
         )
+    elif entry.name in ("textures", "lsun_crop", "lsun_resize", "places365"):
+        _pood_class(entry.name)(str(root), download=True)
     else:  # pragma: no cover - every image entry is handled above
         raise MissingDataError(f"No downloader for {entry.name!r}: {entry.how_to_get}")
 
@@ -282,17 +320,20 @@ def load_ood_folder(
 ) -> ImageTensors:
     """An OOD image folder (an :class:`~logitnorm_plugin.data.OODEntry`) as uint8 tensors.
 
-    :raises MissingDataError: names the set, the expected folder and how to get it
+    :raises MissingDataError: names the set, the expected folder and how to get it; when a
+        download was asked for and failed, the URL and where to extract it by hand
     """
     root = Path(root)
     folder = _find_folder(entry, root)
     if folder is None and download:
         try:
             _download(entry, root)
-        except (RuntimeError, ImportError, OSError) as exc:  # no gdown, no network, bad md5
+        except Exception as exc:  # no network, no gdown, a bad MD5, gdown's own errors, ...
             raise MissingDataError(
-                f"Downloading OOD set '{entry.name}' into {root} failed ({exc}). Get it by "
-                f"hand: {entry.how_to_get}."
+                f"Downloading OOD set '{entry.name}' from {download_url(entry)} into {root} "
+                f"failed ({type(exc).__name__}: {exc}). To get it by hand: download that file "
+                f"where there is network access and extract it into {root}, so that its images "
+                f"are under {root / entry.folders[0]}; then run again."
             ) from exc
         folder = _find_folder(entry, root)
     if folder is None:
