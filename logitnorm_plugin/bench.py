@@ -184,18 +184,24 @@ class _TrainRequest:
 
     @classmethod
     def resolve(cls, loss, seed, dataset, out: Path, recipe, epochs, t, t_from, data_root,
-                download, progress, device: str) -> _TrainRequest:
+                download, progress, device: str, outliers=None) -> _TrainRequest:
+        from logitnorm_plugin.data.outliers import outliers_for
+        from logitnorm_plugin.registry import get_loss_class
         from logitnorm_plugin.train_config import resolve_config
 
         # --t and --t-from concern the LogitNorm models only
         loss_kwargs = {"t": t} if t is not None and loss == "logitnorm" else None
         if t_from is not None:
             t_from = str(Path(t_from).resolve()) if loss == "logitnorm" else None
+        # outliers go to the objectives that need them only (the dataset's named source)
+        outliers = outliers_for(get_loss_class(loss), loss, dataset, outliers)
         # every conflict (t and t_from, a foreign recommended_t.json, ...) fails here
-        resolve_config(dataset, loss=loss, loss_kwargs=loss_kwargs, recipe=recipe,
-                       epochs=epochs, seed=seed, t_from=t_from)
+        config, _ = resolve_config(dataset, loss=loss, loss_kwargs=loss_kwargs, recipe=recipe,
+                                   epochs=epochs, seed=seed, t_from=t_from, outliers=outliers)
         request = {"dataset": dataset, "loss": loss, "loss_kwargs": loss_kwargs,
                    "recipe": recipe, "epochs": epochs, "seed": seed, "t_from": t_from}
+        if config.outliers is not None:  # absent otherwise: earlier request files still match
+            request["outliers"] = config.outliers
         if t_from is not None and Path(t_from).is_file():
             # a rewritten recommendation is another request
             request["t_from_sha256"] = hashlib.sha256(Path(t_from).read_bytes()).hexdigest()
@@ -203,7 +209,7 @@ class _TrainRequest:
         train_kwargs = dict(
             dataset=dataset, loss=loss, loss_kwargs=loss_kwargs, recipe=recipe, epochs=epochs,
             seed=seed, device=device, out=run_dir, resume=True, data_root=data_root,
-            download=download, progress=progress, t_from=t_from,
+            download=download, progress=progress, t_from=t_from, outliers=outliers,
         )
         return cls(loss, seed, run_dir, train_kwargs, request)
 
@@ -260,12 +266,16 @@ def run(
     threads: int | str | None = None,
     command: str | None = None,
     stdout=None,
+    outliers: str | None = None,
 ) -> dict:
     """Run a comparison and write its outputs; what ``logitnorm-ood bench`` does.
 
     ``device`` is ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``. ``threads`` sets torch's
     CPU threads for the run (restored afterwards): a number, ``"auto"`` (1 for the digits
-    benchmark on the CPU, else unchanged) or ``None`` (unchanged). The other parameters are the
+    benchmark on the CPU, else unchanged) or ``None`` (unchanged). ``outliers`` is the
+    auxiliary outlier source of the objectives that need one (``outlier_exposure``, ...;
+    default: the dataset's named source, :data:`~logitnorm_plugin.data.outliers.
+    DEFAULT_OUTLIERS`); the other objectives train without. The other parameters are the
     command-line options of the same names.
 
     :return: dict with ``rows``, ``aggregate``, ``table`` and ``markdown`` (the table alone and
@@ -286,7 +296,7 @@ def run(
         comparison = _Comparison(
             benchmark, models, losses, detectors, seeds, device, Path(out), data_root,
             download, force, batch_size, protocol, recipe, epochs, t, t_from, progress, plots,
-            num_workers, command,
+            num_workers, command, outliers,
         )
         return comparison.run(stdout)
     finally:
@@ -298,7 +308,7 @@ class _Comparison:
 
     def __init__(self, benchmark, models, losses, detectors, seeds, device, out, data_root,
                  download, force, batch_size, protocol, recipe, epochs, t, t_from, progress,
-                 plots, num_workers, command):
+                 plots, num_workers, command, outliers=None):
         from logitnorm_plugin.specs import parse_detectors, resolve_benchmark
 
         if batch_size < 1:
@@ -317,7 +327,7 @@ class _Comparison:
         dataset = getattr(self.bench.benchmark, "dataset", None) or self.bench.name
         self.to_train = [] if models else [
             _TrainRequest.resolve(loss, seed, dataset, out, recipe, epochs, t, t_from,
-                                  data_root, download, progress, device)
+                                  data_root, download, progress, device, outliers)
             for loss in losses for seed in seeds
         ]
 

@@ -516,6 +516,13 @@ def _short(text: str, width: int = 80) -> str:
 
 
 def _notes(kind: str, cls: type) -> str:
+    if kind == "loss":
+        from logitnorm_plugin.outliers import needs_outliers, objective_values
+
+        if not needs_outliers(cls):
+            return ""
+        ratio = objective_values(cls).ratio
+        return f"needs outliers (--outliers), {ratio:g} per ID image"
     if kind != "detector":
         return ""
     from pytorch_ood.api import GradientDetector

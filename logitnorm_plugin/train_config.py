@@ -4,8 +4,10 @@
 and the caller's overrides, checking every name and value before any data is read or any folder
 is written: unknown names, conflicting temperatures (``--loss-arg t=...`` with ``--t-from``),
 a ``recommended_t.json`` of another origin or dataset, arguments a loss or an architecture
-rejects. The trainer writes it in full to ``config.json``, so a run can be reproduced from that
-file alone, and compares it with the folder's on ``--resume``.
+rejects, an objective that needs auxiliary outliers without them or one that takes none with
+them (:mod:`logitnorm_plugin.outliers`). The trainer writes it in full to ``config.json``, so
+a run can be reproduced from that file alone, and compares it with the folder's on
+``--resume``.
 """
 
 from __future__ import annotations
@@ -19,12 +21,16 @@ from logitnorm_plugin import recipes
 from logitnorm_plugin.conventions import canonical_name, dataset_tag
 from logitnorm_plugin.errors import UserError
 
-__all__ = ["CONFIG_FORMAT", "TrainConfig", "default_run_dir", "resolve_config"]
+__all__ = ["CONFIG_FORMAT", "OUTLIER_FIELDS", "TrainConfig", "default_run_dir",
+           "resolve_config"]
 
 CONFIG_FORMAT = 1
 
 #: largest seed numpy accepts
 _MAX_SEED = 2**32 - 1
+
+#: the configuration keys of auxiliary outliers (absent from a run without outliers)
+OUTLIER_FIELDS = ("outliers", "outlier_ratio", "outlier_batch_size", "outlier_seed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +76,15 @@ class TrainConfig:
     seed: int
     amp: str | None
     eval_split: str = "test"
+    #: auxiliary outliers (objectives with ``LossInfo.supervised``): the source (a name of
+    #: :data:`~logitnorm_plugin.data.outliers.OUTLIER_SOURCES` or a folder), outliers per ID
+    #: image, outlier images per step (global) and the seed of the source and its stream;
+    #: all ``None`` for a run without outliers, and then left out of ``config.json``, so such
+    #: a run's file is what it always was (a config without them means "no outliers")
+    outliers: str | None = None
+    outlier_ratio: float | None = None
+    outlier_batch_size: int | None = None
+    outlier_seed: int | None = None
     format: int = CONFIG_FORMAT
 
     def __post_init__(self):
@@ -93,6 +108,7 @@ class TrainConfig:
             raise UserError(
                 "keep='best_val' needs train_split='train' (the val split is held out)"
             )
+        _check_outlier_fields(self)
 
     def __getitem__(self, key: str) -> Any:
         if key not in self._names():
@@ -109,6 +125,9 @@ class TrainConfig:
     def to_dict(self) -> Dict[str, Any]:
         """The configuration as plain JSON types, ``format`` first (``config.json``)."""
         values = dataclasses.asdict(self)
+        if values["outliers"] is None:
+            for key in OUTLIER_FIELDS:
+                del values[key]
         return {"format": values.pop("format"), **values}
 
 
@@ -150,6 +169,9 @@ def resolve_config(
     arch_kwargs: Dict[str, Any] | None = None,
     amp: str | None = None,
     eval_split: str = "test",
+    outliers=None,
+    outlier_ratio: float | None = None,
+    outlier_seed: int | None = None,
     **overrides,
 ) -> Tuple[TrainConfig, type]:
     """The configuration of a run and the loss class, every name and value checked.
@@ -158,9 +180,15 @@ def resolve_config(
     otherwise). The temperature follows :func:`logitnorm_plugin.recipes.resolve_t`.
 
     :param amp: autocast dtype name recorded in the config (``"bf16"``, ``"fp16"``, ``None``)
+    :param outliers: auxiliary outlier source (a name or an image folder) for an objective
+        that needs outliers; the published ratio and loss weights are filled in (see
+        :mod:`logitnorm_plugin.outliers`)
+    :param outlier_ratio: outliers per ID image (default: the objective's published ratio)
+    :param outlier_seed: seed of the outlier source and stream (default: ``seed``)
     :param overrides: other recipe fields, e.g. ``momentum=0.0``
-    :raises UnknownNameError: unknown recipe, loss, architecture or dataset (closest match)
-    :raises UserError: conflicting or invalid arguments
+    :raises UnknownNameError: unknown recipe, loss, architecture, dataset or outlier source
+    :raises UserError: conflicting or invalid arguments, an objective that needs outliers
+        without ``outliers`` or one that takes none with them
     """
     from logitnorm_plugin.data import dataset_meta
     from logitnorm_plugin.models import arch_display_name, arch_spec, resolve_class
@@ -173,6 +201,7 @@ def resolve_config(
     if unknown:
         raise UserError(f"unknown training option(s) {unknown}; recipe fields: {sorted(fields)}")
     loss_name, loss_cls = _loss_identity(loss)
+    published = _outlier_objective(loss_cls, loss_name, outliers, outlier_ratio, outlier_seed)
     meta = dataset_meta(dataset)
     arch_name = arch_display_name(arch or rec.arch)
     kwargs = dict(rec.arch_kwargs) if arch_name == rec.arch else {}
@@ -188,6 +217,8 @@ def resolve_config(
         ) from exc
 
     loss_kwargs = dict(loss_kwargs or {})
+    if published is not None:  # the published loss weights, unless given
+        loss_kwargs = {**dict(published.loss_kwargs), **loss_kwargs}
     choice = recipes.resolve_t(loss_cls, loss_name, loss_kwargs, t_from, rec,
                                dataset_tag(dataset))
     if choice.t is not None:
@@ -243,5 +274,59 @@ def resolve_config(
         seed=seed if isinstance(seed, bool) else int(seed),
         amp=amp,
         eval_split=eval_split,
+        **_outlier_values(published, outliers, outlier_ratio, outlier_seed, dataset,
+                          int(values["batch_size"]), seed),
     )
     return config, loss_cls
+
+
+# -- auxiliary outliers --------------------------------------------------------------------------
+
+
+def _outlier_objective(loss_cls, loss_name, outliers, ratio, outlier_seed):
+    """The objective's published outlier values when it needs outliers (``None`` when it
+    takes none); refuses a mismatch before anything is read."""
+    from logitnorm_plugin.outliers import needs_outliers, objective_values
+
+    if needs_outliers(loss_cls):
+        if outliers is None:
+            raise UserError(
+                f"loss '{loss_name}' is trained with auxiliary outliers (LossInfo.supervised) "
+                "and none were given: pass --outliers NAME|FOLDER (the digits: --outliers "
+                "digits_jigsaw; see `logitnorm-ood list losses`)"
+            )
+        return objective_values(loss_cls)
+    if outliers is not None or ratio is not None or outlier_seed is not None:
+        raise UserError(
+            f"loss '{loss_name}' takes no outliers (LossInfo.supervised is false); drop "
+            "--outliers, or train an objective that uses them (e.g. outlier_exposure)"
+        )
+    return None
+
+
+def _outlier_values(published, outliers, ratio, outlier_seed, dataset, batch_size, seed):
+    if published is None:
+        return {}
+    from logitnorm_plugin.data.outliers import resolve_outlier_source
+
+    ratio = published.ratio if ratio is None else ratio
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio > 0:
+        raise UserError(f"the outlier ratio must be a number > 0, got {ratio!r}")
+    return {
+        "outliers": resolve_outlier_source(outliers, dataset),
+        "outlier_ratio": float(ratio),
+        "outlier_batch_size": max(1, int(round(float(ratio) * batch_size))),
+        "outlier_seed": seed if outlier_seed is None else outlier_seed,
+    }
+
+
+def _check_outlier_fields(config: TrainConfig) -> None:
+    if config.outliers is None:
+        if any(getattr(config, k) is not None for k in OUTLIER_FIELDS):
+            raise UserError("outlier settings without an outlier source")
+        return
+    seed = config.outlier_seed
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= _MAX_SEED:
+        raise UserError(f"the outlier seed must be an integer in 0..{_MAX_SEED}, got {seed!r}")
+    if not (config.outlier_ratio or 0) > 0 or not (config.outlier_batch_size or 0) >= 1:
+        raise UserError("the outlier ratio must be > 0 and the outlier batch size >= 1")

@@ -9,7 +9,10 @@ device.
 - bf16 autocast on CUDA with the loss in fp32; ``channels_last``; ``torch.compile``
   (``mode="reduce-overhead"``, i.e. CUDA graphs, on one GPU);
 - no host synchronisation inside the step: loss and accuracy are summed on the device and read
-  once per epoch, and a non-finite loss is noticed from a device-side "first bad step" index.
+  once per epoch, and a non-finite loss is noticed from a device-side "first bad step" index;
+- objectives trained with auxiliary outliers get the step's outlier batch appended to the ID
+  batch (augmented and normalised with it, one forward pass) and the mixed-batch loss of
+  :mod:`logitnorm_plugin.outliers`; without outliers the step is what it always was.
 
 :func:`fast_path_defaults` says which of these are on for a device (off on CPU, where they do
 not pay: see ``benchmarks/train_throughput.py``); :func:`lr_factor` is the learning-rate
@@ -27,6 +30,7 @@ from torch import Tensor, nn
 
 from logitnorm_plugin import distributed
 from logitnorm_plugin.errors import UserError
+from logitnorm_plugin.outliers import mixed_batch_loss
 
 __all__ = ["TrainStep", "amp_dtype", "amp_name", "compile_mode", "epoch_statistics",
            "fast_path_defaults", "lr_factor"]
@@ -98,6 +102,7 @@ class TrainStep:
     ):
         self.model = model
         self.loss_fn = _sync_free_loss(loss_fn)
+        self.mixed_loss = mixed_batch_loss(loss_fn)  # used only for batches with outliers
         self.optimizer = optimizer
         self.normalize = normalize
         self.augment = augment
@@ -144,14 +149,18 @@ class TrainStep:
             self.compile_mode = None
             return self._forward(x)
 
-    def __call__(self, images: Tensor, labels: Tensor) -> None:
+    def __call__(self, images: Tensor, labels: Tensor, outliers: Tensor | None = None) -> None:
         """Train on one batch.
 
         :param images: ``B x C x H x W`` uint8 on the device
         :param labels: ``B`` int64 on the device, all in ``0 .. C-1``
+        :param outliers: ``M x C x H x W`` uint8 auxiliary outliers on the device (label
+            ``-1``), or ``None``; loss and accuracy are counted over the ``B`` ID images
         """
         if self._mark_step:
             torch.compiler.cudagraph_mark_step_begin()
+        if outliers is not None:
+            images = torch.cat([images, outliers])
         if self.augment is not None:
             images = self.augment(images)
         x = self.normalize(images.contiguous(memory_format=self.memory_format))
@@ -161,7 +170,11 @@ class TrainStep:
         ):
             logits = self._call_forward(x)
         logits = logits.float()
-        loss = self.loss_fn(logits, labels)
+        if outliers is None:
+            loss = self.loss_fn(logits, labels)
+        else:
+            loss = self.mixed_loss(logits, labels)
+            logits = logits[: labels.shape[0]]
         if loss.dim() != 0:
             loss = loss.mean()
         self.optimizer.zero_grad(set_to_none=True)

@@ -69,8 +69,12 @@ class _Run:
 
     def load_data(self, data_root, download: bool) -> None:
         from logitnorm_plugin.data import load_split
+        from logitnorm_plugin.data.outliers import outlier_stream
 
         c = self.config
+        # auxiliary outliers (None without): a missing set fails before the ID data is read
+        self.outliers = outlier_stream(c, self.ctx.rank, self.ctx.world_size, self.device,
+                                       data_root, download)
         # every rank reads (the files are shared); only the tensors on this device are used
         train = load_split(c["dataset"], c["train_split"], data_root, download, c["split_seed"])
         # the per-epoch evaluation set ("test" unless a tuning run keeps the test split unseen)
@@ -266,13 +270,16 @@ class _Run:
         images, labels = self.train.images, self.train.labels
         bs, steps = self.local_batch, self.steps_per_epoch
         check_every = int(rt["check_every"]) if rt["check_every"] else 0
+        if self.outliers is not None:
+            self.outliers.start_epoch(self.global_step, steps)
         bar = tqdm(
             total=steps, desc=f"epoch {self.epoch + 1}/{c['epochs']}", leave=False,
             disable=self._bar_disabled(), file=sys.stderr, unit="step",
         )
         for i in range(steps):
             idx = perm[i * bs : (i + 1) * bs]
-            self.step(images.index_select(0, idx), labels.index_select(0, idx))
+            ood = self.outliers.batch(i) if self.outliers is not None else None
+            self.step(images.index_select(0, idx), labels.index_select(0, idx), ood)
             self.global_step += 1
             bar.update(1)
             if check_every and (i + 1) % check_every == 0 and i + 1 < steps:
@@ -412,6 +419,9 @@ def train(
     check_every: int = 100,
     callback: Callable[[Dict[str, Any]], None] | None = None,
     eval_split: str = "test",
+    outliers=None,
+    outlier_ratio: float | None = None,
+    outlier_seed: int | None = None,
     **recipe_overrides,
 ) -> runs.TrainResult:
     """Train a model with any registered loss and a named recipe.
@@ -458,10 +468,18 @@ def train(
     :param eval_split: the split evaluated after every epoch (``test_accuracy``, the logit norm
         and the card's accuracies are measured on it): ``"test"``, or ``"val"`` for tuning runs
         that must not see the test split (needs ``train_split="train"``)
+    :param outliers: auxiliary outliers for an objective that needs them (``outlier_exposure``,
+        ``energy_regularized``, ...: see :mod:`logitnorm_plugin.outliers`): a name of
+        :data:`~logitnorm_plugin.data.outliers.OUTLIER_SOURCES` or an image folder; each
+        step adds ``outlier_ratio`` outliers per ID image, labelled ``-1``
+    :param outlier_ratio: outliers per ID image (default: the objective's published ratio)
+    :param outlier_seed: seed of the outlier source and of its stream (default: ``seed``)
     :param recipe_overrides: other recipe fields, e.g. ``momentum=0.0``, ``milestones=(5,)``
     :return: a :class:`TrainResult` (``os.fspath`` of it is the run folder)
-    :raises UnknownNameError: unknown dataset, architecture, loss or recipe
-    :raises MissingDataError: dataset not on disk and ``download`` is false
+    :raises UnknownNameError: unknown dataset, architecture, loss, recipe or outlier source
+    :raises UserError: an objective that needs outliers without ``outliers``, or one that
+        takes none with them (before any data is read)
+    :raises MissingDataError: dataset (or outlier set) not on disk and ``download`` is false
     :raises ConfigMismatchError: ``resume`` into a folder whose run has another configuration
     :raises TrainingDivergedError: the loss became NaN/inf (the last good checkpoint is kept)
     """
@@ -477,7 +495,8 @@ def train(
                                   channels_last)
         config, loss_cls = resolve_config(
             dataset, arch, loss, loss_kwargs, recipe, epochs, batch_size, lr, seed, t_from,
-            arch_kwargs, amp_name(fast["amp_dtype"]), eval_split, **recipe_overrides,
+            arch_kwargs, amp_name(fast["amp_dtype"]), eval_split, outliers=outliers,
+            outlier_ratio=outlier_ratio, outlier_seed=outlier_seed, **recipe_overrides,
         )
         runtime = {
             "device": str(dev),

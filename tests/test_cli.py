@@ -31,7 +31,7 @@ def test_list_losses_and_detectors(tmp_path):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith("pytorch_ood.losses")
-    assert lines[1].split() == ["NAME", "CLASS", "DISTRIBUTION", "PAPER"]
+    assert lines[1].split() == ["NAME", "CLASS", "DISTRIBUTION", "PAPER", "NOTES"]
     row = next(line for line in lines if line.startswith("logitnorm "))
     assert "logitnorm_plugin.loss.LogitNormLoss" in row
     assert "logitnorm-plugin" in row and "Logit Normalization (ICML 2022)" in row

@@ -19,7 +19,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "`logitnorm-ood train`")
     parser.add_argument("--losses", nargs="+", default=None,
                         help="training objectives to train and compare (default: "
-                        "cross_entropy logitnorm)")
+                        "cross_entropy logitnorm); those that need outliers (outlier_exposure, "
+                        "energy_regularized) get --outliers")
+    parser.add_argument("--outliers", default=None, metavar="NAME|FOLDER",
+                        help="auxiliary outliers for the objectives that need them (default: "
+                        "the dataset's named source: digits_jigsaw for the digits, "
+                        "tinyimages300k for CIFAR)")
     parser.add_argument("--detectors", nargs="+", default=None,
                         help="detectors (default: msp odin energy maxlogit logitnorm)")
     parser.add_argument("--seeds", nargs="+", default=None,
@@ -90,6 +95,7 @@ def run(args) -> int:
         num_workers=args.num_workers,
         threads=_args.threads(args.threads),
         command=_args.command_line("bench") or "logitnorm-ood bench",
+        outliers=args.outliers,
     )
     if args.update_readme:
         update_readme(args.update_readme, result["markdown"])

@@ -26,7 +26,7 @@ def run(args) -> int:
             print()
         print(f"{registry.GROUPS[kind]} ({len(rows)})")
         columns = ["name", "class", "distribution", "paper"]
-        if kind == "detector":
+        if kind in ("detector", "loss"):
             columns.append("notes")
         body = [[row[c] for c in columns] for row in rows]
         print(plain_table([c.upper() for c in columns], body) if rows else "  (none)")

@@ -27,6 +27,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="any name of the pytorch_ood.losses group (default: logitnorm)")
     parser.add_argument("--loss-arg", action="append", default=[], metavar="KEY=VALUE",
                         help="loss constructor argument, e.g. t=0.04 (repeatable)")
+    parser.add_argument("--outliers", default=None, metavar="NAME|FOLDER",
+                        help="auxiliary outliers for objectives that need them (outlier_exposure"
+                        ", energy_regularized, ...): digits_jigsaw (the digits, offline), "
+                        "tinyimages300k, tinyimagenet (under --data-root) or an image folder")
+    parser.add_argument("--outlier-ratio", type=float, default=None, metavar="R",
+                        help="outlier images per ID image in a step (default: the objective's "
+                        "published ratio, 2 for outlier_exposure and energy_regularized)")
     parser.add_argument("--recipe", default=None,
                         help="paper, openood or digits (default: digits for the digits, "
                         "paper otherwise)")
@@ -60,6 +67,8 @@ def run(args) -> int:
         arch_kwargs=_args.key_values(args.arch_arg, "--arch-arg") or None,
         loss=args.loss,
         loss_kwargs=_args.key_values(args.loss_arg),
+        outliers=args.outliers,
+        outlier_ratio=args.outlier_ratio,
         recipe=args.recipe,
         epochs=args.epochs,
         batch_size=args.batch_size,
