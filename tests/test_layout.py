@@ -16,8 +16,9 @@ PACKAGE = Path(logitnorm_plugin.__file__).resolve().parent
 FLOORS = {
     "conventions": 0, "errors": 0, "tables": 0,
     "loss": 1, "detector": 1, "metrics": 1, "atomic": 1, "provenance": 1, "device": 1,
-    "augment": 1, "distributed": 1, "rng": 1, "train_step": 1,
-    "registry": 2, "store": 2, "runs": 2, "models": 2, "data": 2, "benchmarks": 2,
+    "augment": 1, "distributed": 1, "rng": 1, "train_step": 1, "locks": 1, "digests": 1,
+    "store_db": 1, "aggregation": 1,
+    "registry": 2, "checkpoints": 2, "store": 2, "runs": 2, "models": 2, "data": 2, "benchmarks": 2,
     "recipes": 2, "published": 2, "plots": 2, "train_config": 2, "t_selection": 2, "specs": 2,
     "training": 3, "evaluation": 3,
     "tuning": 4, "bench": 4, "export": 4, "report": 4, "report_figures": 4,
