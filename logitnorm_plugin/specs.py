@@ -33,8 +33,9 @@ from logitnorm_plugin.conventions import (
     ID_DATASET,
     REGISTRY_LOSS_NAMES,
     canonical_name,
+    detector_label,
 )
-from logitnorm_plugin.errors import MissingDataError, UnknownNameError, closest_match
+from logitnorm_plugin.errors import MissingDataError, UnknownNameError, UsageError, closest_match
 
 __all__ = [
     "DEFAULT_DETECTORS",
@@ -238,7 +239,7 @@ def resolve_model(spec, label: str | None = None, download: bool = False) -> Mod
 def resolve_models(models, download: bool = False) -> List[ModelSpec]:
     """Specs of a dict label -> spec, a list of specs, or one spec (see :func:`resolve_model`).
 
-    :raises ValueError: if two models get the same label
+    :raises UsageError: if two models get the same label (also a ``ValueError``)
     """
     if isinstance(models, Mapping):
         specs = [resolve_model(spec, str(name), download) for name, spec in models.items()]
@@ -249,7 +250,16 @@ def resolve_models(models, download: bool = False) -> List[ModelSpec]:
     labels = [s.label for s in specs]
     duplicates = sorted({x for x in labels if labels.count(x) > 1})
     if duplicates:
-        raise ValueError(f"model labels must be unique, got {duplicates} more than once")
+        label = duplicates[0]
+        sources = [s.extra.get("path") or s.identity or s.label for s in specs
+                   if s.label == label]
+        raise UsageError(
+            f"--models: {len(sources)} models have the label {label!r} ("
+            + ", ".join(map(str, sources)) + "): their cards name the same architecture, "
+            "dataset, loss and seed, so no table could tell them apart; evaluate them in "
+            "separate runs (another --out), or label them yourself (in Python: a dict label "
+            "-> model)"
+        )
     return specs
 
 
@@ -417,19 +427,34 @@ def evaluation_config(
 
 @dataclass
 class DetectorSpec:
-    """A detector to evaluate: its registry name (the rows' ``Detector`` field), class, the
-    caller's constructor arguments and, for a detector given as an instance, the instance.
+    """A detector to evaluate: its registry name, class, the caller's constructor arguments,
+    the distribution whose entry point supplied it and, for a detector given as an instance,
+    the instance.
 
     :meth:`model_kwargs` adds what the engine knows from the model: ``norm_std`` (ODIN and any
     detector taking it) from the model's preprocessing, and the model's training temperature for
     a detector class that names its parameter in ``training_t_parameter`` (the plugin's
     ``logitnorm`` detector declares ``"t"``). The caller's arguments always win.
+
+    Identity: :meth:`key` (the result store's ``detector_id``) is the full configuration:
+    name, class with its module, distribution and every constructor argument, including those
+    filled in from the model; :meth:`group` is the configuration without the model's part (what
+    tables aggregate over seeds), and :attr:`label` its table label (``logitnorm``,
+    ``logitnorm(t=1)``, ``fakeplug:logitnorm``).
+
+    :param name: canonical registry name (the ``Detector`` field of :func:`evaluate`'s rows)
+    :param display: the name as the caller qualified it (``"fakeplug:logitnorm"``), if so
     """
 
     name: str
     cls: type
     kwargs: Dict[str, Any]
     instance: Detector | None = None
+    distribution: str | None = None
+    display: str | None = None
+    #: the ``Detector`` field of the rows: the name, or the label when one call evaluates two
+    #: configurations of one name
+    row_name: str | None = None
 
     def model_kwargs(self, spec: ModelSpec, std) -> Dict[str, Any]:
         """Constructor arguments filled in from the model (none for an instance)."""
@@ -444,32 +469,64 @@ class DetectorSpec:
             extra[t_parameter] = float(spec.t)
         return extra
 
-    def key(self, extra: Mapping[str, Any]) -> str:
-        """Identity in the store: name, plus the arguments that change its scores."""
-        args = {**self.kwargs, **extra}
+    def _own_args(self) -> Dict[str, Any]:
+        args = dict(self.kwargs)
         if self.instance is not None and self.instance.hyperparameter_space:
             try:
                 args.update(self.instance.get_hyperparameters())
             except AttributeError:
                 pass
-        args = {k: _jsonable(v) for k, v in sorted(args.items()) if k != "norm_std"}
-        return self.name if not args else f"{self.name}{json.dumps(args, sort_keys=True)}"
+        return {k: _jsonable(v) for k, v in sorted(args.items())}
+
+    @property
+    def label(self) -> str:
+        """The table label: name (as qualified by the caller) and the caller's arguments."""
+        return detector_label(self.display or self.name, self._own_args())
+
+    def _class_path(self) -> str:
+        return f"{self.cls.__module__}.{self.cls.__qualname__}"
+
+    def key(self, extra: Mapping[str, Any]) -> str:
+        """Identity in the store: canonical JSON of name, class, distribution and every
+        argument (the caller's, the instance's hyperparameters, those ``extra`` fills in)."""
+        args = {**self._own_args(), **{k: _jsonable(v) for k, v in extra.items()}}
+        return json.dumps({"name": self.name, "class": self._class_path(),
+                           "distribution": self.distribution,
+                           "kwargs": dict(sorted(args.items()))},
+                          sort_keys=True, separators=(",", ":"))
+
+    def group(self) -> str:
+        """What tables aggregate over models: :meth:`key` without the arguments taken from
+        the model, plus the :attr:`label` (canonical JSON)."""
+        return json.dumps({"label": self.label, "name": self.name, "class": self._class_path(),
+                           "distribution": self.distribution, "kwargs": self._own_args()},
+                          sort_keys=True, separators=(",", ":"))
 
 
-def _registered_name(cls: type) -> str:
-    from logitnorm_plugin.registry import name_of
+def _registered(cls: type) -> Tuple[str, str | None]:
+    """``(registered name, supplying distribution or None)`` of a detector class."""
+    from logitnorm_plugin.registry import RegistryLoadError, entries, name_of
 
-    return name_of("detector", cls)
+    name = name_of("detector", cls)
+    for entry in entries("detector"):
+        if entry.name == name:
+            try:
+                if entry.load() is cls:
+                    return name, entry.distribution
+            except RegistryLoadError:
+                continue
+    return name, None
 
 
 def parse_detectors(detectors) -> List[DetectorSpec]:
-    """Detector specs of registry names, classes, instances, ``(name, kwargs)`` pairs, or a
-    dict name -> kwargs.
+    """Detector specs of registry names (``"msp"``, ``"fakeplug:logitnorm"``), classes,
+    instances, ``(name, kwargs)`` pairs, or a dict name -> kwargs. One name may be given with
+    several argument sets; each configuration (label) only once.
 
     :raises UnknownNameError: for an unknown name (lists the names and the closest match)
-    :raises ValueError: for no detector, or a name given twice
+    :raises UsageError: for no detector, or a configuration given twice
     """
-    from logitnorm_plugin.registry import get_detector_class
+    from logitnorm_plugin.registry import get_entry
 
     if isinstance(detectors, (str, Detector, type)):
         detectors = [detectors]
@@ -484,22 +541,25 @@ def parse_detectors(detectors) -> List[DetectorSpec]:
                 items.append((d, {}))
     specs = []
     for what, kwargs in items:
-        if isinstance(what, Detector):
-            cls = type(what)
-            specs.append(DetectorSpec(_registered_name(cls), cls, kwargs, what))
-        elif isinstance(what, type):
-            specs.append(DetectorSpec(_registered_name(what), what, kwargs))
+        if isinstance(what, (Detector, type)):
+            cls = what if isinstance(what, type) else type(what)
+            name, distribution = _registered(cls)
+            specs.append(DetectorSpec(name, cls, kwargs, None if cls is what else what,
+                                      distribution=distribution))
         else:
-            cls = get_detector_class(what)
-            specs.append(DetectorSpec(canonical_name(what.rpartition(":")[2]), cls, kwargs))
-    names = [d.name for d in specs]
-    if len(set(names)) != len(names):
-        raise ValueError(f"each detector may be named once, got {names}")
+            entry = get_entry("detector", what)
+            display = f"{entry.distribution}:{entry.name}" if ":" in str(what) else None
+            specs.append(DetectorSpec(entry.name, entry.load(), kwargs,
+                                      distribution=entry.distribution, display=display))
+    labels = [d.label for d in specs]
+    if len(set(labels)) != len(labels):
+        raise UsageError(f"each detector configuration may be named once, got {labels}")
     if not specs:
-        raise ValueError("at least one detector is needed")
+        raise UsageError("at least one detector is needed")
+    names = [d.name for d in specs]
+    for d in specs:
+        d.row_name = d.label if names.count(d.name) > 1 else d.name
     return specs
-
-
 def _accepts(cls: type, parameter: str) -> bool:
     try:
         return parameter in inspect.signature(cls.__init__).parameters
