@@ -11,7 +11,7 @@ from typing import Any
 from logitnorm_plugin.conventions import AGGREGATE_METRICS, config_hash
 from logitnorm_plugin.tables import mean_std
 
-__all__ = ["aggregate", "group_label"]
+__all__ = ["aggregate", "distinct_labels", "group_label"]
 
 
 def aggregate(
@@ -43,12 +43,12 @@ def aggregate(
     table: dict[tuple, dict[str, list[Mapping[str, Any]]]] = {}
     labels: dict[Any, str] = {}
     for row in rows:
-        key = tuple(_group_of(row) if f == "Detector" else row.get(f) for f in by)
+        key = tuple(detector_group_of(row) if f == "Detector" else row.get(f) for f in by)
         if "Detector" in by:
-            labels.setdefault(_group_of(row), row.get("Detector"))
+            labels.setdefault(detector_group_of(row), row.get("Detector"))
         model = row.get("model_id") or row.get("Model")
         table.setdefault(key, {}).setdefault(model, []).append(row)
-    labels = _distinct_labels(labels)
+    labels = distinct_labels(labels)
     out = []
     for key, models in table.items():
         per_model: dict[str, list[float]] = {}
@@ -87,13 +87,13 @@ def group_label(group: str) -> str | None:
         return None
 
 
-def _group_of(row: Mapping[str, Any]):
+def detector_group_of(row: Mapping[str, Any]):
     """What a row's detector is aggregated by: its stored group, else its label."""
     group = row.get("detector_group")
     return ("group", group) if group else ("label", row.get("Detector"))
 
 
-def _distinct_labels(labels: dict) -> dict:
+def distinct_labels(labels: dict) -> dict:
     """Group -> label, where two groups sharing a label (two classes or distributions under
     one name) get it with their distribution (or class, or a short hash) appended."""
     shared: dict[str, list] = {}

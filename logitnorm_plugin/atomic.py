@@ -46,7 +46,8 @@ def _storage_error(exc: BaseException, path: Path) -> BaseException:
              "with --resume from its last complete checkpoint); the previous version of the "
              "file is kept")
     if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
-        return StorageError(f"no space left to write {str(path)!r} ({exc.strerror}): {again}")
+        why = "the disk is full" if exc.errno == errno.ENOSPC else exc.strerror
+        return StorageError(f"no space left to write {str(path)!r}: {why}; {again}")
     if isinstance(exc, PermissionError):
         return StorageError(
             f"cannot write {str(path)!r}: permission denied; choose a folder you can write to"

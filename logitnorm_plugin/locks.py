@@ -205,7 +205,14 @@ def hold(
     fd = -1
     try:
         while True:
-            fd = _open(path, what, folder)
+            # the previous holder removes a folder it created and left empty: make it again
+            created = make_folder(folder, what) or created
+            try:
+                fd = _open(path, what, folder)
+            except StorageError:
+                if not folder.is_dir():
+                    continue  # removed between the two calls
+                raise
             got = _try_lock(fd, block=False)
             if not got:
                 holder = _holder_text(path)

@@ -44,7 +44,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from logitnorm_plugin.aggregation import aggregate, group_label
+from logitnorm_plugin.aggregation import (
+    aggregate,
+    detector_group_of,
+    distinct_labels,
+    group_label,
+)
 from logitnorm_plugin.conventions import AGGREGATE_METRICS
 from logitnorm_plugin.errors import IncompatibleResultsError
 from logitnorm_plugin.locks import make_folder
@@ -333,13 +338,18 @@ class ResultStore:
             f"{where} ORDER BY rowid",
             args,
         )
-        out = []
+        out, groups = [], []
         for model_id, cfg, det_id, group, run_id, text in cursor:
             row = self._row(text)
             if with_ids:
                 row.update(model_id=model_id, config_id=cfg, detector_id=det_id,
                            detector_group=group, run_id=run_id)
             out.append(row)
+            groups.append(detector_group_of({"detector_group": group, **row}))
+        # two detector groups under one label (e.g. two classes named alike) get distinct ones
+        labels = distinct_labels({g: row.get("Detector") for g, row in zip(groups, out)})
+        for group, row in zip(groups, out):
+            row["Detector"] = labels[group]
         return out
 
     def count(self, config_id: str | None = None) -> int:
