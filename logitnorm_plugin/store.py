@@ -151,9 +151,10 @@ class ResultStore:
                 self._db.close()
                 raise IncompatibleResultsError(
                     f"{self.path} is a result store of schema version {version}; this version "
-                    f"reads {SCHEMA_VERSION}. Run `logitnorm-ood bench --force` on the same "
-                    f"--out to start a new store (the old file is kept as "
-                    f"{self.path.name}.schema-{version}.bak), or use another --out folder"
+                    f"reads {SCHEMA_VERSION}. Run the same command with --force "
+                    f"(`logitnorm-ood bench --force`, `tune-t --force`) to start a new store "
+                    f"(the old file is kept as {self.path.name}.schema-{version}.bak), or use "
+                    "another --out folder"
                 )
             self._move_aside(f"schema-{version}")
         try:
@@ -512,8 +513,9 @@ def _check_schema(path: Path) -> None:
             raise IncompatibleResultsError(
                 f"{str(path)!r} is a result store of schema version {found[0]}, written by "
                 f"another version of logitnorm-plugin; this version reads schema "
-                f"{SCHEMA_VERSION}. Re-run `logitnorm-ood bench` with this version, or export "
-                "with the version that wrote it"
+                f"{SCHEMA_VERSION}. Re-run the `logitnorm-ood bench` command with --force and "
+                "this version (the old file is kept beside it), or read it with the version "
+                "that wrote it"
             )
     finally:
         db.close()

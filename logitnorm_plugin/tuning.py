@@ -362,7 +362,7 @@ class _Tuning:
         self.points: Dict[Tuple[float, int], Dict[str, Any]] = {}
         self.trained = reused = 0
         self.progress, self.callback = progress, callback
-        with ResultStore(self.out / STORE_FILE) as self.store:
+        with ResultStore(self.out / STORE_FILE, replace_incompatible=self.force) as self.store:
             if self.force:
                 for (t, seed) in self.configs:
                     self.store.delete(model_id=self.point_id(t, seed))
