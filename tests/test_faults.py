@@ -334,7 +334,7 @@ KILLER = textwrap.dedent('''
 ''')
 
 
-# -- 4. concurrent commands wait or fail, never report another run's numbers ---------------------
+# -- 4. concurrent commands wait or fail, never report another run's numbers (at the end) -------
 
 
 def _wait_until_locked(folder, proc, timeout=120):
@@ -343,19 +343,6 @@ def _wait_until_locked(folder, proc, timeout=120):
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "the first process never took the lock"
         time.sleep(0.02)
-
-
-def test_two_trainings_of_one_run_folder(tmp_path, capsys):
-    run = tmp_path / "run"
-    first = script(*TRAIN, "--epochs", "6", "--out", run)
-    _wait_until_locked(run, first)
-    code, err, _ = cli(capsys, *TRAIN, "--epochs", "6", "--seed", "1", "--out", run)
-    one_line_error(code, err, "train", "in use by another process", f"pid {first.pid}")
-    _, first_err = first.communicate(timeout=300)
-    assert first.returncode == 0, first_err
-    card = json.loads((run / "model.json").read_text())
-    assert card["config"]["seed"] == 0 and card["config"]["epochs"] == 6
-    assert not (run / ".lock").exists()
 
 
 # -- 5. a table never averages two detector configurations --------------------------------------
@@ -635,3 +622,17 @@ def test_two_benches_on_one_out_folder(early, capsys):
     assert card["config"]["epochs"] == 4
     table = (out / "table.md").read_text()
     assert first_out.split("\n\n")[1].strip() in table  # the first run's own table, untouched
+
+
+def test_two_trainings_of_one_run_folder(tmp_path, capsys):
+    """4. A second training of a run folder fails at once, naming the first one's pid."""
+    run = tmp_path / "run"
+    first = script(*TRAIN, "--epochs", "6", "--out", run)
+    _wait_until_locked(run, first)
+    code, err, _ = cli(capsys, *TRAIN, "--epochs", "6", "--seed", "1", "--out", run)
+    one_line_error(code, err, "train", "in use by another process", f"pid {first.pid}")
+    _, first_err = first.communicate(timeout=300)
+    assert first.returncode == 0, first_err
+    card = json.loads((run / "model.json").read_text())
+    assert card["config"]["seed"] == 0 and card["config"]["epochs"] == 6
+    assert not (run / ".lock").exists()
