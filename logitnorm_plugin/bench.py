@@ -18,6 +18,13 @@ in the last loss, or ``--t`` together with ``--t-from``, fails at once). Outputs
 - ``hist_<detector>.png``: ID vs OOD score histograms, cross-entropy beside LogitNorm (first
   seed);
 - ``runs/``: the trained models (trainer run folders).
+
+The output folder is locked while a run uses it (:mod:`logitnorm_plugin.locks`): a second
+``bench`` on the same ``--out`` waits (saying so on stderr; ``lock_timeout`` / ``--lock-timeout``
+bounds the wait) and then runs against what the first one left: the same request reuses its
+models and cells, another training configuration of a run folder is refused. Its table holds
+exactly the detector configurations it asked for (each cell is keyed by the detector's full
+configuration; see :mod:`logitnorm_plugin.store`).
 """
 
 from __future__ import annotations
@@ -32,8 +39,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from logitnorm_plugin.atomic import write_json, write_text
-from logitnorm_plugin.conventions import ROW_KEYS, config_hash
+from logitnorm_plugin import locks
+from logitnorm_plugin.atomic import remove_stale_temporaries, write_json, write_text
+from logitnorm_plugin.conventions import ROW_KEYS, config_hash, safe_file_part
 from logitnorm_plugin.errors import UserError
 from logitnorm_plugin.published import load_published, match_published
 from logitnorm_plugin.tables import markdown_table, pct
@@ -208,7 +216,7 @@ class _TrainRequest:
         run_dir = out / "runs" / f"{dataset}-{loss}-s{seed}"
         train_kwargs = dict(
             dataset=dataset, loss=loss, loss_kwargs=loss_kwargs, recipe=recipe, epochs=epochs,
-            seed=seed, device=device, out=run_dir, resume=True, data_root=data_root,
+            seed=seed, device=device, out=run_dir, resume="auto", data_root=data_root,
             download=download, progress=progress, t_from=t_from, outliers=outliers,
         )
         return cls(loss, seed, run_dir, train_kwargs, request)
@@ -219,7 +227,8 @@ class _TrainRequest:
 
         A run folder that already holds a finished model trained for the same request is
         reused as it is (nothing is rewritten); an unfinished one is resumed; one trained with
-        other settings is an error (:class:`~logitnorm_plugin.errors.ConfigMismatchError`)."""
+        other settings is an error (:class:`~logitnorm_plugin.errors.ConfigMismatchError`):
+        the trainer's ``resume="auto"`` compares every configuration recorded there."""
         from logitnorm_plugin.runs import CARD_FILE
         from logitnorm_plugin.specs import resolve_model
         from logitnorm_plugin.training import train
@@ -267,6 +276,7 @@ def run(
     command: str | None = None,
     stdout=None,
     outliers: str | None = None,
+    lock_timeout: float | None = None,
 ) -> dict:
     """Run a comparison and write its outputs; what ``logitnorm-ood bench`` does.
 
@@ -275,8 +285,9 @@ def run(
     benchmark on the CPU, else unchanged) or ``None`` (unchanged). ``outliers`` is the
     auxiliary outlier source of the objectives that need one (``outlier_exposure``, ...;
     default: the dataset's named source, :data:`~logitnorm_plugin.data.outliers.
-    DEFAULT_OUTLIERS`); the other objectives train without. The other parameters are the
-    command-line options of the same names.
+    DEFAULT_OUTLIERS`); the other objectives train without. ``lock_timeout``: seconds to wait
+    for another run that holds ``out`` (``None``: as long as it takes; 0: fail at once). The
+    other parameters are the command-line options of the same names.
 
     :return: dict with ``rows``, ``aggregate``, ``table`` and ``markdown`` (the table alone and
         the whole ``table.md``), ``config_id``, ``out``, ``seconds`` and ``plots``
@@ -298,7 +309,11 @@ def run(
             download, force, batch_size, protocol, recipe, epochs, t, t_from, progress, plots,
             num_workers, command, outliers,
         )
-        return comparison.run(stdout)
+        with locks.hold(out, timeout=lock_timeout, what="results folder",
+                        advice="wait for it to finish (or raise --lock-timeout), or choose "
+                        "another --out folder"):
+            remove_stale_temporaries(out)
+            return comparison.run(stdout)
     finally:
         torch.set_num_threads(previous)
 
@@ -338,7 +353,6 @@ class _Comparison:
         from logitnorm_plugin.specs import evaluation_config, resolve_model
 
         stdout = stdout or sys.stdout
-        self.out.mkdir(parents=True, exist_ok=True)
         if self.models:
             specs = [resolve_model(m, download=self.download) for m in self.models]
         else:
@@ -348,7 +362,7 @@ class _Comparison:
             config={
                 "command": self.command, "benchmark": self.bench.name,
                 "protocol": self.protocol, "models": [s.label for s in specs],
-                "detectors": list(self.detectors), "batch_size": self.batch_size,
+                "detectors": [r.label for r in self.requests], "batch_size": self.batch_size,
                 "torch_threads": _torch_threads(),
             },
         )
@@ -367,7 +381,7 @@ class _Comparison:
             first_seed.setdefault(s.loss, s.label)
         self.first_seed = first_seed
         model_ids = [s.model_id() for s in specs]
-        with ResultStore(self.out / STORE_FILE) as store:
+        with ResultStore(self.out / STORE_FILE, replace_incompatible=self.force) as store:
             cells_before = 0 if self.force else sum(len(store.cells(m, cfg)) for m in model_ids)
             rows = evaluate(
                 specs, self.bench, detectors=self.detectors, device=self.device,
@@ -379,16 +393,22 @@ class _Comparison:
             )
             self.by = (("Arch", "Loss", "Detector") if len({s.arch for s in specs}) > 1
                        else ("Loss", "Detector"))
-            names = [r.name for r in self.requests]
+            # exactly the configurations asked for now: never older cells under the same name
+            ids = {r.key(r.model_kwargs(s, s.std if s.std is not None else self.bench.std))
+                   for s in specs for r in self.requests}
+            labels = [r.label for r in self.requests]
             summary = _ordered(
-                store.aggregate(cfg, model_ids=model_ids, by=self.by, detectors=names),
-                specs, names, self.by,
+                store.aggregate(cfg, model_ids=model_ids, by=self.by, detector_ids=ids),
+                specs, labels, self.by,
             )
             per_dataset = _ordered(
                 store.aggregate(cfg, model_ids=model_ids, by=self.by, per_dataset=True,
-                                detectors=names),
-                specs, names, self.by, self.bench.ood_names,
+                                detector_ids=ids),
+                specs, labels, self.by, self.bench.ood_names,
             )
+            label_of = {r.row_name: r.label for r in self.requests}
+            for row in rows:
+                row["Detector"] = label_of.get(row["Detector"], row["Detector"])
             hist = _histograms(store, specs, self.requests, self.bench, cfg, self.out,
                                first_seed) if self.plots else []
         return rows, summary, per_dataset, cells_before, hist
@@ -414,8 +434,9 @@ class _Comparison:
         seconds = time.perf_counter() - self.start
         title = (
             f"Benchmark `{bench.name}` (protocol {self.protocol}), {len(specs)} models, "
-            f"detectors {', '.join(self.detectors)}; values in %, mean ± std over seeds of the "
-            f"mean over {len(bench.ood_names)} OOD sets ({', '.join(bench.ood_names)}). "
+            f"detectors {', '.join(r.label for r in self.requests)}; values in %, mean ± std "
+            f"over seeds of the mean over {len(bench.ood_names)} OOD sets "
+            f"({', '.join(bench.ood_names)}). "
             "FPR95TPR: pytorch-ood's (OOD positive, ID flagged at 95% OOD detected); "
             "FPR95-ID95: the LogitNorm paper's (OOD accepted at 95% ID kept). ACC: ID test "
             "accuracy."
@@ -508,7 +529,7 @@ def _histograms(store, specs, requests, bench, cfg, out: Path, first_seed) -> li
             if ID_DATASET in sets and len(sets) > 1:
                 panels[spec.label] = sets
         if panels:
-            path = out / f"hist_{request.name}.png"
-            score_histograms(panels, path, title=f"{bench.name}: {request.name} outlier scores")
+            path = out / f"hist_{safe_file_part(request.label)}.png"
+            score_histograms(panels, path, title=f"{bench.name}: {request.label} outlier scores")
             paths.append(path)
     return paths

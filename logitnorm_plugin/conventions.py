@@ -26,6 +26,8 @@ __all__ = [
     "canonical_name",
     "config_hash",
     "dataset_tag",
+    "detector_label",
+    "safe_file_part",
 ]
 
 #: LogitNorm's temperature when none is given: the first author's CIFAR-10 value (OpenOOD's
@@ -102,3 +104,31 @@ def config_hash(config: Any, length: int = 16) -> str:
     ``repr``). The one hash behind configuration ids, store keys and run-folder suffixes."""
     text = json.dumps(config, sort_keys=True, default=repr)
     return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def _short_value(value: Any) -> str:
+    if isinstance(value, float):
+        text = repr(value)
+        return text[:-2] if text.endswith(".0") else text
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, sort_keys=True, default=repr, separators=(",", ":"))
+
+
+def detector_label(name: str, kwargs: Any = None) -> str:
+    """The table label of a detector configuration: its name, plus the arguments it was asked
+    for (``logitnorm``, ``logitnorm(t=1)``, ``fakeplug:logitnorm``). Arguments filled in from
+    the model (the training ``t``, ODIN's ``norm_std``) are not part of it: they belong to the
+    model, and the result store keys them separately."""
+    if not kwargs:
+        return str(name)
+    inner = ", ".join(f"{k}={_short_value(v)}" for k, v in sorted(dict(kwargs).items()))
+    return f"{name}({inner})"
+
+
+def safe_file_part(text: Any, limit: int = 80) -> str:
+    """``text`` reduced to letters, digits, ``-``, ``_`` and ``.`` (others become ``_``; no
+    leading dot), for file names built from names or file contents: never a path."""
+    out = "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "_" for c in str(text))
+    out = out.lstrip(".") or "_"
+    return out[:limit]

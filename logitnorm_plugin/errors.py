@@ -52,7 +52,32 @@ class ModelIntegrityError(UserError, ValueError):
 
 
 class IncompatibleResultsError(UserError, ValueError):
-    """A results folder is missing, empty, or written by an incompatible version."""
+    """A results folder is missing, empty, damaged, or written by an incompatible version."""
+
+
+class UntrustedFileError(UserError, ValueError):
+    """A file asks for something this package never does for a file: build a class outside
+    the closed table of architectures, unpickle Python objects, or write outside a folder."""
+
+
+class FolderBusyError(UserError, RuntimeError):
+    """Another process holds the lock of a folder this command writes to."""
+
+
+class StorageError(UserError, OSError):
+    """A file or folder cannot be written: permission denied, a file where a folder belongs,
+    or no space left on the device."""
+
+
+class UsageError(UserError, ValueError):
+    """Arguments that cannot work together as given (e.g. two models with one label)."""
+
+
+def one_line(text, limit: int = 400) -> str:
+    """``text`` on one line (whitespace runs collapsed), cut at ``limit`` characters: for
+    messages that quote another library's multi-line error."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
 def closest_match(name: str, candidates) -> "str | None":

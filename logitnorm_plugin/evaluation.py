@@ -426,7 +426,7 @@ class _Evaluation:
             for dataset in self.bench.ood_names:
                 row = dict(results[(key, dataset)])
                 # labels and metadata as given now (a stored cell may carry an older label)
-                row.update(self.row_labels(spec, detector.name, dataset))
+                row.update(self.row_labels(spec, detector.row_name or detector.name, dataset))
                 rows.append(row)
         return rows
 
@@ -447,7 +447,8 @@ class _ModelWork:
         model = spec.get_model()
         id_set, ood_sets = job.bench.sets(spec.mean, spec.std)
         needed = {k for k, _ in self.todo}
-        self.name_of = {k: d.name for k, d in zip(self.keys, job.detectors)}
+        self.name_of = {k: d.row_name or d.name for k, d in zip(self.keys, job.detectors)}
+        self.group_of = {k: d.group() for k, d in zip(self.keys, job.detectors)}
         self.keep = (job.keep_scores(spec) if callable(job.keep_scores)
                      else bool(job.keep_scores))
         with _EvaluationModel(model, job.device) as net, _Borrowed(job.detectors, model, net):
@@ -526,7 +527,7 @@ class _ModelWork:
         row.update(id_metrics)
         if job.store is not None:
             job.store.put(row, model_id=self.model_id, config_id=job.config_id,
-                          detector_id=key, run_id=job.run_id)
+                          detector_id=key, run_id=job.run_id, detector_group=self.group_of[key])
         return row
 
     def _keep_scores(self, dataset: str, scores: Dict[str, Tensor]) -> None:

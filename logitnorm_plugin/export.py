@@ -24,13 +24,24 @@ read every format back and compare it with the store.
 ``pytorch_ood/model/registry.py`` built from a trainer run folder's model card; the snippet is
 checked by building the real :class:`pytorch_ood.model.registry.ModelEntry` from it before it is
 printed. The download URL is an explicit placeholder (``https://FILL-IN/...``).
+
+Nothing read from a card is trusted further than it is checked: the card's own
+``card_sha256`` and the weights' SHA-256 must match, its ``arch_class`` must be in the closed
+table of :func:`logitnorm_plugin.models.resolve_class`, and every part of the registry key
+(the card's ``arch``/``dataset``/``loss``/``seed``, or ``--key``) must be a plain name
+(letters, digits, ``.``, ``_``, ``+``, ``-``; never ``..``), so the upload path
+``<weights-out>/<key>/model-<hash>.pt`` stays inside ``--weights-out``.
+:func:`build_model_entry` reads a snippet with :mod:`ast`, never ``eval``: only the calls
+``ModelEntry(...)`` and ``ImagePreprocessing(...)`` with literal keyword arguments.
 """
 
 from __future__ import annotations
 
+import ast
 import csv
 import io
 import json
+import re
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -38,7 +49,7 @@ from typing import Any
 
 from logitnorm_plugin import runs
 from logitnorm_plugin.conventions import REGISTRY_LOSS_NAMES
-from logitnorm_plugin.errors import ModelIntegrityError, UserError
+from logitnorm_plugin.errors import ModelIntegrityError, UntrustedFileError, UserError
 from logitnorm_plugin.provenance import provenance_text
 from logitnorm_plugin.store import open_results
 from logitnorm_plugin.tables import finite_json, is_missing, markdown_table, rst_grid_table
@@ -339,12 +350,41 @@ def _upstream_loss(loss: str) -> str:
     return inverse.get(loss, loss)
 
 
+_KEY_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,79}$")
+
+
+def check_key(key: str, what: str = "--key") -> str:
+    """``key`` if each ``/``-separated part is a plain name (letters, digits, ``.``, ``_``,
+    ``+``, ``-``, not starting with a dot; never ``..``), the form of pytorch-ood's keys.
+
+    :raises UntrustedFileError: for anything that could leave the upload folder
+    """
+    parts = str(key).split("/")
+    bad = [p for p in parts if not _KEY_PART.match(p) or ".." in p]
+    if bad:
+        raise UntrustedFileError(
+            f"{what}: {str(bad[0])[:80]!r} in the registry key {str(key)[:120]!r} is not a plain "
+            "name (letters, digits, '.', '_', '+', '-'; no '..'); the weights are copied to "
+            "<weights-out>/<key>/, so a key must not leave that folder"
+        )
+    return str(key)
+
+
 def upstream_key(card: Mapping[str, Any]) -> str:
-    """The registry key ``arch/dataset/loss/seed`` with pytorch-ood's method names."""
+    """The registry key ``arch/dataset/loss/seed`` with pytorch-ood's method names.
+
+    :raises UntrustedFileError: a part of it is not a plain name (e.g. ``../../x``)
+    """
     parts = [card["arch"], card["dataset"], _upstream_loss(card["loss"])]
     if card.get("seed"):
         parts.append(card["seed"])
-    return "/".join(parts)
+    for part in parts:
+        if not isinstance(part, str) or "/" in part:
+            raise UntrustedFileError(
+                f"the model card's arch/dataset/loss/seed {str(part)[:80]!r} is not a plain name; "
+                "refusing to build a registry key and a path from it"
+            )
+    return check_key("/".join(parts), "the model card's arch/dataset/loss/seed")
 
 
 def _upload_name(sha256: str) -> str:
@@ -408,26 +448,21 @@ def model_entry_snippet(run_dir, key: str | None = None, url: str | None = None)
     :return: the snippet (a Python expression, with comments)
     :raises ModelIntegrityError: if ``model.pt`` does not match the card's hash
     """
+    from logitnorm_plugin.models import resolve_class
+
     path = Path(run_dir)
-    card = runs.read_card(path)
     card_dir = path if path.is_dir() else path.parent
-    weights = card_dir / card.get("file", runs.MODEL_FILE)
-    if not weights.is_file():
-        raise UserError(f"the model card in {str(card_dir)!r} names {str(weights)!r}, missing")
-    digest = runs.sha256_file(weights)
-    if digest != card["sha256"]:
-        raise ModelIntegrityError(
-            f"{str(weights)!r} has SHA-256 {digest}, but its model card records "
-            f"{card['sha256']}; refusing to export it"
-        )
-    key = key or upstream_key(card)
+    weights, card = runs.verified_weights(path)  # the card's digest, then the weights'
+    digest = card["sha256"]
+    resolve_class(card["arch_class"], str(card_dir / runs.CARD_FILE))  # the closed table
+    key = check_key(key) if key else upstream_key(card)
     placeholder = url is None
     url = url or f"{URL_PLACEHOLDER}/{key}/{_upload_name(digest)}"
     pre = card.get("preprocessing")
     metrics = {k: float(card["metrics"][k]) for k in ("final_accuracy", "best_accuracy")
                if k in (card.get("metrics") or {})}
     lines = [
-        f"# {key}: exported by logitnorm-plugin from {card_dir.name}/model.json",
+        f"# {key}: exported by logitnorm-plugin from {_printable(card_dir.name)}/model.json",
     ]
     if placeholder:
         lines.append(
@@ -465,17 +500,54 @@ def model_entry_snippet(run_dir, key: str | None = None, url: str | None = None)
     return "\n".join(lines) + "\n"
 
 
-def build_model_entry(snippet: str):
-    """Evaluate a snippet of :func:`model_entry_snippet` into pytorch-ood's real ``ModelEntry``
-    (in a namespace holding only ``ModelEntry`` and ``ImagePreprocessing``)."""
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() else "?" for c in str(text))
+
+
+def _not_a_snippet(why: str) -> UntrustedFileError:
+    return UntrustedFileError(
+        f"not a ModelEntry snippet: {why}; only ModelEntry(...) with literal keyword arguments "
+        "(and preprocessing=ImagePreprocessing(...)) is read"
+    )
+
+
+def _entry_call(node: ast.AST, allowed: str):
+    """Build the object of a ``ModelEntry(...)`` / ``ImagePreprocessing(...)`` call node."""
     from pytorch_ood.model.registry import ImagePreprocessing, ModelEntry
 
-    namespace = {"__builtins__": {}, "ModelEntry": ModelEntry,
-                 "ImagePreprocessing": ImagePreprocessing}
-    entry = eval(compile(snippet, "<ModelEntry snippet>", "eval"), namespace)  # noqa: S307
-    if not isinstance(entry, ModelEntry):
-        raise ValueError("the snippet does not evaluate to a ModelEntry")
-    return entry
+    classes = {"ModelEntry": ModelEntry, "ImagePreprocessing": ImagePreprocessing}
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+            and node.func.id == allowed):
+        raise _not_a_snippet(f"expected a call of {allowed}")
+    if node.args or any(kw.arg is None for kw in node.keywords):
+        raise _not_a_snippet(f"{allowed} takes keyword arguments only")
+    kwargs = {}
+    for kw in node.keywords:
+        if allowed == "ModelEntry" and kw.arg == "preprocessing" and isinstance(kw.value,
+                                                                              ast.Call):
+            kwargs[kw.arg] = _entry_call(kw.value, "ImagePreprocessing")
+            continue
+        try:
+            kwargs[kw.arg] = ast.literal_eval(kw.value)
+        except (ValueError, TypeError, SyntaxError) as exc:
+            raise _not_a_snippet(f"the value of {kw.arg!r} is not a literal") from exc
+    return classes[allowed](**kwargs)
+
+
+def build_model_entry(snippet: str):
+    """Read a snippet of :func:`model_entry_snippet` into pytorch-ood's real ``ModelEntry``.
+
+    The snippet is parsed with :mod:`ast`, never evaluated: the expression must be one call
+    ``ModelEntry(...)`` whose keyword arguments are literals, except ``preprocessing``, which
+    may be an ``ImagePreprocessing(...)`` call with literal keyword arguments.
+
+    :raises UntrustedFileError: for anything else (also a ``ValueError``)
+    """
+    try:
+        tree = ast.parse(snippet, mode="eval")
+    except SyntaxError as exc:
+        raise _not_a_snippet(f"a syntax error ({exc.msg})") from exc
+    return _entry_call(tree.body, "ModelEntry")
 
 
 def check_entry(entry, run_dir) -> None:
@@ -498,15 +570,14 @@ def check_entry(entry, run_dir) -> None:
 def copy_weights(run_dir, dest, key: str | None = None) -> Path:
     """Copy a run's ``model.pt`` to ``dest/<key>/model-<sha256[:16]>.pt``, the upload layout
     that the placeholder URL of :func:`model_entry_snippet` assumes."""
-    path = Path(run_dir)
-    card = runs.read_card(path)
-    card_dir = path if path.is_dir() else path.parent
-    key = key or upstream_key(card)
-    target = Path(dest) / key / _upload_name(card["sha256"])
-    target.parent.mkdir(parents=True, exist_ok=True)
     from logitnorm_plugin.atomic import atomic_write
 
-    source = card_dir / card.get("file", runs.MODEL_FILE)
+    source, card = runs.verified_weights(run_dir)
+    key = check_key(key) if key else upstream_key(card)
+    dest = Path(dest)
+    target = dest / key / _upload_name(card["sha256"])
+    if not target.resolve().is_relative_to(dest.resolve()):
+        raise UntrustedFileError(f"the upload path {str(target)!r} leaves {str(dest)!r}")
     with open(source, "rb") as src:
         atomic_write(target, lambda f: shutil.copyfileobj(src, f))
     if runs.sha256_file(target) != card["sha256"]:

@@ -15,13 +15,35 @@ Three architectures cover the benchmarks of the plugin:
 :func:`arch_spec` returns the ``(arch_class, arch_kwargs)`` pair of pytorch-ood's
 :class:`~pytorch_ood.model.ModelEntry`, so a checkpoint trained here can be published in (and
 rebuilt by) pytorch-ood's model registry.
+
+**A file never chooses code.** A model card names its class as a dotted path
+(``arch_class``, as pytorch-ood's ``ModelEntry`` does), but :func:`resolve_class` resolves it
+only through a closed table, never by importing what the string says:
+
+- this package's architectures (:data:`ARCHS`);
+- pytorch-ood's model classes (the ``nn.Module`` classes of ``pytorch_ood.model``:
+  ``pytorch_ood.model.WideResNet``, ``...ResNet18``, ``...ResNet50``, ...);
+- torchvision's classification models by builder name
+  (``torchvision.models.<name>`` for each name of
+  ``torchvision.models.list_models(module=torchvision.models)``), without pretrained
+  ``weights`` (a card cannot make the loader download anything);
+- architectures that an installed distribution declares in the entry-point group
+  ``pytorch_ood.models`` (``my_net = "my_package.nets:MyNet"`` makes
+  ``my_package.nets.MyNet`` loadable); ``LOGITNORM_PLUGIN_NO_THIRD_PARTY=1`` ignores them like
+  every third-party entry point. Installing a package is the user's decision; a card's
+  content is not.
+
+Anything else (``os.system``, ``builtins.eval``, a module that happens to be importable) is
+refused with :class:`~logitnorm_plugin.errors.UntrustedFileError`, before anything is
+imported.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, Tuple
+from typing import Any, Callable, Dict, Tuple
 
 import torch
 from pytorch_ood.model import ResNet18
@@ -29,19 +51,25 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .conventions import canonical_name
-from .errors import UnknownNameError, closest_match
+from .errors import UnknownNameError, UntrustedFileError, UserError, closest_match
 
 __all__ = [
     "ARCHS",
+    "ARCH_GROUP",
     "ArchEntry",
     "DigitsCNN",
     "ResNet18CIFAR",
     "arch_display_name",
     "arch_spec",
+    "build_arch",
     "build_model",
     "list_archs",
     "resolve_class",
+    "trusted_arch_classes",
 ]
+
+#: entry-point group in which installed distributions declare further architectures
+ARCH_GROUP = "pytorch_ood.models"
 
 
 class ResNet18CIFAR(ResNet18):
@@ -181,10 +209,125 @@ def list_archs() -> list:
     return sorted(ARCHS)
 
 
-def resolve_class(dotted_path: str) -> type:
-    """Import ``package.module.Class`` and return the class."""
-    module_name, _, class_name = dotted_path.rpartition(".")
-    return getattr(importlib.import_module(module_name), class_name)
+def _own_classes() -> Dict[str, Callable]:
+    def loader(dotted):
+        module_name, _, name = dotted.rpartition(".")
+        return lambda: getattr(importlib.import_module(module_name), name)
+
+    return {e.arch_class: loader(e.arch_class) for e in ARCHS.values()}
+
+
+def _pytorch_ood_classes() -> Dict[str, Callable]:
+    import pytorch_ood.model as host
+
+    return {
+        f"pytorch_ood.model.{name}": (lambda obj=obj: obj)
+        for name in dir(host)
+        if not name.startswith("_")
+        and isinstance(obj := getattr(host, name), type) and issubclass(obj, nn.Module)
+    }
+
+
+def _torchvision_builders() -> Dict[str, Callable]:
+    import torchvision
+
+    return {
+        f"torchvision.models.{name}": (
+            lambda name=name: torchvision.models.get_model_builder(name)
+        )
+        for name in torchvision.models.list_models(module=torchvision.models)
+    }
+
+
+def _entry_point_classes() -> Dict[str, Callable]:
+    from importlib import metadata
+
+    from .registry import NO_THIRD_PARTY_ENV, THIS_DISTRIBUTION
+
+    off = os.environ.get(NO_THIRD_PARTY_ENV, "").strip().lower() not in ("", "0", "false")
+    found = {}
+    for ep in metadata.entry_points(group=ARCH_GROUP):
+        dist = getattr(ep, "dist", None)
+        dist_name = (dist.metadata["Name"] if dist else "").lower().replace("_", "-")
+        if off and dist_name != THIS_DISTRIBUTION:
+            continue
+        value = ep.value.replace(" ", "")
+        if ":" not in value:
+            continue
+        found[value.replace(":", ".")] = ep.load
+    return found
+
+
+def trusted_arch_classes(prefix: str | None = None) -> Dict[str, Callable]:
+    """The closed table: dotted path -> a function returning the class (or torchvision
+    builder). Imports only pytorch-ood, torchvision and the modules of this package; entry
+    points are listed, not loaded.
+
+    :param prefix: only the part of the table a path with this start can be in
+    """
+    table: Dict[str, Callable] = dict(_own_classes())
+    if prefix is None or prefix.startswith("pytorch_ood.model."):
+        table.update(_pytorch_ood_classes())
+    if prefix is None or prefix.startswith("torchvision.models."):
+        table.update(_torchvision_builders())
+    table.update(_entry_point_classes())
+    return table
+
+
+def resolve_class(dotted_path: str, source: str | None = None) -> Callable:
+    """The class (or torchvision builder) named ``dotted_path`` in the closed table of
+    architectures (see the module's docstring); nothing outside it is ever imported.
+
+    :param dotted_path: e.g. ``"pytorch_ood.model.WideResNet"``
+    :param source: the file that asks for it, named in the error
+    :raises UntrustedFileError: for a path outside the table
+    """
+    where = f" (asked for by {source!r})" if source else ""
+    if not isinstance(dotted_path, str):
+        raise UntrustedFileError(f"arch_class must be a dotted path string{where}, got "
+                                 f"{type(dotted_path).__name__}")
+    table = trusted_arch_classes(dotted_path)
+    if dotted_path not in table:
+        raise UntrustedFileError(
+            f"architecture class {dotted_path[:120]!r}{where} is not in the table of known "
+            "architectures (this package's, pytorch_ood.model's classes, torchvision's "
+            f"classification models, entry points of the group '{ARCH_GROUP}'); refusing to "
+            "build it. Only use model cards from sources you trust"
+        )
+    return table[dotted_path]()
+
+
+def build_arch(arch_class: str, arch_kwargs: Dict[str, Any], source: str | None = None
+               ) -> nn.Module:
+    """Build ``arch_class(**arch_kwargs)`` through the closed table (:func:`resolve_class`),
+    after checking that the arguments are plain keyword arguments (and, for torchvision, that
+    they ask for no pretrained weights).
+
+    :raises UntrustedFileError: class outside the table, or arguments that are not plain
+    :raises UserError: arguments the class rejects
+    """
+    where = f" of {source!r}" if source else ""
+    if not isinstance(arch_kwargs, dict) or not all(
+        isinstance(k, str) and k.isidentifier() for k in arch_kwargs
+    ):
+        raise UntrustedFileError(f"arch_kwargs{where} must be a mapping of argument names")
+    if str(arch_class).startswith("torchvision.") and any(
+        arch_kwargs.get(k) is not None for k in ("weights", "weights_backbone")
+    ):
+        raise UntrustedFileError(
+            f"arch_kwargs{where} ask torchvision for pretrained weights; a model card may not "
+            "make the loader download anything"
+        )
+    cls = resolve_class(arch_class, source)
+    try:
+        model = cls(**arch_kwargs)
+    except (TypeError, ValueError) as exc:
+        raise UserError(
+            f"architecture {arch_class!r} rejects the arguments {arch_kwargs}{where}: {exc}"
+        ) from exc
+    if not isinstance(model, nn.Module):
+        raise UntrustedFileError(f"{arch_class!r}{where} did not build a torch module")
+    return model
 
 
 def _entry(arch: str) -> ArchEntry:
@@ -205,7 +348,7 @@ def arch_display_name(arch: str) -> str:
 def arch_spec(arch: str, num_classes: int, in_channels: int = 3, **kwargs) -> Tuple[str, dict]:
     """The ``(arch_class, arch_kwargs)`` pair of pytorch-ood's ``ModelEntry`` for a model.
 
-    ``resolve_class(arch_class)(**arch_kwargs)`` rebuilds the model of :func:`build_model`
+    ``build_arch(arch_class, arch_kwargs)`` rebuilds the model of :func:`build_model`
     with the same arguments (same modules, same state-dict keys and shapes).
 
     :param arch: architecture name (case-insensitive, ``_`` == ``-``)

@@ -79,7 +79,7 @@ def histograms(store, cfg, out: Path, notes: list[str]) -> list[tuple[str, Path]
                     panels[label] = sets
                     break
         if panels:
-            path = out / f"hist_{cfg.cfg_id}_{_safe(det)}.png"
+            path = out / f"hist_{_safe(cfg.cfg_id)}_{_safe(det)}.png"
             score_histograms(panels, path,
                              title=f"{cfg.benchmark}: {det} outlier scores, ID vs OOD")
             figures.append((det, path))
@@ -103,7 +103,7 @@ def _registry_model(model_id: str):
     key = model_id.split(":")[1]
     from pytorch_ood.model import registry
 
-    from logitnorm_plugin.specs import registry_weights_path
+    from logitnorm_plugin.hub import registry_weights_path
 
     try:
         entry = registry.get_model_info(key)
@@ -176,7 +176,7 @@ def reliability(cfg, runs: Mapping[str, Path], out: Path, data_root, device: str
                      f"DIFFERS from the stored ECE {100 * stored:.2f}% (other device or data?)")
         lines.append(f"{label}: ECE {100 * ece:.2f}% recomputed from {len(labels)} ID test "
                      f"images, {check}".rstrip(", "))
-    path = out / f"reliability_{cfg.cfg_id}.png"
+    path = out / f"reliability_{_safe(cfg.cfg_id)}.png"
     reliability_diagram(curves, path, title=f"{cfg.benchmark}: reliability on the ID test set")
     return path, lines
 
@@ -191,7 +191,7 @@ def logit_norms(cfg, runs: Mapping[str, Path], out: Path,
         notes.append(f"{cfg.benchmark}: no logit-norm curves: no run folder of the stored "
                      "models was found (pass them with --runs)")
         return None, None
-    path = out / f"logit_norm_{cfg.cfg_id}.png"
+    path = out / f"logit_norm_{_safe(cfg.cfg_id)}.png"
     plot_logit_norms([r for _, r in ordered], path, labels=[run_label(r) for _, r in ordered],
                      title=f"{cfg.benchmark}: mean logit L2 norm on the ID test set")
     rows = ["| Model | Runs | Epochs | first epoch | last epoch |", "|---|---|---|---|---|"]

@@ -4,28 +4,52 @@ One run lives in one folder::
 
     config.json      the resolved configuration (a TrainConfig) plus its ``runtime`` part
     checkpoint.pt    written atomically after every epoch: model, optimizer, scheduler, grad
-                     scaler, RNG states of every process, history; what --resume continues
+                     scaler, RNG states of every process, history, and the digest of all of
+                     it; what --resume continues (see :mod:`logitnorm_plugin.checkpoints`)
+    checkpoint.prev.pt  the checkpoint before it, while the run is not finished
     metrics.jsonl    one line per epoch: train loss/accuracy, test (and val) accuracy, lr,
                      seconds, mean and std of the logit L2 norm on the ID test set
     logit_norm.png   the logit norm over epochs
     model.pt         the kept weights (a state dict)
-    model.json       model card: pytorch-ood ``ModelEntry`` fields + provenance
+    model.json       model card: pytorch-ood ``ModelEntry`` fields + provenance, and
+                     ``card_sha256``: the SHA-256 of the card's own canonical JSON without that
+                     field (:func:`~logitnorm_plugin.digests.json_sha256`)
+    .lock            while a command writes the folder (:mod:`logitnorm_plugin.locks`)
 
-Readers never trust a file further than its format: checkpoints and weights are read with
-``torch.load(..., weights_only=True)``, and weights only after their SHA-256 matched the card.
+Readers never trust a file further than its format: the card is used only after its
+``card_sha256`` matched, weights only after their SHA-256 matched the card, checkpoints only
+after their own digest matched; everything is read with ``torch.load(...,
+weights_only=True)``; the architecture comes from the closed table of
+:func:`logitnorm_plugin.models.resolve_class`, never from an import path in a file; a file name
+in a card is a plain name inside the run folder.
+
+**A run folder belongs to one configuration** (:func:`check_run_folder`): training into a
+folder that holds any run file (``config.json``, ``model.json``, ``model.pt``,
+``metrics.jsonl``, a checkpoint) needs ``--resume``, and every configuration recorded there
+(``config.json``, the card's, the checkpoint's) must equal the new one; ``--resume`` on a
+folder without a run is an error, so a mistyped path never starts a training.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Dict, List, Union
 
-from logitnorm_plugin import atomic
-from logitnorm_plugin.errors import MissingDataError, ModelIntegrityError, UserError
+from logitnorm_plugin import atomic, checkpoints
+from logitnorm_plugin.checkpoints import CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE
+from logitnorm_plugin.digests import json_sha256, sha256_file
+from logitnorm_plugin.errors import (
+    ConfigMismatchError,
+    MissingDataError,
+    ModelIntegrityError,
+    UntrustedFileError,
+    UserError,
+    one_line,
+)
 
 __all__ = [
     "CARD_FILE",
@@ -34,7 +58,9 @@ __all__ = [
     "METRICS_FILE",
     "MODEL_FILE",
     "PLOT_FILE",
+    "RUN_FILES",
     "TrainResult",
+    "check_run_folder",
     "config_differences",
     "load_checkpoint",
     "load_trained",
@@ -42,37 +68,36 @@ __all__ = [
     "read_card",
     "read_config",
     "read_metrics",
+    "run_files",
     "save_checkpoint",
+    "seal_card",
     "sha256_file",
     "write_model",
     "write_config",
     "write_metrics",
 ]
 
-CHECKPOINT_FORMAT = 1
-CARD_FORMAT = 1
+CHECKPOINT_FORMAT = checkpoints.CHECKPOINT_FORMAT
+#: 2: the card carries ``card_sha256``
+CARD_FORMAT = 2
+#: the card's field holding the digest of the rest of the card
+CARD_DIGEST = "card_sha256"
 
 CONFIG_FILE = "config.json"
-CHECKPOINT_FILE = "checkpoint.pt"
 METRICS_FILE = "metrics.jsonl"
 MODEL_FILE = "model.pt"
 CARD_FILE = "model.json"
 PLOT_FILE = "logit_norm.png"
+
+#: the files of a run folder that belong to one configuration
+RUN_FILES = (CONFIG_FILE, CARD_FILE, MODEL_FILE, METRICS_FILE, CHECKPOINT_FILE,
+             PREVIOUS_CHECKPOINT_FILE)
 
 # config keys that may differ between a run and its resumption: where and how fast it runs,
 # not what it computes (``amp`` changes the numbers and therefore is compared)
 _NOT_COMPARED = ("runtime", "t_source", "t_from", "recipe_description")
 
 PathLike = Union[str, os.PathLike]
-
-
-def sha256_file(path: PathLike) -> str:
-    """Hex SHA-256 of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclasses.dataclass
@@ -127,7 +152,19 @@ def read_config(run_dir: PathLike) -> Dict[str, Any]:
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         raise MissingDataError(f"no {CONFIG_FILE} in {str(Path(run_dir))!r}: not a run folder")
-    return json.loads(path.read_text(encoding="utf-8"))
+    config = _read_json(path)
+    if not isinstance(config, dict):
+        raise ModelIntegrityError(f"{str(path)!r} is damaged: not a JSON object")
+    return config
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ModelIntegrityError(
+            f"{str(path)!r} is damaged: not valid JSON ({one_line(exc, 120)})"
+        ) from exc
 
 
 def _flatten(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
@@ -161,33 +198,90 @@ def config_differences(old: Dict[str, Any], new: Dict[str, Any]) -> List[str]:
 # -- checkpoint.pt ------------------------------------------------------------------------------
 
 
-def save_checkpoint(run_dir: PathLike, state: Dict[str, Any]) -> Path:
-    """Write ``checkpoint.pt`` atomically (plain types and tensors only)."""
-    return atomic.torch_save({"format": CHECKPOINT_FORMAT, **state},
-                             Path(run_dir) / CHECKPOINT_FILE)
+def save_checkpoint(run_dir: PathLike, state: Dict[str, Any], keep_previous: bool = True
+                    ) -> Path:
+    """Write ``checkpoint.pt`` atomically with its digest (plain types and tensors only); see
+    :func:`logitnorm_plugin.checkpoints.save`."""
+    return checkpoints.save(run_dir, state, keep_previous)
 
 
 def load_checkpoint(path: PathLike) -> Dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint` with ``weights_only=True``.
+    """Read a checkpoint written by :func:`save_checkpoint` with ``weights_only=True`` and
+    verify its digest (:func:`logitnorm_plugin.checkpoints.load`).
 
-    :raises UserError: for a file that is not such a checkpoint or is damaged
+    :raises UserError: for a file that is not such a checkpoint, is damaged or may be hostile
     """
-    import torch
+    return checkpoints.load(path)
 
-    path = Path(path)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # unpickling errors come in many types
+
+# -- one configuration per run folder -----------------------------------------------------------
+
+
+def run_files(run_dir: PathLike) -> List[str]:
+    """The names of :data:`RUN_FILES` present in ``run_dir``."""
+    run_dir = Path(run_dir)
+    return [name for name in RUN_FILES if (run_dir / name).exists()]
+
+
+def check_run_folder(run_dir: PathLike, config: Dict[str, Any], resume) -> None:
+    """Refuse to train ``config`` into ``run_dir`` unless the folder is free for it.
+
+    - ``resume=False``: the folder must hold no run file;
+    - ``resume=True``: it must hold a run, and every configuration recorded there
+      (``config.json``, the model card's) must equal ``config``;
+    - ``resume="auto"``: as ``True`` if it holds a run, else as ``False``.
+
+    The checkpoint's own configuration is compared by the trainer once it is read.
+
+    :raises UserError: a run where none may be, or none where one must be
+    :raises ConfigMismatchError: a recorded configuration differs (naming the file and keys)
+    :raises ModelIntegrityError: a recorded configuration is damaged
+    """
+    run_dir = Path(run_dir)
+    found = run_files(run_dir)
+    if not found:
+        if resume is True:
+            where = ("the folder does not exist" if not run_dir.exists()
+                     else f"it holds no run ({CONFIG_FILE}, {CHECKPOINT_FILE}, ...)")
+            raise UserError(
+                f"nothing to resume in {str(run_dir)!r}: {where}; check the path, or leave out "
+                "--resume to start a new run there"
+            )
+        return
+    if not resume:
+        if set(found) & {CONFIG_FILE, METRICS_FILE, CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE}:
+            raise UserError(
+                f"{str(run_dir)!r} already holds a training run ({', '.join(found)}); pass "
+                "--resume to continue it, or choose another --out folder"
+            )
         raise UserError(
-            f"cannot read the checkpoint {str(path)!r} ({type(exc).__name__}: {exc}); it was "
-            "not written by this trainer or is damaged: train into another --out folder"
-        ) from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise UserError(
-            f"{str(path)!r} is not a checkpoint of this trainer (format "
-            f"{CHECKPOINT_FORMAT}); train into another --out folder"
+            f"{str(run_dir)!r} already holds a trained model; choose another --out folder"
         )
-    return ckpt
+    recorded = []
+    if CONFIG_FILE in found:
+        recorded.append((CONFIG_FILE, read_config(run_dir)))
+    if CARD_FILE in found:
+        recorded.append((CARD_FILE, read_card(run_dir).get("config") or {}))
+    if not recorded and CHECKPOINT_FILE not in found and PREVIOUS_CHECKPOINT_FILE not in found:
+        raise UserError(
+            f"{str(run_dir)!r} holds {', '.join(found)} but no {CONFIG_FILE}: not a run of "
+            "this trainer, or a damaged one; choose another --out folder"
+        )
+    for name, old in recorded:
+        check_same_config(run_dir, name, old, config)
+
+
+def check_same_config(run_dir: PathLike, name: str, old: Dict[str, Any],
+                      new: Dict[str, Any]) -> None:
+    """:raises ConfigMismatchError: if the configuration recorded in ``run_dir / name``
+    differs from ``new``"""
+    diffs = config_differences(old, new)
+    if diffs:
+        raise ConfigMismatchError(
+            f"cannot resume in {str(run_dir)!r}: its {name} records another configuration. "
+            "Differing keys: " + "; ".join(diffs) + ". Use the same arguments to resume, or "
+            "another --out folder for a new run."
+        )
 
 
 # -- metrics.jsonl ------------------------------------------------------------------------------
@@ -272,31 +366,111 @@ def write_model(run_dir: PathLike, state: Dict[str, Any], config: Dict[str, Any]
         "runtime": runtime,
         "provenance": provenance.collect(device=device),
     }
+    card[CARD_DIGEST] = json_sha256(card)
     atomic.write_json(run_dir / CARD_FILE, card)
     return card
 
 
-def read_card(path: PathLike) -> Dict[str, Any]:
-    """The model card of a run folder (or of a ``model.json`` path)."""
+def _card_path(path: PathLike) -> Path:
     path = Path(path)
-    card_path = path / CARD_FILE if path.is_dir() else path
+    return path / CARD_FILE if path.is_dir() else path
+
+
+def _seal_command(card_path: Path) -> str:
+    return (f"python -c \"from logitnorm_plugin.runs import seal_card; "
+            f"seal_card({str(card_path)!r})\"")
+
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def read_card(path: PathLike, verify: bool = True) -> Dict[str, Any]:
+    """The model card of a run folder (or of a ``model.json`` path), after its ``card_sha256``
+    matched its content.
+
+    :param verify: check the card's digest and fields (``False``: only parse it)
+    :raises MissingDataError: no card there
+    :raises ModelIntegrityError: the card is damaged or was changed after training
+    :raises UntrustedFileError: a field that a path or a digest is built from is malformed
+    """
+    card_path = _card_path(path)
     if not card_path.is_file():
         raise MissingDataError(
             f"no model card at {str(card_path)!r}: pass a run folder written by "
             "`logitnorm-ood train` (it holds model.json and model.pt) or its model.json"
         )
-    return json.loads(card_path.read_text(encoding="utf-8"))
+    card = _read_json(card_path)
+    if not isinstance(card, dict):
+        raise ModelIntegrityError(f"model card {str(card_path)!r} is damaged: not a JSON object")
+    if not verify:
+        return card
+    stored = card.get(CARD_DIGEST)
+    if stored is None:
+        raise ModelIntegrityError(
+            f"model card {str(card_path)!r} carries no {CARD_DIGEST} (format "
+            f"{card.get('format')!r}, written before cards were sealed), so it cannot be "
+            "verified. Train the model again, or, if you trust the file, seal it with "
+            + _seal_command(card_path)
+        )
+    actual = json_sha256({k: v for k, v in card.items() if k != CARD_DIGEST})
+    if stored != actual:
+        raise ModelIntegrityError(
+            f"model card {str(card_path)!r} was changed after training: its content has "
+            f"SHA-256 {actual[:16]}..., its {CARD_DIGEST} says {str(stored)[:16]}...; refusing "
+            "to use it. Restore the original, or, if you made the change and trust the file, "
+            "seal it again with " + _seal_command(card_path)
+        )
+    _check_card_fields(card, card_path)
+    return card
+
+
+def _check_card_fields(card: Dict[str, Any], card_path: Path) -> None:
+    """Fields that file names are built from must be plain: ``file`` a name inside the folder,
+    ``sha256`` 64 hex digits."""
+    name = card.get("file", MODEL_FILE)
+    if (not isinstance(name, str) or name in ("", ".", "..") or name.startswith(".")
+            or os.path.basename(name) != name or "\\" in name or "\0" in name):
+        raise UntrustedFileError(
+            f"model card {str(card_path)!r} names the weights file {str(name)[:80]!r}, which is "
+            "not a plain file name inside its folder; refusing to read it"
+        )
+    if not isinstance(card.get("sha256"), str) or not _HEX64.match(card["sha256"]):
+        raise UntrustedFileError(
+            f"model card {str(card_path)!r}: 'sha256' is not 64 lower-case hex digits"
+        )
+
+
+def seal_card(path: PathLike) -> Path:
+    """Write ``card_sha256`` into a model card that you trust (one written before cards were
+    sealed, or one you edited yourself), after checking that its weights still match its
+    ``sha256``. Nothing else in the card changes.
+
+    :param path: run folder or its ``model.json``
+    :return: the card's path
+    """
+    card_path = _card_path(path)
+    card = read_card(card_path, verify=False)
+    card.pop(CARD_DIGEST, None)
+    _check_card_fields(card, card_path)
+    weights = card_path.parent / card.get("file", MODEL_FILE)
+    if not weights.is_file() or sha256_file(weights) != card["sha256"]:
+        raise ModelIntegrityError(
+            f"{str(weights)!r} is missing or differs from the sha256 of {str(card_path)!r}; "
+            "not sealing it"
+        )
+    card[CARD_DIGEST] = json_sha256(card)
+    atomic.write_json(card_path, card)
+    return card_path
 
 
 def verified_weights(path: PathLike) -> tuple[Path, Dict[str, Any]]:
     """The weights file named by a run folder's card (or a ``model.json``) and the card, after
-    the file's SHA-256 matched the card's.
+    the card's own digest and then the file's SHA-256 matched.
 
     :raises MissingDataError: if the card or the weights are missing
-    :raises ModelIntegrityError: if the weights differ from what the card records
+    :raises ModelIntegrityError: if the card or the weights differ from what they record
     """
-    path = Path(path)
-    card_path = path / CARD_FILE if path.is_dir() else path
+    card_path = _card_path(path)
     card = read_card(card_path)
     weights = card_path.parent / card.get("file", MODEL_FILE)
     if not weights.is_file():
@@ -315,24 +489,52 @@ def load_trained(path: PathLike, map_location="cpu", return_card: bool = False):
     """Rebuild a trained model from its run folder (or ``model.json``), in eval mode.
 
     The architecture is rebuilt from the card's ``arch_class`` / ``arch_kwargs`` (as
-    pytorch-ood's ``load_model`` does) and the weights are loaded with
-    ``torch.load(..., weights_only=True)`` only after their SHA-256 matched the card.
+    pytorch-ood's ``load_model`` does, but only through the closed table of
+    :func:`logitnorm_plugin.models.resolve_class`) and the weights are loaded with
+    ``torch.load(..., weights_only=True)`` only after the card's ``card_sha256`` and then the
+    weights' SHA-256 matched.
 
     :param path: run folder or its ``model.json``
     :param map_location: where to put the weights
     :param return_card: also return the card: ``(model, card)``
     :return: the model in eval mode (or ``(model, card)``)
-    :raises ModelIntegrityError: if ``model.pt`` does not match the card's ``sha256``
+    :raises ModelIntegrityError: the card or ``model.pt`` does not match its digest
+    :raises UntrustedFileError: an architecture outside the closed table, or weights holding
+        objects other than tensors
     :raises MissingDataError: if the card or the weights file is missing
     """
     import torch
 
-    from logitnorm_plugin.models import resolve_class
+    from logitnorm_plugin.models import build_arch
 
     weights, card = verified_weights(path)
-    model = resolve_class(card["arch_class"])(**card["arch_kwargs"])
-    state = torch.load(weights, map_location=map_location, weights_only=True)
-    model.load_state_dict(state)
+    card_path = str(_card_path(path))
+    model = build_arch(card.get("arch_class"), card.get("arch_kwargs"), card_path)
+    try:
+        state = torch.load(weights, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        refused = checkpoints.refusal_reason(exc)
+        if refused:
+            raise UntrustedFileError(
+                f"{str(weights)!r} is not a weights file of this trainer: it holds Python "
+                f"objects that are not tensors ({refused}), which this package never "
+                "unpickles; it may be hostile. Do not load it by other means"
+            ) from exc
+        raise ModelIntegrityError(
+            f"cannot read the weights {str(weights)!r} ({type(exc).__name__}: "
+            f"{one_line(exc, 160)})"
+        ) from exc
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise UntrustedFileError(f"{str(weights)!r} is not a state dict of tensors")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ModelIntegrityError(
+            f"the weights {str(weights)!r} do not fit the architecture of {card_path!r} "
+            f"({one_line(exc, 200)})"
+        ) from exc
     model = model.to(map_location).eval()
     return (model, card) if return_card else model
 

@@ -20,7 +20,6 @@ import json
 import os
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Tuple
 
 import torch
@@ -28,18 +27,16 @@ from pytorch_ood.api import Detector
 from torch import nn
 from torch.utils.data import Dataset
 
+from logitnorm_plugin import hub
 from logitnorm_plugin.conventions import (
     DEFAULT_T,
     ID_DATASET,
     REGISTRY_LOSS_NAMES,
     canonical_name,
+    detector_label,
 )
 from logitnorm_plugin.errors import (
-    CorruptDataError,
-    MissingDataError,
-    UnknownNameError,
-    UserError,
-    closest_match,
+    UsageError,
 )
 
 __all__ = [
@@ -50,7 +47,6 @@ __all__ = [
     "evaluation_config",
     "model_fingerprint",
     "parse_detectors",
-    "registry_weights_path",
     "resolve_benchmark",
     "resolve_model",
     "resolve_models",
@@ -133,69 +129,17 @@ def _seed_number(seed) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-def registry_weights_path(entry) -> Path:
-    """Where torch.hub keeps a pytorch-ood registry entry's weights
-    (``$TORCH_HOME/hub/checkpoints/<file name>``); a file placed there is used offline."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / entry.file_name
-
-
-def _registry_weights(entry, download: bool):
-    """Load a registry entry's model; offline without the cached file is a clear error.
-
-    :raises MissingDataError: the file is not cached and ``download`` is false, or the
-        download failed (no network; a file whose hash differs): names the URL and where to put
-        the file by hand
-    :raises CorruptDataError: the cached file cannot be loaded (names it; remove or replace it)
-    """
-    from pytorch_ood.model import registry
-
-    cached = registry_weights_path(entry)
-    was_cached = cached.is_file()
-    if not was_cached and not download:
-        raise MissingDataError(
-            f"The weights of '{entry.key}' are not cached: expected {cached}. To get them, "
-            f"pass --download (download=True), or download {entry.url} to that path."
-        )
-    try:
-        return registry.load_model(entry.key, map_location="cpu")
-    except Exception as exc:
-        if was_cached:  # torch.load or load_state_dict of the file on disk failed
-            raise CorruptDataError(
-                f"The cached weights of '{entry.key}' at {cached} cannot be loaded "
-                f"({type(exc).__name__}: {exc}); remove that file and run again with "
-                f"--download (download=True), or replace it with a good copy of {entry.url}."
-            ) from exc
-        if isinstance(exc, OSError) or "invalid hash value" in str(exc):
-            raise MissingDataError(  # URLError, connection errors, torch.hub's hash check
-                f"Downloading the weights of '{entry.key}' from {entry.url} failed ({exc}). "
-                f"To get them by hand: download that file where there is network access and "
-                f"place it at {cached}, then run again."
-            ) from exc
-        raise
-
-
 def _registry_spec(key: str, download: bool = False) -> ModelSpec:
-    from pytorch_ood.model import registry
-
-    try:
-        entry = registry.get_model_info(key)
-    except ValueError as exc:
-        known = registry.list_models()
-        if "ambiguous" in str(exc):
-            raise UnknownNameError(
-                "model", key, [k for k in known if k.startswith(key + "/")],
-                closest=None,
-            ) from exc
-        raise UnknownNameError("model", key, known, closest_match(key, known)) from exc
+    entry = hub.registry_entry(key)
     pre = entry.preprocessing
     mean = tuple(pre.mean) if pre is not None and hasattr(pre, "mean") else None
     std = tuple(pre.std) if pre is not None and hasattr(pre, "std") else None
     loss = REGISTRY_LOSS_NAMES.get(entry.loss, entry.loss)
-    if not download and not registry_weights_path(entry).is_file():
-        _registry_weights(entry, download=False)  # raises the MissingDataError, before any work
+    if not download and not hub.registry_weights_path(entry).is_file():
+        hub.load_registry_weights(entry, download=False)  # the MissingDataError, before any work
     return ModelSpec(
         label=entry.key,
-        load=lambda: _registry_weights(entry, download),
+        load=lambda: hub.load_registry_weights(entry, download),
         loss=loss,
         seed=_seed_number(entry.seed),
         arch=entry.arch,
@@ -257,7 +201,7 @@ def resolve_model(spec, label: str | None = None, download: bool = False) -> Mod
     return resolved
 
 
-class DuplicateModelLabelError(UserError, ValueError):
+class DuplicateModelLabelError(UsageError):
     """Two models of one evaluation have the same label (results are keyed by it)."""
 
 
@@ -273,9 +217,9 @@ def _origin(spec: ModelSpec) -> str:
 def resolve_models(models, download: bool = False) -> List[ModelSpec]:
     """Specs of a dict label -> spec, a list of specs, or one spec (see :func:`resolve_model`).
 
-    :raises DuplicateModelLabelError: (a ``UserError`` and ``ValueError``) if two models get the
-        same label, e.g. two run folders whose model cards have the same key; it names the
-        label and where each model comes from
+    :raises DuplicateModelLabelError: (a ``UsageError``: a ``UserError`` and ``ValueError``) if
+        two models get the same label, e.g. two run folders whose model cards have the same key;
+        it names the label and where each model comes from
     """
     if isinstance(models, Mapping):
         specs = [resolve_model(spec, str(name), download) for name, spec in models.items()]
@@ -290,9 +234,9 @@ def resolve_models(models, download: bool = False) -> List[ModelSpec]:
         origins = [_origin(s) for s in specs if s.label == label]
         raise DuplicateModelLabelError(
             f"{len(origins)} models have the label '{label}' ({'; '.join(origins)}), but each "
-            f"model of one evaluation needs its own label: give a model once; evaluate "
-            f"different models with the same label (e.g. run folders whose model cards have "
-            f"the same key) separately, or in Python label them with a dict {{label: model}}"
+            "model of one evaluation needs its own label, or no table could tell them apart: "
+            "evaluate them in separate runs (another --out), or label them yourself "
+            "(--models LABEL=PATH; in Python a dict {label: model})"
             + (f" (also given more than once: {', '.join(duplicates[1:])})"
                if len(duplicates) > 1 else "")
         )
@@ -463,19 +407,34 @@ def evaluation_config(
 
 @dataclass
 class DetectorSpec:
-    """A detector to evaluate: its registry name (the rows' ``Detector`` field), class, the
-    caller's constructor arguments and, for a detector given as an instance, the instance.
+    """A detector to evaluate: its registry name, class, the caller's constructor arguments,
+    the distribution whose entry point supplied it and, for a detector given as an instance,
+    the instance.
 
     :meth:`model_kwargs` adds what the engine knows from the model: ``norm_std`` (ODIN and any
     detector taking it) from the model's preprocessing, and the model's training temperature for
     a detector class that names its parameter in ``training_t_parameter`` (the plugin's
     ``logitnorm`` detector declares ``"t"``). The caller's arguments always win.
+
+    Identity: :meth:`key` (the result store's ``detector_id``) is the full configuration:
+    name, class with its module, distribution and every constructor argument, including those
+    filled in from the model; :meth:`group` is the configuration without the model's part (what
+    tables aggregate over seeds), and :attr:`label` its table label (``logitnorm``,
+    ``logitnorm(t=1)``, ``fakeplug:logitnorm``).
+
+    :param name: canonical registry name (the ``Detector`` field of :func:`evaluate`'s rows)
+    :param display: the name as the caller qualified it (``"fakeplug:logitnorm"``), if so
     """
 
     name: str
     cls: type
     kwargs: Dict[str, Any]
     instance: Detector | None = None
+    distribution: str | None = None
+    display: str | None = None
+    #: the ``Detector`` field of the rows: the name, or the label when one call evaluates two
+    #: configurations of one name
+    row_name: str | None = None
 
     def model_kwargs(self, spec: ModelSpec, std) -> Dict[str, Any]:
         """Constructor arguments filled in from the model (none for an instance)."""
@@ -490,32 +449,64 @@ class DetectorSpec:
             extra[t_parameter] = float(spec.t)
         return extra
 
-    def key(self, extra: Mapping[str, Any]) -> str:
-        """Identity in the store: name, plus the arguments that change its scores."""
-        args = {**self.kwargs, **extra}
+    def _own_args(self) -> Dict[str, Any]:
+        args = dict(self.kwargs)
         if self.instance is not None and self.instance.hyperparameter_space:
             try:
                 args.update(self.instance.get_hyperparameters())
             except AttributeError:
                 pass
-        args = {k: _jsonable(v) for k, v in sorted(args.items()) if k != "norm_std"}
-        return self.name if not args else f"{self.name}{json.dumps(args, sort_keys=True)}"
+        return {k: _jsonable(v) for k, v in sorted(args.items())}
+
+    @property
+    def label(self) -> str:
+        """The table label: name (as qualified by the caller) and the caller's arguments."""
+        return detector_label(self.display or self.name, self._own_args())
+
+    def _class_path(self) -> str:
+        return f"{self.cls.__module__}.{self.cls.__qualname__}"
+
+    def key(self, extra: Mapping[str, Any]) -> str:
+        """Identity in the store: canonical JSON of name, class, distribution and every
+        argument (the caller's, the instance's hyperparameters, those ``extra`` fills in)."""
+        args = {**self._own_args(), **{k: _jsonable(v) for k, v in extra.items()}}
+        return json.dumps({"name": self.name, "class": self._class_path(),
+                           "distribution": self.distribution,
+                           "kwargs": dict(sorted(args.items()))},
+                          sort_keys=True, separators=(",", ":"))
+
+    def group(self) -> str:
+        """What tables aggregate over models: :meth:`key` without the arguments taken from
+        the model, plus the :attr:`label` (canonical JSON)."""
+        return json.dumps({"label": self.label, "name": self.name, "class": self._class_path(),
+                           "distribution": self.distribution, "kwargs": self._own_args()},
+                          sort_keys=True, separators=(",", ":"))
 
 
-def _registered_name(cls: type) -> str:
-    from logitnorm_plugin.registry import name_of
+def _registered(cls: type) -> Tuple[str, str | None]:
+    """``(registered name, supplying distribution or None)`` of a detector class."""
+    from logitnorm_plugin.registry import RegistryLoadError, entries, name_of
 
-    return name_of("detector", cls)
+    name = name_of("detector", cls)
+    for entry in entries("detector"):
+        if entry.name == name:
+            try:
+                if entry.load() is cls:
+                    return name, entry.distribution
+            except RegistryLoadError:
+                continue
+    return name, None
 
 
 def parse_detectors(detectors) -> List[DetectorSpec]:
-    """Detector specs of registry names, classes, instances, ``(name, kwargs)`` pairs, or a
-    dict name -> kwargs.
+    """Detector specs of registry names (``"msp"``, ``"fakeplug:logitnorm"``), classes,
+    instances, ``(name, kwargs)`` pairs, or a dict name -> kwargs. One name may be given with
+    several argument sets; each configuration (label) only once.
 
     :raises UnknownNameError: for an unknown name (lists the names and the closest match)
-    :raises ValueError: for no detector, or a name given twice
+    :raises UsageError: for no detector, or a configuration given twice
     """
-    from logitnorm_plugin.registry import get_detector_class
+    from logitnorm_plugin.registry import get_entry
 
     if isinstance(detectors, (str, Detector, type)):
         detectors = [detectors]
@@ -530,22 +521,25 @@ def parse_detectors(detectors) -> List[DetectorSpec]:
                 items.append((d, {}))
     specs = []
     for what, kwargs in items:
-        if isinstance(what, Detector):
-            cls = type(what)
-            specs.append(DetectorSpec(_registered_name(cls), cls, kwargs, what))
-        elif isinstance(what, type):
-            specs.append(DetectorSpec(_registered_name(what), what, kwargs))
+        if isinstance(what, (Detector, type)):
+            cls = what if isinstance(what, type) else type(what)
+            name, distribution = _registered(cls)
+            specs.append(DetectorSpec(name, cls, kwargs, None if cls is what else what,
+                                      distribution=distribution))
         else:
-            cls = get_detector_class(what)
-            specs.append(DetectorSpec(canonical_name(what.rpartition(":")[2]), cls, kwargs))
-    names = [d.name for d in specs]
-    if len(set(names)) != len(names):
-        raise ValueError(f"each detector may be named once, got {names}")
+            entry = get_entry("detector", what)
+            display = f"{entry.distribution}:{entry.name}" if ":" in str(what) else None
+            specs.append(DetectorSpec(entry.name, entry.load(), kwargs,
+                                      distribution=entry.distribution, display=display))
+    labels = [d.label for d in specs]
+    if len(set(labels)) != len(labels):
+        raise UsageError(f"each detector configuration may be named once, got {labels}")
     if not specs:
-        raise ValueError("at least one detector is needed")
+        raise UsageError("at least one detector is needed")
+    names = [d.name for d in specs]
+    for d in specs:
+        d.row_name = d.label if names.count(d.name) > 1 else d.name
     return specs
-
-
 def _accepts(cls: type, parameter: str) -> bool:
     try:
         return parameter in inspect.signature(cls.__init__).parameters

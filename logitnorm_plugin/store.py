@@ -2,9 +2,26 @@
 
 A cell is keyed by the model's stable identity (a pytorch-ood registry key with its weights'
 hash, or the SHA-256 of the weights), the benchmark + protocol configuration (its
-:func:`~logitnorm_plugin.conventions.config_hash`) and the detector (its registry name plus the
-arguments that change its scores). Each cell is committed as soon as it is computed, so a run
-that is killed keeps every finished cell, and the next run computes only the missing ones.
+:func:`~logitnorm_plugin.conventions.config_hash`) and the detector's full configuration
+(:meth:`DetectorSpec.key <logitnorm_plugin.specs.DetectorSpec.key>`: registry name, class with
+its module, supplying distribution and every constructor argument, including those filled in
+from the model such as the training ``t``). Each cell is committed as soon as it is computed,
+so a run that is killed keeps every finished cell, and the next run computes only the missing
+ones.
+
+Aggregation never mixes detector configurations: each cell also records its detector group
+(:meth:`DetectorSpec.group <logitnorm_plugin.specs.DetectorSpec.group>`: the configuration
+without the model's part, with its table label), :func:`aggregate` groups by it, and two
+configurations of one name get distinct labels (``logitnorm`` and ``logitnorm(t=1)``; two
+classes under one label also show their distribution). ``logitnorm-ood bench`` aggregates
+exactly the configurations it asked for (``detector_ids=``).
+
+Schema version 2 (this one) added the detector group and the full configuration key. A store
+of another version is refused with a one-line error; ``ResultStore(path,
+replace_incompatible=True)`` (``logitnorm-ood bench --force``) moves it aside as
+``results.sqlite.schema-<v>.bak`` (a damaged one as ``results.sqlite.damaged.bak``) and
+starts a new one. SQLite errors (a damaged page, a full disk, a lock held too long) become
+one-line :class:`~logitnorm_plugin.errors.UserError` messages naming the file.
 
 Every call of :func:`~logitnorm_plugin.evaluate` with a store records its provenance
 (:func:`logitnorm_plugin.provenance.collect`: versions, git commit, device, time) once in the
@@ -17,17 +34,26 @@ for, e.g. for histograms).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import math
+import os
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from logitnorm_plugin.aggregation import (
+    aggregate,
+    detector_group_of,
+    distinct_labels,
+    group_label,
+)
 from logitnorm_plugin.conventions import AGGREGATE_METRICS
 from logitnorm_plugin.errors import IncompatibleResultsError
-from logitnorm_plugin.tables import mean_std
+from logitnorm_plugin.locks import make_folder
+from logitnorm_plugin.store_db import Connection
 
 __all__ = [
     "AGGREGATE_METRICS",
@@ -38,7 +64,7 @@ __all__ = [
     "open_results",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: the result store inside a results folder (written by ``logitnorm-ood bench``)
 STORE_FILE = "results.sqlite"
@@ -63,6 +89,7 @@ CREATE TABLE IF NOT EXISTS cells (
     loss TEXT,
     seed INTEGER,
     detector TEXT,
+    detector_group TEXT,
     run_id INTEGER REFERENCES runs(run_id),
     created_utc TEXT NOT NULL,
     row TEXT NOT NULL,
@@ -101,13 +128,35 @@ class ResultStore:
     """A SQLite file of evaluation cells.
 
     :param path: the database file (created with its folder if missing)
+    :param replace_incompatible: a store of another schema version, or a damaged one, is moved
+        aside (``<name>.schema-<v>.bak``, ``<name>.damaged.bak``) and a new one started,
+        instead of raising
     :raises IncompatibleResultsError: if the file is not a result store of this schema version
+        or is damaged
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, replace_incompatible: bool = False):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(self.path), timeout=30)
+        make_folder(self.path.parent, "results folder")
+        self._db = Connection(self.path)
+        try:
+            version = self._version(check=replace_incompatible)
+        except IncompatibleResultsError:
+            if not replace_incompatible:
+                self._db.close()
+                raise
+            version = self._move_aside("damaged")
+        if version is not None and version != str(SCHEMA_VERSION):
+            if not replace_incompatible:
+                self._db.close()
+                raise IncompatibleResultsError(
+                    f"{self.path} is a result store of schema version {version}; this version "
+                    f"reads {SCHEMA_VERSION}. Run the same command with --force "
+                    f"(`logitnorm-ood bench --force`, `tune-t --force`) to start a new store "
+                    f"(the old file is kept as {self.path.name}.schema-{version}.bak), or use "
+                    "another --out folder"
+                )
+            self._move_aside(f"schema-{version}")
         try:
             self._db.executescript(_SCHEMA)
             row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
@@ -116,16 +165,38 @@ class ResultStore:
                     self._db.execute(
                         "INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
                     )
-            elif int(row[0]) != SCHEMA_VERSION:
-                raise IncompatibleResultsError(
-                    f"{self.path} is a result store of schema version {row[0]}; this version "
-                    f"reads {SCHEMA_VERSION}. Use another --out folder or --force a new file."
-                )
-        except sqlite3.DatabaseError as exc:
+        except BaseException:
             self._db.close()
-            raise IncompatibleResultsError(
-                f"{self.path} is not a results database ({exc})"
-            ) from exc
+            raise
+
+    def _version(self, check: bool) -> str | None:
+        """The stored schema version (``None`` for a new file); with ``check``, a damaged
+        file raises."""
+        if check:
+            found = self._db.execute("PRAGMA quick_check").fetchone()
+            if not found or found[0] != "ok":
+                raise IncompatibleResultsError(f"{self.path} is damaged ({found})")
+        has_meta = self._db.execute(
+            "SELECT name FROM sqlite_master WHERE type='table' AND name='meta'"
+        ).fetchone()
+        if has_meta is None:
+            return None
+        row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        return None if row is None else str(row[0])
+
+    def _move_aside(self, why: str) -> None:
+        """Rename the file to ``<name>.<why>.bak`` (never over another) and open a new one."""
+        self._db.close()
+        target = self.path.with_name(f"{self.path.name}.{why}.bak")
+        n = 1
+        while target.exists():
+            n += 1
+            target = self.path.with_name(f"{self.path.name}.{why}.{n}.bak")
+        os.replace(self.path, target)
+        for suffix in ("-journal", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(f"{self.path}{suffix}", f"{target}{suffix}")
+        self._db = Connection(self.path)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -166,16 +237,26 @@ class ResultStore:
         config_id: str,
         detector_id: str,
         run_id: int | None = None,
+        detector_group: str | None = None,
     ) -> None:
-        """Store (or replace) one cell and commit it."""
+        """Store (or replace) one cell and commit it.
+
+        :param detector_group: the detector's group (JSON with its ``label``, see
+            :meth:`DetectorSpec.group <logitnorm_plugin.specs.DetectorSpec.group>`); the
+            stored row's ``Detector`` becomes that label
+        """
         data = {k: _json_value(v) for k, v in row.items()}
+        if detector_group is not None:
+            data["Detector"] = group_label(detector_group) or data.get("Detector")
         with self._db:
             self._db.execute(
-                "INSERT OR REPLACE INTO cells VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO cells (model_id, config_id, detector_id, dataset, model, "
+                "loss, seed, detector, detector_group, run_id, created_utc, row) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     model_id, config_id, detector_id, str(row["Dataset"]), row.get("Model"),
-                    row.get("Loss"), row.get("Seed"), row.get("Detector"), run_id, _now(),
-                    json.dumps(data, sort_keys=False),
+                    row.get("Loss"), row.get("Seed"), data.get("Detector"), detector_group,
+                    run_id, _now(), json.dumps(data, sort_keys=False),
                 ),
             )
 
@@ -237,29 +318,39 @@ class ResultStore:
         model_ids: Iterable[str] | None = None,
         with_ids: bool = False,
         detectors: Iterable[str] | None = None,
+        detector_ids: Iterable[str] | None = None,
     ) -> list[dict]:
         """Stored rows, in insertion order; ``with_ids`` adds ``model_id``, ``config_id``,
-        ``detector_id`` and ``run_id``.
+        ``detector_id``, ``detector_group`` and ``run_id``.
 
         :param config_id: only this configuration
         :param model_ids: only these models
         :param with_ids: add the key columns to each row
-        :param detectors: only these detectors (registry names, the rows' ``Detector``)
+        :param detectors: only these detector labels (the rows' ``Detector``)
+        :param detector_ids: only these detector configurations (``detector_id``: exact)
         """
         ids = list(model_ids) if model_ids is not None else None
         names = list(detectors) if detectors is not None else None
-        where, args = self._where(config_id=config_id, model_id=ids, detector=names)
+        det_ids = list(detector_ids) if detector_ids is not None else None
+        where, args = self._where(config_id=config_id, model_id=ids, detector=names,
+                                  detector_id=det_ids)
         cursor = self._db.execute(
-            "SELECT model_id, config_id, detector_id, run_id, row FROM cells"
+            "SELECT model_id, config_id, detector_id, detector_group, run_id, row FROM cells"
             f"{where} ORDER BY rowid",
             args,
         )
-        out = []
-        for model_id, cfg, det_id, run_id, text in cursor:
+        out, groups = [], []
+        for model_id, cfg, det_id, group, run_id, text in cursor:
             row = self._row(text)
             if with_ids:
-                row.update(model_id=model_id, config_id=cfg, detector_id=det_id, run_id=run_id)
+                row.update(model_id=model_id, config_id=cfg, detector_id=det_id,
+                           detector_group=group, run_id=run_id)
             out.append(row)
+            groups.append(detector_group_of({"detector_group": group, **row}))
+        # two detector groups under one label (e.g. two classes named alike) get distinct ones
+        labels = distinct_labels({g: row.get("Detector") for g, row in zip(groups, out)})
+        for group, row in zip(groups, out):
+            row["Detector"] = labels[group]
         return out
 
     def count(self, config_id: str | None = None) -> int:
@@ -363,77 +454,16 @@ class ResultStore:
         by: Sequence[str] = ("Loss", "Detector"),
         per_dataset: bool = False,
         detectors: Iterable[str] | None = None,
+        detector_ids: Iterable[str] | None = None,
     ) -> list[dict]:
         """:func:`aggregate` over the stored cells of one configuration, with its OOD groups
-        (optionally only of some models and detectors)."""
+        (optionally only of some models, detector labels or exact detector configurations)."""
         config = self.config(config_id) or {}
         rows = self.rows(config_id=config_id, model_ids=model_ids, with_ids=True,
-                         detectors=detectors)
+                         detectors=detectors, detector_ids=detector_ids)
         return aggregate(
             rows, groups=config.get("groups") or {}, by=by, per_dataset=per_dataset
         )
-
-
-def aggregate(
-    rows: Iterable[Mapping[str, Any]],
-    groups: Mapping[str, Sequence[str]] | None = None,
-    by: Sequence[str] = ("Loss", "Detector"),
-    metrics: Sequence[str] = AGGREGATE_METRICS,
-    per_dataset: bool = False,
-) -> list[dict]:
-    """Mean +- std over models (seeds) of each model's mean over the OOD sets.
-
-    Rows are grouped by the fields ``by``; within a group, each model (``model_id`` if present,
-    else ``Model``) is first averaged over its OOD sets (all of them, and each group of
-    ``groups``, e.g. near/far), then mean and sample standard deviation (ddof=1; 0 for a single
-    model) are taken over the models. ``ACC`` and ``ECE`` are per model and aggregated the same
-    way.
-
-    :param rows: result rows (from :func:`~logitnorm_plugin.evaluate` or the store)
-    :param groups: group name -> OOD set names
-    :param by: fields that define a table row
-    :param metrics: metrics to aggregate
-    :param per_dataset: aggregate each OOD set separately (adds ``Dataset`` to ``by``)
-    :return: one dict per group with the ``by`` fields, ``Seeds`` (number of models),
-        ``Datasets`` (OOD sets per model), ``<metric>`` and ``<metric>_std``, ``ACC``/``ECE``
-        (and ``_std``), and ``<group>/<metric>`` (and ``_std``) for each OOD group
-    """
-    by = tuple(by) + (("Dataset",) if per_dataset and "Dataset" not in by else ())
-    groups = {g: set(names) for g, names in (groups or {}).items()}
-    table: dict[tuple, dict[str, list[Mapping[str, Any]]]] = {}
-    for row in rows:
-        key = tuple(row.get(f) for f in by)
-        model = row.get("model_id") or row.get("Model")
-        table.setdefault(key, {}).setdefault(model, []).append(row)
-    out = []
-    for key, models in table.items():
-        per_model: dict[str, list[float]] = {}
-        n_sets = set()
-        for model_rows in models.values():
-            n_sets.add(len(model_rows))
-            for metric in metrics:
-                values = [r[metric] for r in model_rows if r.get(metric) is not None]
-                per_model.setdefault(metric, []).append(
-                    sum(values) / len(values) if values else None
-                )
-                for g, names in groups.items():
-                    # rows stored before a metric existed lack it
-                    in_group = [r[metric] for r in model_rows
-                                if r.get("Dataset") in names and r.get(metric) is not None]
-                    if in_group:
-                        per_model.setdefault(f"{g}/{metric}", []).append(
-                            sum(in_group) / len(in_group)
-                        )
-            for metric in ("ACC", "ECE"):
-                per_model.setdefault(metric, []).append(model_rows[0].get(metric))
-        entry: dict[str, Any] = dict(zip(by, key))
-        entry["Seeds"] = len(models)
-        entry["Datasets"] = max(n_sets) if n_sets else 0
-        for name, values in per_model.items():
-            mean, std = mean_std(values)
-            entry[name], entry[f"{name}_std"] = mean, std
-        out.append(entry)
-    return out
 
 
 # -- opening a results folder for reading --------------------------------------------------------
@@ -483,8 +513,9 @@ def _check_schema(path: Path) -> None:
             raise IncompatibleResultsError(
                 f"{str(path)!r} is a result store of schema version {found[0]}, written by "
                 f"another version of logitnorm-plugin; this version reads schema "
-                f"{SCHEMA_VERSION}. Re-run `logitnorm-ood bench` with this version, or export "
-                "with the version that wrote it"
+                f"{SCHEMA_VERSION}. Re-run the `logitnorm-ood bench` command with --force and "
+                "this version (the old file is kept beside it), or read it with the version "
+                "that wrote it"
             )
     finally:
         db.close()

@@ -18,6 +18,7 @@ size is the global one, only rank 0 writes.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -31,8 +32,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from logitnorm_plugin import distributed, rng, runs
-from logitnorm_plugin.errors import ConfigMismatchError, TrainingDivergedError, UserError
+from logitnorm_plugin import atomic, checkpoints, distributed, locks, rng, runs
+from logitnorm_plugin.errors import FolderBusyError, TrainingDivergedError, UserError
 from logitnorm_plugin.train_config import default_run_dir, resolve_config
 from logitnorm_plugin.train_step import (
     TrainStep,
@@ -64,6 +65,9 @@ class _Run:
         self.epoch = 0
         self.global_step = 0
         self.train_seconds = 0.0
+        # False after resuming from checkpoint.prev.pt: the damaged checkpoint.pt must not
+        # become the fallback of the next save
+        self.keep_previous = True
 
     # -- set-up -------------------------------------------------------------------------------
 
@@ -209,7 +213,8 @@ class _Run:
             "config": self.config.to_dict(),
             "runtime": self.runtime,
         }
-        runs.save_checkpoint(self.out, state)
+        runs.save_checkpoint(self.out, state, keep_previous=self.keep_previous)
+        self.keep_previous = True
         runs.write_metrics(self.out, self.history)
 
     def restore(self, ckpt: Dict[str, Any]) -> None:
@@ -390,6 +395,7 @@ class _Run:
             plot_logit_norms([self.out], self.out / runs.PLOT_FILE)
         except ImportError as exc:  # matplotlib is a dependency; never lose a run over a plot
             warnings.warn(f"logit-norm plot skipped: {exc}", RuntimeWarning, stacklevel=2)
+        checkpoints.discard_previous(self.out)
         return card
 
 
@@ -405,7 +411,7 @@ def train(
     seed: int = 0,
     device="cpu",
     out=None,
-    resume: bool = False,
+    resume: bool | str = False,
     amp=None,
     compile=None,
     data_root=None,
@@ -445,8 +451,16 @@ def train(
     :param device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``; under torchrun on CUDA
         each process takes ``cuda:LOCAL_RANK``
     :param out: run folder (default ``runs/<dataset>-<arch>-<loss>-s<seed>``)
-    :param resume: continue the run in ``out`` from its last complete epoch (a fresh start if
-        ``out`` holds no checkpoint); without it an existing run in ``out`` is an error
+    :param resume: ``False``: start a new run; ``out`` must hold no run file (config,
+        card, weights, metrics, checkpoint). ``True`` (``--resume``): continue the run in
+        ``out`` from its last intact checkpoint (from epoch 0 if it was stopped before its
+        first one); ``out`` must hold a run, and every configuration recorded there must equal
+        this one. ``"auto"``: continue if ``out`` holds a run of this configuration, else
+        start one (what ``bench`` and ``tune-t`` use for the run folders they own). See
+        :func:`logitnorm_plugin.runs.check_run_folder` and
+        :func:`logitnorm_plugin.checkpoints.load_for_resume` (the fallback to
+        ``checkpoint.prev.pt`` when ``checkpoint.pt`` is damaged). The run folder is locked
+        while training (:mod:`logitnorm_plugin.locks`): a second training of it fails at once
     :param amp: autocast: ``True`` (bf16, fp16 where bf16 is missing), ``False``,
         ``"bf16"``, ``"fp16"``; default on for CUDA, off on CPU
     :param compile: ``torch.compile`` the forward pass: ``True``, ``False`` or a mode name;
@@ -481,8 +495,12 @@ def train(
         takes none with them (before any data is read)
     :raises MissingDataError: dataset (or outlier set) not on disk and ``download`` is false
     :raises ConfigMismatchError: ``resume`` into a folder whose run has another configuration
+    :raises FolderBusyError: another process trains into ``out``
+    :raises ModelIntegrityError: no intact checkpoint to resume from
     :raises TrainingDivergedError: the loss became NaN/inf (the last good checkpoint is kept)
     """
+    if resume not in (False, True, "auto"):
+        raise ValueError(f"resume must be False, True or 'auto', got {resume!r}")
     wall_start = time.perf_counter()
     ctx, dev = distributed.setup(device)  # raises UserError for CUDA without CUDA
     saved_flags = (
@@ -509,57 +527,68 @@ def train(
             "check_every": int(check_every),
         }
         out = Path(out) if out is not None else default_run_dir(config)
-        ckpt_path = out / runs.CHECKPOINT_FILE
-        ckpt = None
-        if ckpt_path.is_file():
-            if not resume:
-                raise UserError(
-                    f"{str(out)!r} already holds a training run; pass --resume to continue it, "
-                    "or choose another --out folder"
-                )
-            ckpt = runs.load_checkpoint(ckpt_path)
-            diffs = runs.config_differences(ckpt["config"], config.to_dict())
-            if diffs:
-                raise ConfigMismatchError(
-                    f"cannot resume in {str(out)!r}: its run was trained with another "
-                    "configuration. Differing keys: " + "; ".join(diffs) + ". Use the same "
-                    "arguments to resume, or another --out folder for a new run."
-                )
-        elif (out / runs.CARD_FILE).is_file() and not resume:
-            raise UserError(
-                f"{str(out)!r} already holds a trained model; choose another --out folder"
-            )
-
-        if deterministic:
-            if dev.type == "cuda":
-                os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True)
-            torch.backends.cudnn.benchmark = False
-            torch.backends.cudnn.deterministic = True
-        elif dev.type == "cuda":
-            torch.backends.cudnn.benchmark = True
-
-        run = _Run(config, loss_cls, runtime, ctx, dev, out, progress)
-        run.load_data(data_root, download)
-        if ctx.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            runs.write_config(out, config.to_dict(), runtime)
-        run.build()
-        resumed_from = 0
-        if ckpt is not None:
-            run.restore(ckpt)
-            resumed_from = run.epoch
-            del ckpt
-            if ctx.is_main and progress:
-                print(f"resuming {out} after epoch {resumed_from}", file=sys.stderr)
-        run.fit(callback)
-        card = run.finish(wall_start) if ctx.is_main else None
-        ctx.barrier()
-        if card is None:
-            card = runs.read_card(out)
-        return runs.TrainResult(out, card, run.history, resumed_from)
+        # checked once before anything is created (a quick answer), again under the lock
+        holder = locks.busy(out) if ctx.is_main else None
+        if holder is not None:
+            raise FolderBusyError(f"the run folder {str(out)!r} is in use by another process "
+                                  f"({holder}); wait for it to finish, or choose another --out "
+                                  "folder")
+        runs.check_run_folder(out, config.to_dict(), resume)
+        with contextlib.ExitStack() as held:
+            if ctx.is_main:
+                held.enter_context(locks.hold(out, timeout=0, what="run folder"))
+                atomic.remove_stale_temporaries(out)
+            ctx.barrier()
+            return _train_in(out, config, loss_cls, runtime, ctx, dev, resume, deterministic,
+                             data_root, download, progress, callback, wall_start)
     finally:
         torch.use_deterministic_algorithms(saved_flags[0])
         torch.backends.cudnn.benchmark = saved_flags[1]
         torch.backends.cudnn.deterministic = saved_flags[2]
         ctx.close()
+
+
+def _say(message: str) -> None:
+    print(f"logitnorm-ood: {message}", file=sys.stderr, flush=True)
+
+
+def _train_in(out, config, loss_cls, runtime, ctx, dev, resume, deterministic, data_root,
+              download, progress, callback, wall_start) -> runs.TrainResult:
+    """The part of :func:`train` that runs while the run folder is locked."""
+    runs.check_run_folder(out, config.to_dict(), resume)
+    ckpt, current_ok = None, True
+    if resume:
+        ckpt, current_ok = checkpoints.load_for_resume(out, _say if ctx.is_main else None)
+        if ckpt is not None:
+            runs.check_same_config(out, runs.CHECKPOINT_FILE if current_ok
+                                   else runs.PREVIOUS_CHECKPOINT_FILE,
+                                   ckpt["config"], config.to_dict())
+
+    if deterministic:
+        if dev.type == "cuda":
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+    elif dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    run = _Run(config, loss_cls, runtime, ctx, dev, out, progress)
+    run.load_data(data_root, download)
+    if ctx.is_main:
+        runs.write_config(out, config.to_dict(), runtime)
+    run.build()
+    resumed_from = 0
+    if ckpt is not None:
+        run.restore(ckpt)
+        run.keep_previous = current_ok
+        resumed_from = run.epoch
+        del ckpt
+        if ctx.is_main and progress:
+            print(f"resuming {out} after epoch {resumed_from}", file=sys.stderr)
+    run.fit(callback)
+    card = run.finish(wall_start) if ctx.is_main else None
+    ctx.barrier()
+    if card is None:
+        card = runs.read_card(out)
+    return runs.TrainResult(out, card, run.history, resumed_from)

@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Sequence, Tuple
 
-from logitnorm_plugin import atomic, provenance, recipes
+from logitnorm_plugin import atomic, locks, provenance, recipes
 from logitnorm_plugin.conventions import PAPER_FPR_KEY, config_hash
 from logitnorm_plugin.device import resolve_device
 from logitnorm_plugin.errors import TrainingDivergedError, UserError
@@ -228,56 +228,59 @@ def tune_t(
         lr=lr, data_root=data_root, download=download, amp=amp, compile=compile,
         device=str(resolved_device), progress=progress and int(jobs) == 1, **overrides,
     )
-    tuning = _Tuning(Path(out), grid, seeds, train_args, amp, resolved_device, force)
-    val, noise = _load_validation(dataset, tuning.split_seed, noise_n, noise_seed, data_root,
-                                  download)
-    tuning.set_validation(val, noise, noise_seed, rule, rec.name, overrides)
-    points, trained, reused = tuning.run(int(jobs), progress, callback)
+    # one tuning per folder at a time: a second one waits, then reuses the stored points
+    with locks.hold(out, timeout=None, what="tuning folder"):
+        atomic.remove_stale_temporaries(out)
+        tuning = _Tuning(Path(out), grid, seeds, train_args, amp, resolved_device, force)
+        val, noise = _load_validation(dataset, tuning.split_seed, noise_n, noise_seed, data_root,
+                                      download)
+        tuning.set_validation(val, noise, noise_seed, rule, rec.name, overrides)
+        points, trained, reused = tuning.run(int(jobs), progress, callback)
 
-    summary = summarize(points.values(), seeds)
-    chosen, eligible = select_t(summary, rule)
-    for s in summary:
-        s["eligible"] = float(s["t"]) in eligible
-        s["chosen"] = float(s["t"]) == chosen
-        s["per_seed"] = [
-            {k: v for k, v in points[(s["t"], seed)].items() if k != "t"}
-            for seed in s["seeds"]
-        ]
-    if command is None:
-        command = _command(dataset, arch, grid, epochs, seeds, out, device, recipe, batch_size,
-                           lr, acc_margin, metric, noise_n, noise_seed, jobs, amp, compile)
-    first = tuning.first
-    record = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "chosen_t": chosen,
-        "dataset": first["dataset"],
-        "arch": first["arch"],
-        "loss": "logitnorm",
-        "detector": DETECTOR,
-        "grid": grid,
-        "seeds": seeds,
-        "rule": rule.to_dict(),
-        "results": summary,
-        "warnings": edge_warnings(chosen, grid),
-        "training": {
-            "recipe": rec.name,
-            "epochs": first["epochs"],
-            "train_split": "train",
-            "overrides": {k: (list(v) if isinstance(v, tuple) else v)
-                          for k, v in overrides.items()},
-            "config": {k: v for k, v in first.items()
-                       if k not in ("t", "t_source", "t_from", "seed", "loss_kwargs")},
-        },
-        "validation": tuning.validation,
-        "points": {"total": len(tuning.configs), "computed": trained, "reused": reused},
-        "store": STORE_FILE,
-        "command": command,
-        "seconds": time.perf_counter() - started,
-        "provenance": tuning.provenance,
-    }
-    _write_outputs(record, tuning.out, stdout)
-    return record
+        summary = summarize(points.values(), seeds)
+        chosen, eligible = select_t(summary, rule)
+        for s in summary:
+            s["eligible"] = float(s["t"]) in eligible
+            s["chosen"] = float(s["t"]) == chosen
+            s["per_seed"] = [
+                {k: v for k, v in points[(s["t"], seed)].items() if k != "t"}
+                for seed in s["seeds"]
+            ]
+        if command is None:
+            command = _command(dataset, arch, grid, epochs, seeds, out, device, recipe, batch_size,
+                               lr, acc_margin, metric, noise_n, noise_seed, jobs, amp, compile)
+        first = tuning.first
+        record = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "chosen_t": chosen,
+            "dataset": first["dataset"],
+            "arch": first["arch"],
+            "loss": "logitnorm",
+            "detector": DETECTOR,
+            "grid": grid,
+            "seeds": seeds,
+            "rule": rule.to_dict(),
+            "results": summary,
+            "warnings": edge_warnings(chosen, grid),
+            "training": {
+                "recipe": rec.name,
+                "epochs": first["epochs"],
+                "train_split": "train",
+                "overrides": {k: (list(v) if isinstance(v, tuple) else v)
+                              for k, v in overrides.items()},
+                "config": {k: v for k, v in first.items()
+                           if k not in ("t", "t_source", "t_from", "seed", "loss_kwargs")},
+            },
+            "validation": tuning.validation,
+            "points": {"total": len(tuning.configs), "computed": trained, "reused": reused},
+            "store": STORE_FILE,
+            "command": command,
+            "seconds": time.perf_counter() - started,
+            "provenance": tuning.provenance,
+        }
+        _write_outputs(record, tuning.out, stdout)
+        return record
 
 
 class _Tuning:
@@ -349,7 +352,7 @@ class _Tuning:
 
     def train_kwargs(self, t: float, seed: int) -> Dict[str, Any]:
         return dict(self.train_args, loss="logitnorm", loss_kwargs={"t": t}, seed=seed,
-                    out=str(self.run_dir(t, seed)), resume=True, eval_split="val")
+                    out=str(self.run_dir(t, seed)), resume="auto", eval_split="val")
 
     def run(self, jobs: int, progress: bool, callback):
         """Train and score every point that the store does not hold yet."""
@@ -359,7 +362,7 @@ class _Tuning:
         self.points: Dict[Tuple[float, int], Dict[str, Any]] = {}
         self.trained = reused = 0
         self.progress, self.callback = progress, callback
-        with ResultStore(self.out / STORE_FILE) as self.store:
+        with ResultStore(self.out / STORE_FILE, replace_incompatible=self.force) as self.store:
             if self.force:
                 for (t, seed) in self.configs:
                     self.store.delete(model_id=self.point_id(t, seed))

@@ -50,3 +50,25 @@ def test_failure_at_the_rename_keeps_the_old_file(tmp_path, monkeypatch):
         atomic.write_bytes(path, b"new")
     assert path.read_bytes() == b"old"
     assert os.listdir(tmp_path) == ["b.bin"]
+
+
+def test_full_disk_and_torch_short_write_are_storage_errors(tmp_path):
+    import errno
+
+    from logitnorm_plugin.errors import StorageError, UserError
+
+    path = atomic.write_bytes(tmp_path / "c.pt", b"old")
+
+    def full(f):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def short_write(f):  # what torch.save reports when the disk fills up under it
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    for write, words in ((full, "the disk is full"), (short_write, "most likely because")):
+        with pytest.raises(StorageError, match=words) as info:
+            atomic.atomic_write(path, write)
+        assert isinstance(info.value, UserError) and "c.pt" in str(info.value)
+        assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["c.pt"]
+    with pytest.raises(RuntimeError, match="unrelated"):  # other errors stay what they are
+        atomic.atomic_write(path, lambda f: (_ for _ in ()).throw(RuntimeError("unrelated")))

@@ -360,3 +360,16 @@ def test_upstream_key_uses_pytorch_ood_method_names(run_dir):
         export.model_entry_snippet(run_dir, key="my/key")))}
     assert {"key", "arch_class", "arch_kwargs", "url", "sha256", "preprocessing", "metrics",
             "source", "description"} <= fields
+
+
+def test_registry_keys_are_plain_names():
+    from logitnorm_plugin.errors import UntrustedFileError
+
+    assert export.check_key("wrn-40-2/cifar10/logitnorm/s0") == "wrn-40-2/cifar10/logitnorm/s0"
+    for key in ("../x", "a/../b", "/abs", "a//b", ".hidden/x", "a/b\nimport os", "a\\b"):
+        with pytest.raises(UntrustedFileError, match="not a plain name"):
+            export.check_key(key)
+    card = {"arch": "digits-cnn", "dataset": "../../escaped_dir", "loss": "logitnorm",
+            "seed": "s0"}
+    with pytest.raises(UntrustedFileError, match="escaped_dir"):
+        export.upstream_key(card)

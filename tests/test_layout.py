@@ -17,6 +17,7 @@ FLOORS = {
     "conventions": 0, "errors": 0, "tables": 0,
     "loss": 1, "detector": 1, "metrics": 1, "atomic": 1, "provenance": 1, "device": 1,
     "augment": 1, "distributed": 1, "rng": 1, "train_step": 1, "split": 1, "outliers": 1,
+    "locks": 1, "digests": 1, "store_db": 1, "aggregation": 1, "hub": 1, "checkpoints": 2,
     "registry": 2, "store": 2, "runs": 2, "models": 2, "data": 2, "benchmarks": 2,
     "recipes": 2, "published": 2, "plots": 2, "train_config": 2, "t_selection": 2, "specs": 2,
     "training": 3, "evaluation": 3,

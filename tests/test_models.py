@@ -97,3 +97,38 @@ def test_unknown_arch_names_closest_match():
     assert "wrn-40-2" in str(err.value) and "digits-cnn" in str(err.value)
     with pytest.raises(ValueError):  # also a ValueError for library users
         arch_spec("vit", 10)
+
+
+def test_only_the_closed_table_is_ever_built(tmp_path, monkeypatch):
+    import sys
+
+    from logitnorm_plugin.errors import UntrustedFileError
+    from logitnorm_plugin.models import ARCH_GROUP, build_arch, trusted_arch_classes
+
+    for path in ("os.system", "builtins.eval", "subprocess.Popen", "torch.nn.Linear",
+                 "pytorch_ood.model.registry.load_model", "torchvision.models.get_model"):
+        with pytest.raises(UntrustedFileError, match="not in the table"):
+            resolve_class(path, "card.json")
+    table = trusted_arch_classes()
+    assert {"pytorch_ood.model.WideResNet", "pytorch_ood.model.ResNet18",
+            "logitnorm_plugin.models.DigitsCNN", "torchvision.models.resnet18"} <= set(table)
+    model = build_arch("torchvision.models.resnet18", {"num_classes": 3})
+    assert model.fc.out_features == 3
+    with pytest.raises(UntrustedFileError, match="pretrained weights"):
+        build_arch("torchvision.models.resnet18", {"weights": "IMAGENET1K_V1"})
+    with pytest.raises(UntrustedFileError, match="argument names"):
+        build_arch("logitnorm_plugin.models.DigitsCNN", {"not a name": 1})
+    # an installed distribution may add architectures through the entry-point group
+    dist = tmp_path / "my_nets-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-nets\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(f"[{ARCH_GROUP}]\ntiny = my_nets:Tiny\n")
+    (tmp_path / "my_nets.py").write_text(
+        "import torch\nclass Tiny(torch.nn.Linear):\n"
+        "    def __init__(self, num_classes=2):\n        super().__init__(4, num_classes)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "my_nets", raising=False)
+    assert build_arch("my_nets.Tiny", {"num_classes": 5}).out_features == 5
+    monkeypatch.setenv("LOGITNORM_PLUGIN_NO_THIRD_PARTY", "1")
+    with pytest.raises(UntrustedFileError):
+        resolve_class("my_nets.Tiny")

@@ -148,3 +148,41 @@ def test_rows_and_aggregate_filter_detectors(tmp_path):
         assert {r["Detector"] for r in store.rows("c", detectors=["msp", "odin"])} == {
             "msp", "odin"}
         assert [e["Detector"] for e in store.aggregate("c", detectors=["energy"])] == ["energy"]
+
+
+def _group(label, cls="pkg.Det", distribution="dist", **kwargs):
+    import json
+
+    return json.dumps({"label": label, "name": label.partition("(")[0], "class": cls,
+                       "distribution": distribution, "kwargs": kwargs}, sort_keys=True)
+
+
+def test_configurations_of_one_name_are_never_averaged(tmp_path):
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        cells = [("plain", _group("logitnorm"), 0.6), ("t1", _group("logitnorm(t=1)", t=1.0), 0.9),
+                 ("other", _group("logitnorm", cls="fake.Det", distribution="fakeplug"), 0.2)]
+        for det_id, group, auroc in cells:
+            store.put(_row("m", "ce", 0, "logitnorm", "a", auroc), model_id="m", config_id="c",
+                      detector_id=det_id, detector_group=group)
+        entries = {e["Detector"]: e["AUROC"] for e in store.aggregate("c")}
+        # two classes under one label show their distribution; t=1 has its own label
+        assert entries == pytest.approx({"logitnorm [dist]": 0.6, "logitnorm(t=1)": 0.9,
+                                         "logitnorm [fakeplug]": 0.2})
+        (only,) = store.aggregate("c", detector_ids=["plain"])
+        assert only["Detector"] == "logitnorm" and only["AUROC"] == pytest.approx(0.6)
+        # the stored rows carry the same distinct labels (exports and reports read them)
+        assert {r["Detector"] for r in store.rows("c")} == set(entries)
+
+
+def test_a_store_of_another_schema_is_refused_or_replaced(tmp_path):
+    path = tmp_path / "results.sqlite"
+    with ResultStore(path) as store:
+        store.put(_row("m", "ce", 0, "msp", "a", 0.7), model_id="m", config_id="c",
+                  detector_id="msp")
+        store._db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+        store._db.commit()
+    with pytest.raises(IncompatibleResultsError, match="schema version 1.*bench --force"):
+        ResultStore(path)
+    with ResultStore(path, replace_incompatible=True) as store:
+        assert store.count() == 0
+    assert (tmp_path / "results.sqlite.schema-1.bak").is_file()

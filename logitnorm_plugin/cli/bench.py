@@ -58,6 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "the digits benchmark on the CPU (its tiny models gain little from a "
                         "second thread and slow down many-fold when other processes compete "
                         "for the cores), else torch's default")
+    parser.add_argument("--lock-timeout", type=float, default=None, metavar="SECONDS",
+                        help="when another bench uses --out: wait at most this long (default: "
+                        "until it ends; 0: fail at once)")
     parser.add_argument("--num-workers", type=int, default=0,
                         help="DataLoader workers for datasets without a tensor fast path")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -96,6 +99,7 @@ def run(args) -> int:
         threads=_args.threads(args.threads),
         command=_args.command_line("bench") or "logitnorm-ood bench",
         outliers=args.outliers,
+        lock_timeout=args.lock_timeout,
     )
     if args.update_readme:
         update_readme(args.update_readme, result["markdown"])

@@ -46,7 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None,
                         help="run folder (default runs/<dataset>-<arch>-<loss>-s<seed>)")
     parser.add_argument("--resume", action="store_true",
-                        help="continue the run in --out from its last complete epoch")
+                        help="continue the run in --out from its last intact checkpoint; --out "
+                        "must hold a run of the same configuration")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                         help="bf16 autocast (default: on for CUDA, off on CPU)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
