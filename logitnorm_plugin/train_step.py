@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from logitnorm_plugin import distributed
+from logitnorm_plugin.augment import in_memory_format
 from logitnorm_plugin.errors import UserError
 
 __all__ = ["TrainStep", "amp_dtype", "amp_name", "compile_mode", "epoch_statistics",
@@ -154,7 +155,9 @@ class TrainStep:
             torch.compiler.cudagraph_mark_step_begin()
         if self.augment is not None:
             images = self.augment(images)
-        x = self.normalize(images.contiguous(memory_format=self.memory_format))
+        # exact strides of the format (a one-channel batch is ambiguous otherwise): gradients
+        # then match their parameters' layout, as DDP's bucket views expect
+        x = self.normalize(in_memory_format(images, self.memory_format))
         with torch.autocast(
             self.device.type, dtype=self.amp_dtype or torch.float32,
             enabled=self.amp_dtype is not None,
