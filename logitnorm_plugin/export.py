@@ -13,8 +13,9 @@ device, seeds, dates):
   mean over seeds (the standard deviation is in the CSV and JSON files).
 - ``results_table.csv``: the same rows, flat, pytorch-ood's metric columns first and then this
   package's extras (the LogitNorm paper's ``FPR95-ID95``, ``ACC``, ``ECE``, near/far scopes,
-  standard deviations); percentages with two decimals, provenance in leading ``#`` lines
-  (``pandas.read_csv(path, comment="#")`` reads it).
+  standard deviations); percentages with two decimals; a plain CSV (header line, then rows)
+  that any CSV reader takes as it is. Its provenance is the sidecar
+  ``results_table.provenance.json`` (:func:`csv_provenance`).
 - ``results_table.json``: everything at full precision as fractions in [0, 1].
 
 Each file identifies its tables (an HTML comment in Markdown, a comment in RST), so the tests
@@ -52,9 +53,11 @@ __all__ = [
     "build_model_entry",
     "check_entry",
     "copy_weights",
+    "csv_provenance",
     "export_results",
     "export_tables",
     "model_entry_snippet",
+    "provenance_path",
     "to_csv",
     "to_json",
     "to_markdown",
@@ -268,17 +271,37 @@ def _csv_records(tables: Sequence[Mapping[str, Any]]) -> list[dict]:
 
 def to_csv(tables: Sequence[Mapping[str, Any]], provenance: Mapping[str, Any]) -> str:
     """One flat CSV: a row per (benchmark, arch, loss, scope, dataset, detector); percentages
-    with two decimals; provenance in leading ``#`` lines."""
+    with two decimals; nothing but the header and the rows (the provenance goes to the sidecar
+    of :func:`csv_provenance`)."""
     buffer = io.StringIO()
-    buffer.write(f"# {provenance_text(provenance)}\n")
-    buffer.write(f"# {_NOTE}\n")
-    buffer.write(f"# provenance-json: {json.dumps(provenance, sort_keys=True)}\n")
     writer = csv.DictWriter(buffer, fieldnames=_csv_columns(), lineterminator="\n",
                             extrasaction="ignore")
     writer.writeheader()
     for rec in _csv_records(tables):
         writer.writerow({k: ("" if v is None else v) for k, v in rec.items()})
     return buffer.getvalue()
+
+
+def csv_provenance(provenance: Mapping[str, Any], csv_name: str) -> str:
+    """The sidecar JSON of a CSV export (``<stem>.provenance.json``): which file it describes,
+    the provenance record and text, and the units and conventions of the values."""
+    doc = {
+        "format": "logitnorm-plugin-export-provenance",
+        "format_version": EXPORT_FORMAT_VERSION,
+        "describes": csv_name,
+        "units": "percent, two decimals",
+        "note": _NOTE,
+        "provenance_text": provenance_text(provenance),
+        "provenance": provenance,
+    }
+    return json.dumps(finite_json(doc), indent=2, sort_keys=False) + "\n"
+
+
+def provenance_path(csv_path) -> Path:
+    """Where the provenance of an exported CSV lies: ``results_table.csv`` ->
+    ``results_table.provenance.json``."""
+    csv_path = Path(csv_path)
+    return csv_path.with_name(f"{csv_path.stem}.provenance.json")
 
 
 def to_json(tables: Sequence[Mapping[str, Any]], provenance: Mapping[str, Any]) -> str:
@@ -308,7 +331,8 @@ def export_results(results_dir, out=None, formats: Sequence[str] = FORMATS,
     :param out: output folder (default: ``<results_dir>/export``)
     :param formats: any of ``md``, ``csv``, ``json``, ``rst``
     :param stem: file name without suffix
-    :return: format -> written path
+    :return: format -> written path (a CSV comes with its provenance sidecar, see
+        :func:`provenance_path`)
     :raises IncompatibleResultsError: for a missing, empty or incompatible results folder
     """
     from logitnorm_plugin.atomic import write_text
@@ -326,6 +350,9 @@ def export_results(results_dir, out=None, formats: Sequence[str] = FORMATS,
     written = {}
     for fmt in formats:
         written[fmt] = write_text(out / f"{stem}.{fmt}", _WRITERS[fmt](tables, provenance))
+        if fmt == "csv":
+            write_text(provenance_path(written[fmt]),
+                       csv_provenance(provenance, written[fmt].name))
     return written
 
 

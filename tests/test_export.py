@@ -1,6 +1,7 @@
 """``logitnorm-ood export``: tables in pytorch-ood's layout (Markdown, RST, CSV, JSON) read back
 and compared with the store; ``ModelEntry`` snippets checked with pytorch-ood's registry."""
 
+import csv
 import dataclasses
 import hashlib
 import random
@@ -122,7 +123,13 @@ def test_rst_grid_tables_read_back_as_stored(results):
 
 def test_csv_reads_back_as_stored_with_extras_and_groups(results):
     path = export.export_results(results, formats=["csv"])["csv"]
-    rows_csv, prov = parsers.parse_csv(path.read_text(encoding="utf-8"))
+    sidecar = path.with_name("results_table.provenance.json")
+    rows_csv, prov = parsers.parse_csv(path.read_text(encoding="utf-8"),
+                                       sidecar.read_text(encoding="utf-8"))
+    # a plain CSV: any reader takes it as it is, the header first
+    with path.open(newline="", encoding="utf-8") as f:
+        plain = list(csv.DictReader(f))
+    assert len(plain) == len(rows_csv) and list(plain[0])[:7] == list(export.CSV_KEYS)
     rows = stored_rows(results)
     assert list(rows_csv[0])[:12] == [*export.CSV_KEYS, *export.DOC_METRICS]
     # per (loss, detector): the mean, near, far and one row per OOD set
@@ -180,7 +187,9 @@ def test_every_format_carries_provenance(results):
     written = export.export_results(results)
     assert set(written) == set(export.FORMATS)
     for fmt, path in written.items():
-        text = path.read_text(encoding="utf-8")
+        # the CSV stays plain: its provenance is the sidecar beside it
+        text = (export.provenance_path(path) if fmt == "csv" else path).read_text(
+            encoding="utf-8")
         for needle in (f"torch {record['versions']['torch']}",
                        f"pytorch-ood {record['versions']['pytorch-ood']}",
                        f"logitnorm-plugin {record['versions']['logitnorm-plugin']}",
@@ -196,6 +205,9 @@ def test_cli_export_writes_all_formats(results, tmp_path, capsys):
     assert main(["export", str(results), "--out", str(out), "--format", "md,rst"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["results_table.md", "results_table.rst"]
     assert "md:" in capsys.readouterr().out
+    assert main(["export", str(results), "--out", str(out), "--format", "csv"]) == 0
+    assert "csv provenance: " in capsys.readouterr().out
+    assert (out / "results_table.provenance.json").is_file()
 
 
 def _incompatible(tmp_path):

@@ -61,4 +61,6 @@ def run(args) -> int:
     written = export.export_results(args.results_dir or "results", out=args.out, formats=formats)
     for fmt, path in written.items():
         print(f"{fmt}: {path}")
+        if fmt == "csv":
+            print(f"csv provenance: {export.provenance_path(path)}")
     return 0
