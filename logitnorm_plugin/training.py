@@ -51,6 +51,13 @@ __all__ = ["train"]
 # --------------------------------------------------------------------------------------------
 
 
+def run_name(config) -> str:
+    """What a run is called in progress output: ``train <loss>[ t=<t>] s<seed>``."""
+    t = (config.get("loss_kwargs") or {}).get("t")
+    t_part = f" t={t:g}" if isinstance(t, (int, float)) else ""
+    return f"train {config['loss']}{t_part} s{config['seed']}"
+
+
 class _Run:
     """State of one training run in one process (rank)."""
 
@@ -64,6 +71,9 @@ class _Run:
         self.epoch = 0
         self.global_step = 0
         self.train_seconds = 0.0
+        self.name = run_name(config)
+        # what the per-epoch accuracy is measured on, in words (tuning runs never see "test")
+        self.eval_words = "val acc" if config.get("eval_split", "test") == "val" else "test acc"
 
     # -- set-up -------------------------------------------------------------------------------
 
@@ -267,7 +277,7 @@ class _Run:
         bs, steps = self.local_batch, self.steps_per_epoch
         check_every = int(rt["check_every"]) if rt["check_every"] else 0
         bar = tqdm(
-            total=steps, desc=f"epoch {self.epoch + 1}/{c['epochs']}", leave=False,
+            total=steps, desc=f"{self.name} epoch {self.epoch + 1}/{c['epochs']}", leave=False,
             disable=self._bar_disabled(), file=sys.stderr, unit="step",
         )
         for i in range(steps):
@@ -332,7 +342,7 @@ class _Run:
 
         c = self.config
         bar = tqdm(
-            total=c["epochs"], initial=self.epoch, desc="training", unit="epoch",
+            total=c["epochs"], initial=self.epoch, desc=self.name, unit="epoch",
             disable=self._bar_disabled(), file=sys.stderr,
         )
         try:
@@ -350,9 +360,9 @@ class _Run:
                     )
                     if self.progress:
                         msg = (
-                            f"epoch {record['epoch']}/{c['epochs']}: loss "
+                            f"{self.name} epoch {record['epoch']}/{c['epochs']}: loss "
                             f"{record['train_loss']:.4f}, train acc {record['train_accuracy']:.4f}"
-                            f", test acc {record['test_accuracy']:.4f}, |z| "
+                            f", {self.eval_words} {record['test_accuracy']:.4f}, |z| "
                             f"{record['logit_norm_mean']:.2f}±{record['logit_norm_std']:.2f}, "
                             f"{record['seconds']:.1f}s"
                         )
