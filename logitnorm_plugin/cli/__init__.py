@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: List[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+    # not list(argv): importing the command module cli/list.py binds the name `list` here
+    argv = sys.argv[1:] if argv is None else [*argv]
     parser = build_parser()
     # parse the command first, then let its module add its own arguments
     known, _ = parser.parse_known_args(argv[:1] if argv and not argv[0].startswith("-") else argv)
