@@ -155,6 +155,27 @@ class TrainStep:
             torch.compiler.cudagraph_mark_step_begin()
         if self.augment is not None:
             images = self.augment(images)
+        loss, logits = self.forward_loss(images, labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.accumulate(loss.detach(), logits, labels)
+        self._count += labels.shape[0]
+        self.steps += 1
+
+    def forward_loss(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """Normalise, forward under autocast, loss in fp32: ``(loss, logits)``.
+
+        Nothing here reads a value back to the host, so it traces as one graph
+        (``torch.compile(fullgraph=True)``; tested) and a CUDA graph can capture it.
+        """
         # exact strides of the format (a one-channel batch is ambiguous otherwise): gradients
         # then match their parameters' layout, as DDP's bucket views expect
         x = self.normalize(in_memory_format(images, self.memory_format))
@@ -167,26 +188,18 @@ class TrainStep:
         loss = self.loss_fn(logits, labels)
         if loss.dim() != 0:
             loss = loss.mean()
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            loss.backward()
-            self.optimizer.step()
-        if self.scheduler is not None:
-            self.scheduler.step()
-        with torch.no_grad():
-            n = labels.shape[0]
-            loss = loss.detach()
-            self._steps += 1
-            self._sums[0] += loss.double() * n
-            self._sums[1] += (logits.argmax(dim=1) == labels).sum()
-            bad = ~torch.isfinite(loss) & (self._first_bad == _NO_BAD_STEP)
-            self._first_bad = torch.where(bad, self._steps, self._first_bad)
-        self._count += n
-        self.steps += 1
+        return loss, logits
+
+    @torch.no_grad()
+    def accumulate(self, loss: Tensor, logits: Tensor, labels: Tensor) -> None:
+        """Add one step's loss, correct predictions and divergence check to the device-side
+        sums (no host synchronisation; traces as one graph)."""
+        n = labels.shape[0]
+        self._steps += 1
+        self._sums[0] += loss.double() * n
+        self._sums[1] += (logits.argmax(dim=1) == labels).sum()
+        bad = ~torch.isfinite(loss) & (self._first_bad == _NO_BAD_STEP)
+        self._first_bad = torch.where(bad, self._steps, self._first_bad)
 
     def first_bad_step(self, ctx: distributed.DistContext | None = None) -> int | None:
         """1-based step (since :meth:`reset`) whose loss was first non-finite on any process,
