@@ -91,6 +91,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--n-id", type=int, default=128, help="ID images (default 128)")
     parser.add_argument("--n-ood", type=int, default=64, help="images per OOD set (default 64)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--depth", type=int, default=40, help="WideResNet depth (default 40)")
+    parser.add_argument("--widen-factor", type=int, default=2,
+                        help="WideResNet width (default 2; smaller for toy runs)")
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args(argv)
     if args.threads:
@@ -98,7 +101,8 @@ def main(argv=None) -> dict:
     device = torch.device(args.device)
 
     torch.manual_seed(0)
-    model = WideResNet(num_classes=10, depth=40, widen_factor=2, drop_rate=0.3).to(device).eval()
+    model = WideResNet(num_classes=10, depth=args.depth, widen_factor=args.widen_factor,
+                       drop_rate=0.3).to(device).eval()
     bench = SyntheticBenchmark(args.n_id, args.n_ood)
     with torch.no_grad():  # warm-up: kernel selection, allocator, lazy init
         model(bench.id_set.normalize(bench.id_set.images[: args.batch_size]).to(device))
@@ -134,6 +138,7 @@ def main(argv=None) -> dict:
     result = {
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "model": f"WRN-{args.depth}-{args.widen_factor}",
         "torch_threads": torch.get_num_threads(),
         "batch_size": args.batch_size,
         "n_id": args.n_id,
@@ -147,7 +152,8 @@ def main(argv=None) -> dict:
         "images": n_images,
     }
     print(
-        f"device {result['device_name']} ({torch.get_num_threads()} threads), WRN-40-2, "
+        f"device {result['device_name']} ({torch.get_num_threads()} threads), "
+        f"{result['model']}, "
         f"batch {args.batch_size}, ID {args.n_id} + 6 x {args.n_ood} OOD, detectors msp, "
         "energy, maxlogit, logitnorm, odin"
     )

@@ -25,9 +25,9 @@ def aggregate(
 
     Rows are grouped by the fields ``by``; within a group, each model (``model_id`` if present,
     else ``Model``) is first averaged over its OOD sets (all of them, and each group of
-    ``groups``, e.g. near/far), then mean and sample standard deviation (ddof=1; 0 for a single
-    model) are taken over the models. ``ACC`` and ``ECE`` are per model and aggregated the same
-    way.
+    ``groups``, e.g. near/far), then mean and sample standard deviation (ddof=1; NaN for a
+    single model: undefined) are taken over the models. ``ACC`` and ``ECE`` are per model and
+    aggregated the same way.
 
     :param rows: result rows (from :func:`~logitnorm_plugin.evaluate` or the store)
     :param groups: group name -> OOD set names

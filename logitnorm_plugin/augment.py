@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-__all__ = ["random_crop_flip", "DeviceAugment"]
+__all__ = ["random_crop_flip", "DeviceAugment", "in_memory_format"]
 
 
 def random_crop_flip(
@@ -44,7 +44,7 @@ def random_crop_flip(
     if padding < 0:
         raise ValueError(f"padding must be >= 0, got {padding}")
     if padding == 0 and not flip:
-        return images.contiguous(memory_format=memory_format).clone()
+        return images.clone(memory_format=memory_format)
     b, _, h, w = images.shape
     device = images.device
     if padding > 0:
@@ -64,7 +64,21 @@ def random_crop_flip(
     batch = torch.arange(b, device=device).view(b, 1, 1)
     # advanced indices on dims 0, 2, 3 around a slice: the result is B x H x W x C
     out = source[batch, :, rows.view(b, h, 1), cols.view(b, 1, w)]
-    return out.permute(0, 3, 1, 2).contiguous(memory_format=memory_format)
+    return in_memory_format(out.permute(0, 3, 1, 2), memory_format)
+
+
+def in_memory_format(x: Tensor, memory_format: torch.memory_format) -> Tensor:
+    """``x`` with exactly the strides of ``memory_format`` (a copy only where they differ).
+
+    ``Tensor.contiguous`` keeps a tensor whose size-1 dimensions carry other strides: a
+    one-channel ``B x 1 x H x W`` batch permuted from ``B x H x W x 1`` counts as contiguous
+    *and* channels_last. Convolutions then pick channels_last kernels, the weight gradient of
+    the first layer comes out channels_last while its parameter is not, and DDP warns on every
+    step ("Grad strides do not match bucket view strides") and copies the gradient.
+    """
+    x = x.contiguous(memory_format=memory_format)
+    wanted = torch.empty(x.shape, device="meta", memory_format=memory_format).stride()
+    return x if x.stride() == wanted else x.clone(memory_format=memory_format)
 
 
 class DeviceAugment:
@@ -99,7 +113,7 @@ class DeviceAugment:
     def __call__(self, images: Tensor) -> Tensor:
         """:param images: ``B x C x H x W``; :return: the augmented batch (same dtype)"""
         if not self.active:
-            return images.contiguous(memory_format=self.memory_format)
+            return in_memory_format(images, self.memory_format)
         return random_crop_flip(
             images, self.padding, self.flip, self.generator, self.memory_format
         )

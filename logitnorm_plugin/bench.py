@@ -33,6 +33,7 @@ import csv
 import hashlib
 import io
 import json
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -44,7 +45,7 @@ from logitnorm_plugin.atomic import remove_stale_temporaries, write_json, write_
 from logitnorm_plugin.conventions import ROW_KEYS, config_hash, safe_file_part
 from logitnorm_plugin.errors import UserError
 from logitnorm_plugin.published import load_published, match_published
-from logitnorm_plugin.tables import markdown_table, pct
+from logitnorm_plugin.tables import finite_json, markdown_table, pct, plural
 
 __all__ = [
     "DEFAULTS",
@@ -282,28 +283,22 @@ def run(
 
     ``device`` is ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``. ``threads`` sets torch's
     CPU threads for the run (restored afterwards): a number, ``"auto"`` (1 for the digits
-    benchmark on the CPU, else unchanged) or ``None`` (unchanged). ``outliers`` is the
-    auxiliary outlier source of the objectives that need one (``outlier_exposure``, ...;
-    default: the dataset's named source, :data:`~logitnorm_plugin.data.outliers.
-    DEFAULT_OUTLIERS`); the other objectives train without. ``lock_timeout``: seconds to wait
-    for another run that holds ``out`` (``None``: as long as it takes; 0: fail at once). The
-    other parameters are the command-line options of the same names.
+    benchmark on the CPU, else unchanged; :func:`~logitnorm_plugin.device.resolve_threads`)
+    or ``None`` (unchanged). ``models`` items may be ``LABEL=SPEC``
+    (:func:`~logitnorm_plugin.model_labels.model_specs`). ``outliers`` is the auxiliary outlier
+    source of the objectives that need one (``outlier_exposure``, ...; default: the dataset's
+    named source, :data:`~logitnorm_plugin.data.outliers.DEFAULT_OUTLIERS`); the other
+    objectives train without. ``lock_timeout``: seconds to wait for another run that holds
+    ``out`` (``None``: as long as it takes; 0: fail at once). The other parameters are the
+    command-line options of the same names.
 
     :return: dict with ``rows``, ``aggregate``, ``table`` and ``markdown`` (the table alone and
         the whole ``table.md``), ``config_id``, ``out``, ``seconds`` and ``plots``
     """
-    import torch
-
-    from logitnorm_plugin.device import resolve_device
+    from logitnorm_plugin.device import resolve_device, resolve_threads, torch_threads
 
     device = str(resolve_device(device))
-    if threads == "auto":
-        on_cpu = torch.device(device).type == "cpu"
-        threads = 1 if on_cpu and str(benchmark).lower() == "digits" else None
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(int(threads))
-    try:
+    with torch_threads(resolve_threads(threads, device, benchmark)):
         comparison = _Comparison(
             benchmark, models, losses, detectors, seeds, device, Path(out), data_root,
             download, force, batch_size, protocol, recipe, epochs, t, t_from, progress, plots,
@@ -314,8 +309,6 @@ def run(
                         "another --out folder"):
             remove_stale_temporaries(out)
             return comparison.run(stdout)
-    finally:
-        torch.set_num_threads(previous)
 
 
 class _Comparison:
@@ -347,14 +340,13 @@ class _Comparison:
         ]
 
     def run(self, stdout) -> dict:
-        import sys
-
         from logitnorm_plugin import provenance
-        from logitnorm_plugin.specs import evaluation_config, resolve_model
+        from logitnorm_plugin.model_labels import model_specs
+        from logitnorm_plugin.specs import evaluation_config
 
         stdout = stdout or sys.stdout
         if self.models:
-            specs = [resolve_model(m, download=self.download) for m in self.models]
+            specs = model_specs(self.models, download=self.download)  # unique labels
         else:
             specs = [request.spec() for request in self.to_train]
         record = provenance.collect(
@@ -376,42 +368,86 @@ class _Comparison:
         from logitnorm_plugin.evaluation import evaluate
         from logitnorm_plugin.store import STORE_FILE, ResultStore
 
+        # models that arch, loss and seed do not tell apart get a table row each
+        self.by_model = len({(s.arch, s.loss, s.seed) for s in specs}) < len(specs)
+        group_of = (lambda s: s.label) if self.by_model else (lambda s: s.loss)
         first_seed = {}
         for s in specs:
-            first_seed.setdefault(s.loss, s.label)
+            first_seed.setdefault(group_of(s), s.label)
         self.first_seed = first_seed
-        model_ids = [s.model_id() for s in specs]
         with ResultStore(self.out / STORE_FILE, replace_incompatible=self.force) as store:
-            cells_before = 0 if self.force else sum(len(store.cells(m, cfg)) for m in model_ids)
+            cells_before = 0 if self.force else self._stored_cells(store, specs, cfg)
+            if self.progress:
+                print(self._reuse_line(specs, cells_before), file=sys.stderr, flush=True)
             rows = evaluate(
                 specs, self.bench, detectors=self.detectors, device=self.device,
                 batch_size=self.batch_size, store=store, force=self.force,
                 progress=self.progress, protocol=self.protocol,
-                keep_scores=(lambda s: first_seed.get(s.loss) == s.label) if self.plots
+                keep_scores=(lambda s: first_seed.get(group_of(s)) == s.label) if self.plots
                 else False,
                 provenance=record, num_workers=self.num_workers,
             )
             self.by = (("Arch", "Loss", "Detector") if len({s.arch for s in specs}) > 1
                        else ("Loss", "Detector"))
+            if self.by_model:
+                self.by = ("Model", *self.by)
             # exactly the configurations asked for now: never older cells under the same name
             ids = {r.key(r.model_kwargs(s, s.std if s.std is not None else self.bench.std))
                    for s in specs for r in self.requests}
             labels = [r.label for r in self.requests]
             summary = _ordered(
-                store.aggregate(cfg, model_ids=model_ids, by=self.by, detector_ids=ids),
+                self._aggregate(store, cfg, specs, ids, per_dataset=False),
                 specs, labels, self.by,
             )
             per_dataset = _ordered(
-                store.aggregate(cfg, model_ids=model_ids, by=self.by, per_dataset=True,
-                                detector_ids=ids),
+                self._aggregate(store, cfg, specs, ids, per_dataset=True),
                 specs, labels, self.by, self.bench.ood_names,
             )
             label_of = {r.row_name: r.label for r in self.requests}
             for row in rows:
                 row["Detector"] = label_of.get(row["Detector"], row["Detector"])
-            hist = _histograms(store, specs, self.requests, self.bench, cfg, self.out,
-                               first_seed) if self.plots else []
+            chosen = [s for s in specs if first_seed.get(group_of(s)) == s.label]
+            hist = _histograms(store, chosen, self.requests, self.bench, cfg,
+                               self.out) if self.plots else []
         return rows, summary, per_dataset, cells_before, hist
+
+    def _aggregate(self, store, cfg, specs, detector_ids, per_dataset: bool) -> list[dict]:
+        """The store's aggregate of this run's models and detector configurations; one row per
+        model (labelled as given now, whatever label a stored cell carries) where ``by``
+        starts with ``Model``."""
+        label_of = {s.model_id(): s.label for s in specs}
+        by = ("model_id", *self.by[1:]) if self.by_model else self.by
+        entries = store.aggregate(cfg, model_ids=list(label_of), by=by, per_dataset=per_dataset,
+                                  detector_ids=detector_ids)
+        if self.by_model:
+            for entry in entries:
+                entry["Model"] = label_of.get(entry.pop("model_id"))
+        return entries
+
+    def _stored_cells(self, store, specs, cfg) -> int:
+        """How many of this run's cells (model x detector x OOD set) the store already holds."""
+        count = 0
+        for spec in specs:
+            std = spec.std if spec.std is not None else self.bench.std
+            keys = {r.key(r.model_kwargs(spec, std)) for r in self.requests}
+            count += sum(1 for key, dataset in store.cells(spec.model_id(), cfg)
+                         if key in keys and dataset in self.bench.ood_names)
+        return count
+
+    def _reuse_line(self, specs, cells_before: int) -> str:
+        """What this run reuses and what it still computes (one line, before evaluation)."""
+        from logitnorm_plugin.store import STORE_FILE
+
+        cells = len(specs) * len(self.requests) * len(self.bench.ood_names)
+        if self.models:
+            models = f"{plural(len(specs), 'model')} given with --models"
+        else:
+            reused = sum(not s.extra.get("trained_now") for s in specs)
+            models = (f"reused {reused} of {plural(len(specs), 'trained model')} from "
+                      f"{self.out / 'runs'}")
+        return (f"bench: {models}, {cells_before} of {plural(cells, 'cell')} from "
+                f"{self.out / STORE_FILE}; {cells - cells_before} to evaluate on "
+                f"{self.device}")
 
     def _write(self, specs, rows, summary, per_dataset, cells_before, hist, record, cfg,
                stdout) -> dict:
@@ -432,10 +468,13 @@ class _Comparison:
             )
         table = format_table(summary, by, list(bench.groups), matched, published.get("sources"))
         seconds = time.perf_counter() - self.start
+        over = ("one row per model (arch, loss and seed do not tell them apart)"
+                if self.by_model else "mean ± std over seeds")
         title = (
-            f"Benchmark `{bench.name}` (protocol {self.protocol}), {len(specs)} models, "
-            f"detectors {', '.join(r.label for r in self.requests)}; values in %, mean ± std "
-            f"over seeds of the mean over {len(bench.ood_names)} OOD sets "
+            f"Benchmark `{bench.name}` (protocol {self.protocol}), "
+            f"{plural(len(specs), 'model')}, detectors "
+            f"{', '.join(r.label for r in self.requests)}; values in %, {over} of the mean "
+            f"over {plural(len(bench.ood_names), 'OOD set')} "
             f"({', '.join(bench.ood_names)}). "
             "FPR95TPR: pytorch-ood's (OOD positive, ID flagged at 95% OOD detected); "
             "FPR95-ID95: the LogitNorm paper's (OOD accepted at 95% ID kept). ACC: ID test "
@@ -455,17 +494,17 @@ class _Comparison:
             f"Command: `{self.command or 'logitnorm-ood bench'}`; device "
             f"{provenance.device_name(self.device)}, torch threads: {_torch_threads()}; run "
             f"time {seconds:.1f} s after interpreter start-up; "
-            + (f"{len(specs)} models given with --models" if self.models else
-               f"{trained_now} of {len(specs)} models trained in this run, "
+            + (f"{plural(len(specs), 'model')} given with --models" if self.models else
+               f"{trained_now} of {plural(len(specs), 'model')} trained in this run, "
                f"{len(specs) - trained_now} reused from runs/")
-            + f"; {len(rows) - cells_before} of {len(rows)} cells computed in this run, the "
-            "others read from results.sqlite.",
+            + f"; {len(rows) - cells_before} of {plural(len(rows), 'cell')} computed in this "
+            "run, the others read from results.sqlite.",
         ]) + "\n"
         print(title + "\n\n" + table, file=stdout)
         out = self.out
         write_text(out / "table.md", md)
         write_text(out / "results.csv", _csv(rows))
-        write_json(out / "results.json", {
+        write_json(out / "results.json", finite_json({
             "benchmark": bench.name,
             "config_id": cfg,
             "config": evaluation_config(bench, self.protocol),
@@ -476,7 +515,7 @@ class _Comparison:
             "published": [p for v in matched.values() for p in v],
             "plots": [str(p.name) for p in hist],
             "seconds": seconds,
-        }, default=repr)
+        }), default=repr)
         print(f"\nwrote {out}/ (results.sqlite, results.json, results.csv, table.md"
               + (", " + ", ".join(p.name for p in hist) if hist else "")
               + f") in {seconds:.1f} s", file=stdout)
@@ -495,12 +534,14 @@ def _ordered(entries, specs, detectors, by, datasets=()):
     as named, OOD sets as the benchmark lists them."""
     first = {}
     for i, spec in enumerate(specs):
+        first.setdefault(("Model", spec.label), i)
         first.setdefault(("Arch", spec.arch), i)
         first.setdefault(("Loss", spec.loss), i)
     dataset_index = {d: i for i, d in enumerate(datasets)}
 
     def key(entry):
-        parts = [first.get((b, entry.get(b)), len(specs)) for b in by if b in ("Arch", "Loss")]
+        parts = [first.get((b, entry.get(b)), len(specs)) for b in by
+                 if b in ("Model", "Arch", "Loss")]
         det = entry.get("Detector")
         parts.append(detectors.index(det) if det in detectors else len(detectors))
         parts.append(dataset_index.get(entry.get("Dataset"), 0))
@@ -509,12 +550,12 @@ def _ordered(entries, specs, detectors, by, datasets=()):
     return sorted(entries, key=key)
 
 
-def _histograms(store, specs, requests, bench, cfg, out: Path, first_seed) -> list[Path]:
-    """One PNG per detector: ID vs OOD scores of the first seed of each loss, side by side."""
+def _histograms(store, chosen, requests, bench, cfg, out: Path) -> list[Path]:
+    """One PNG per detector: ID vs OOD scores of the ``chosen`` models (the first seed of each
+    loss), side by side."""
     from logitnorm_plugin.conventions import ID_DATASET
     from logitnorm_plugin.plots import score_histograms
 
-    chosen = [s for s in specs if first_seed.get(s.loss) == s.label]
     paths = []
     for request in requests:
         panels = {}

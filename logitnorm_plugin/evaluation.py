@@ -28,6 +28,7 @@ fixes its traps (see ``HOST_PITFALLS.md``):
 from __future__ import annotations
 
 import copy
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Tuple, Union
 
@@ -270,6 +271,12 @@ def _progress(iterable, enabled: bool, **kwargs):
     return tqdm(iterable, disable=None if enabled else True, leave=False, **kwargs)
 
 
+def _say_without_terminal(enabled: bool, text: str) -> None:
+    """A progress line where no bar shows (stderr is not a terminal: a log, CI)."""
+    if enabled and not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty()):
+        print(text, file=sys.stderr, flush=True)
+
+
 
 def evaluate(
     models,
@@ -364,7 +371,7 @@ def evaluate(
             )
             job.run_id = store.start_run(record)
         rows: List[Dict[str, Any]] = []
-        for spec in _progress(specs, progress and len(specs) > 1, desc="models"):
+        for spec in _progress(specs, progress and len(specs) > 1, desc="evaluate", unit="model"):
             rows.extend(job.model_rows(spec))
         return rows
     finally:
@@ -419,6 +426,8 @@ class _Evaluation:
         todo = {cell for cell in cells if cell not in done}
         results = {c: done[c] for c in cells if c in done}
         if todo:
+            _say_without_terminal(self.progress, f"evaluate {spec.label}: "
+                                  f"{len(todo)} of {len(cells)} cells to compute")
             work = _ModelWork(self, spec, model_id, extras, keys, todo)
             results.update(work.compute())
         rows = []
@@ -484,7 +493,7 @@ class _ModelWork:
             self._keep_scores(ID_DATASET, id_scores)
             results = {}
             sets = list(zip(job.bench.ood_names, ood_sets))
-            for dataset, ood_set in _progress(sets, job.progress, desc=f"{spec.label}"):
+            for dataset, ood_set in _progress(sets, job.progress, desc=f"evaluate {spec.label}"):
                 wanted = [k for k in detectors if (k, dataset) in self.todo]
                 if not wanted:
                     continue

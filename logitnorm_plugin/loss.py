@@ -117,9 +117,10 @@ def _check_inputs(logits: Tensor, target: Tensor) -> None:
     if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
         raise ValueError(f"target must hold integer class labels, got dtype {target.dtype}")
     # Reading label values synchronises with an accelerator and breaks CUDA-graph capture, so
-    # the range is checked where it is free: on CPU. On a GPU, cross_entropy's own device
-    # assertion catches it, and the trainer checks its dataset's labels once before training.
-    if target.device.type == "cpu" and target.numel() > 0:
+    # the range is checked where it is free: on CPU, outside torch.compile (where it would be a
+    # graph break). On a GPU, cross_entropy's own device assertion catches it, and the trainer
+    # checks its dataset's labels once before training.
+    if target.device.type == "cpu" and target.numel() > 0 and not torch.compiler.is_compiling():
         num_classes = logits.shape[1]
         largest = int(target.max())
         if largest >= num_classes:

@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import List, Sequence, Union
 
+from logitnorm_plugin.tables import is_missing, plural
+
 __all__ = ["plot_logit_norms", "run_label"]
 
 PathLike = Union[str, os.PathLike]
@@ -24,6 +26,11 @@ def _figure(width: float = 6.4, height: float = 4.2):
     fig = Figure(figsize=(width, height), dpi=120)
     FigureCanvasAgg(fig)
     return fig
+
+
+def _bar(std) -> float:
+    """An error bar in percent; none (0) where the standard deviation is undefined (one seed)."""
+    return 0.0 if is_missing(std) else 100 * float(std)
 
 
 def _save(fig, path: PathLike) -> Path:
@@ -240,7 +247,7 @@ def plot_t_tuning(record, out: PathLike, title: str | None = None) -> Path:
     fig = _figure(width=6.4, height=5.6)
     top = fig.add_subplot(2, 1, 1)
     bottom = fig.add_subplot(2, 1, 2, sharex=top)
-    top.errorbar(ts, [100 * r["ACC"] for r in ok], yerr=[100 * r["ACC_std"] for r in ok],
+    top.errorbar(ts, [100 * r["ACC"] for r in ok], yerr=[_bar(r.get("ACC_std")) for r in ok],
                  marker="o", capsize=3, color="C0", label="validation accuracy")
     best = max(r["ACC"] for r in ok)
     margin = float(record["rule"]["acc_margin"])
@@ -250,8 +257,9 @@ def plot_t_tuning(record, out: PathLike, title: str | None = None) -> Path:
         label = f"{key} ({'paper' if key == PAPER_FPR_KEY else 'pytorch-ood'})"
         if key == metric:
             label += ", minimised"
-        bottom.errorbar(ts, [100 * r[key] for r in ok], yerr=[100 * r[f"{key}_std"] for r in ok],
-                        marker="o", linestyle=style, capsize=3, color=color, label=label)
+        bottom.errorbar(ts, [100 * r[key] for r in ok],
+                        yerr=[_bar(r.get(f"{key}_std")) for r in ok], marker="o",
+                        linestyle=style, capsize=3, color=color, label=label)
     kept = [r for r in ok if r.get("eligible")]
     bottom.scatter([r["t"] for r in kept], [100 * r[metric] for r in kept], s=60,
                    facecolors="none", edgecolors="k", zorder=3, label="within the accuracy margin")
@@ -270,6 +278,6 @@ def plot_t_tuning(record, out: PathLike, title: str | None = None) -> Path:
     bottom.minorticks_off()
     top.set_title(title or (
         f"LogitNorm t on {record.get('dataset', '?')} / {record.get('arch', '?')} "
-        f"(MSP, {len(record.get('seeds', []))} seed(s)): t = {chosen:g}"
+        f"(MSP, {plural(len(record.get('seeds', [])), 'seed')}): t = {chosen:g}"
     ))
     return _save(fig, out)

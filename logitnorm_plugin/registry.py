@@ -504,15 +504,11 @@ def describe(kind: str, pattern: str | None = None) -> List[Dict[str, str]]:
                 "name": entry.name,
                 "class": f"{getattr(cls, '__module__', '?')}.{getattr(cls, '__qualname__', '?')}",
                 "distribution": f"{entry.distribution} {entry.version}",
-                "paper": _short(f"{paper.title} ({paper.venue} {paper.year})") if paper else "-",
+                "paper": f"{paper.title} ({paper.venue} {paper.year})" if paper else "-",
                 "notes": _notes(kind, cls),
             }
         )
     return rows
-
-
-def _short(text: str, width: int = 80) -> str:
-    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def _notes(kind: str, cls: type) -> str:

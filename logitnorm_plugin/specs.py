@@ -43,7 +43,9 @@ __all__ = [
     "DEFAULT_DETECTORS",
     "BenchmarkData",
     "DetectorSpec",
+    "DuplicateModelLabelError",
     "ModelSpec",
+    "check_unique_labels",
     "evaluation_config",
     "model_fingerprint",
     "parse_detectors",
@@ -227,6 +229,15 @@ def resolve_models(models, download: bool = False) -> List[ModelSpec]:
         specs = [resolve_model(models, download=download)]
     else:
         specs = [resolve_model(spec, download=download) for spec in models]
+    check_unique_labels(specs)
+    return specs
+
+
+def check_unique_labels(specs: List[ModelSpec]) -> None:
+    """Results are keyed by model label: two models of one evaluation need two labels.
+
+    :raises DuplicateModelLabelError: naming the label and where each model comes from
+    """
     labels = [s.label for s in specs]
     duplicates = sorted({x for x in labels if labels.count(x) > 1})
     if duplicates:
@@ -236,11 +247,10 @@ def resolve_models(models, download: bool = False) -> List[ModelSpec]:
             f"{len(origins)} models have the label '{label}' ({'; '.join(origins)}), but each "
             "model of one evaluation needs its own label, or no table could tell them apart: "
             "evaluate them in separate runs (another --out), or label them yourself "
-            "(--models LABEL=PATH; in Python a dict {label: model})"
+            "(--models LABEL=SPEC; in Python a dict {label: model})"
             + (f" (also given more than once: {', '.join(duplicates[1:])})"
                if len(duplicates) > 1 else "")
         )
-    return specs
 
 
 # -- benchmarks --------------------------------------------------------------------------------

@@ -188,7 +188,9 @@ def format_table(record: Mapping[str, Any]) -> str:
         f"split ({record['validation']['id']['n']} images) vs Gaussian noise "
         f"({record['validation']['ood']['n']} images, seed {record['validation']['ood']['seed']})"
         f"; {record['training']['epochs']} epochs of the '{record['training']['recipe']}' "
-        f"recipe per run; mean ± std over {n_seeds} seed(s). Selection metric: {metric}.",
+        f"recipe per run; "
+        + (f"mean ± std over {n_seeds} seeds" if n_seeds > 1 else "one seed (no std)")
+        + f". Selection metric: {metric}.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "|".join("---" for _ in header) + "|",

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 __all__ = ["finite_json", "is_missing", "markdown_table", "mean_std", "pct", "plain_table",
-           "rst_grid_table"]
+           "plural", "rst_grid_table"]
 
 
 def is_missing(value: Any) -> bool:
@@ -33,13 +33,19 @@ def finite_json(value: Any) -> Any:
 
 def mean_std(values: Iterable[Any]) -> tuple[float, float]:
     """Mean and sample standard deviation (ddof=1) of the values that are not ``None``;
-    ``(nan, nan)`` for none, a standard deviation of 0.0 for a single value."""
+    ``(nan, nan)`` for none, and a NaN standard deviation for a single value (undefined: every
+    table then shows the mean alone, never "± 0.00")."""
     numbers = [float(v) for v in values if v is not None]
     if not numbers:
         return float("nan"), float("nan")
     if len(numbers) < 2:
-        return numbers[0], 0.0
+        return numbers[0], float("nan")
     return statistics.fmean(numbers), statistics.stdev(numbers)
+
+
+def plural(count: int, word: str, many: str | None = None) -> str:
+    """``"1 model"``, ``"2 models"``: a count and its noun (``many``: an irregular plural)."""
+    return f"{count} {word if count == 1 else (many or word + 's')}"
 
 
 def pct(mean: Any, std: Any = None, decimals: int = 2) -> str:

@@ -122,6 +122,12 @@ class TrainConfig:
     def _names(cls) -> frozenset:
         return frozenset(f.name for f in dataclasses.fields(cls))
 
+    def run_name(self) -> str:
+        """What the run is called in progress output: ``train <loss>[ t=<t>] s<seed>``."""
+        t = (self.loss_kwargs or {}).get("t")
+        t_part = f" t={t:g}" if isinstance(t, (int, float)) else ""
+        return f"train {self.loss}{t_part} s{self.seed}"
+
     def to_dict(self) -> Dict[str, Any]:
         """The configuration as plain JSON types, ``format`` first (``config.json``)."""
         values = dataclasses.asdict(self)

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from logitnorm_plugin import distributed
+from logitnorm_plugin.augment import in_memory_format
 from logitnorm_plugin.errors import UserError
 from logitnorm_plugin.outliers import mixed_batch_loss
 
@@ -163,20 +164,7 @@ class TrainStep:
             images = torch.cat([images, outliers])
         if self.augment is not None:
             images = self.augment(images)
-        x = self.normalize(images.contiguous(memory_format=self.memory_format))
-        with torch.autocast(
-            self.device.type, dtype=self.amp_dtype or torch.float32,
-            enabled=self.amp_dtype is not None,
-        ):
-            logits = self._call_forward(x)
-        logits = logits.float()
-        if outliers is None:
-            loss = self.loss_fn(logits, labels)
-        else:
-            loss = self.mixed_loss(logits, labels)
-            logits = logits[: labels.shape[0]]
-        if loss.dim() != 0:
-            loss = loss.mean()
+        loss, logits = self.forward_loss(images, labels, mixed=outliers is not None)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -187,16 +175,47 @@ class TrainStep:
             self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()
-        with torch.no_grad():
-            n = labels.shape[0]
-            loss = loss.detach()
-            self._steps += 1
-            self._sums[0] += loss.double() * n
-            self._sums[1] += (logits.argmax(dim=1) == labels).sum()
-            bad = ~torch.isfinite(loss) & (self._first_bad == _NO_BAD_STEP)
-            self._first_bad = torch.where(bad, self._steps, self._first_bad)
-        self._count += n
+        self.accumulate(loss.detach(), logits, labels)
+        self._count += labels.shape[0]
         self.steps += 1
+
+    def forward_loss(self, images: Tensor, labels: Tensor,
+                     mixed: bool = False) -> tuple[Tensor, Tensor]:
+        """Normalise, forward under autocast, loss in fp32: ``(loss, logits of the ID images)``.
+
+        With ``mixed``, ``images`` holds the ``B`` ID images followed by the outlier batch and
+        the objective's mixed-batch loss (:mod:`logitnorm_plugin.outliers`) is used. Nothing here
+        reads a value back to the host, so it traces as one graph
+        (``torch.compile(fullgraph=True)``; tested) and a CUDA graph can capture it.
+        """
+        # exact strides of the format (a one-channel batch is ambiguous otherwise): gradients
+        # then match their parameters' layout, as DDP's bucket views expect
+        x = self.normalize(in_memory_format(images, self.memory_format))
+        with torch.autocast(
+            self.device.type, dtype=self.amp_dtype or torch.float32,
+            enabled=self.amp_dtype is not None,
+        ):
+            logits = self._call_forward(x)
+        logits = logits.float()
+        if mixed:
+            loss = self.mixed_loss(logits, labels)
+            logits = logits[: labels.shape[0]]
+        else:
+            loss = self.loss_fn(logits, labels)
+        if loss.dim() != 0:
+            loss = loss.mean()
+        return loss, logits
+
+    @torch.no_grad()
+    def accumulate(self, loss: Tensor, logits: Tensor, labels: Tensor) -> None:
+        """Add one step's loss, correct predictions and divergence check to the device-side
+        sums (no host synchronisation; traces as one graph)."""
+        n = labels.shape[0]
+        self._steps += 1
+        self._sums[0] += loss.double() * n
+        self._sums[1] += (logits.argmax(dim=1) == labels).sum()
+        bad = ~torch.isfinite(loss) & (self._first_bad == _NO_BAD_STEP)
+        self._first_bad = torch.where(bad, self._steps, self._first_bad)
 
     def first_bad_step(self, ctx: distributed.DistContext | None = None) -> int | None:
         """1-based step (since :meth:`reset`) whose loss was first non-finite on any process,

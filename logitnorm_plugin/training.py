@@ -68,6 +68,9 @@ class _Run:
         # False after resuming from checkpoint.prev.pt: the damaged checkpoint.pt must not
         # become the fallback of the next save
         self.keep_previous = True
+        self.name = config.run_name()
+        # what the per-epoch accuracy is measured on, in words (tuning runs never see "test")
+        self.eval_words = "val acc" if config.get("eval_split", "test") == "val" else "test acc"
 
     # -- set-up -------------------------------------------------------------------------------
 
@@ -278,7 +281,7 @@ class _Run:
         if self.outliers is not None:
             self.outliers.start_epoch(self.global_step, steps)
         bar = tqdm(
-            total=steps, desc=f"epoch {self.epoch + 1}/{c['epochs']}", leave=False,
+            total=steps, desc=f"{self.name} epoch {self.epoch + 1}/{c['epochs']}", leave=False,
             disable=self._bar_disabled(), file=sys.stderr, unit="step",
         )
         for i in range(steps):
@@ -344,7 +347,7 @@ class _Run:
 
         c = self.config
         bar = tqdm(
-            total=c["epochs"], initial=self.epoch, desc="training", unit="epoch",
+            total=c["epochs"], initial=self.epoch, desc=self.name, unit="epoch",
             disable=self._bar_disabled(), file=sys.stderr,
         )
         try:
@@ -362,9 +365,9 @@ class _Run:
                     )
                     if self.progress:
                         msg = (
-                            f"epoch {record['epoch']}/{c['epochs']}: loss "
+                            f"{self.name} epoch {record['epoch']}/{c['epochs']}: loss "
                             f"{record['train_loss']:.4f}, train acc {record['train_accuracy']:.4f}"
-                            f", test acc {record['test_accuracy']:.4f}, |z| "
+                            f", {self.eval_words} {record['test_accuracy']:.4f}, |z| "
                             f"{record['logit_norm_mean']:.2f}±{record['logit_norm_std']:.2f}, "
                             f"{record['seconds']:.1f}s"
                         )

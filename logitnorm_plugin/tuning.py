@@ -44,7 +44,7 @@ from typing import Any, Callable, Dict, Mapping, Sequence, Tuple
 
 from logitnorm_plugin import atomic, locks, provenance, recipes
 from logitnorm_plugin.conventions import PAPER_FPR_KEY, config_hash
-from logitnorm_plugin.device import resolve_device
+from logitnorm_plugin.device import resolve_device, resolve_threads, torch_threads
 from logitnorm_plugin.errors import TrainingDivergedError, UserError
 from logitnorm_plugin.recipes import RECOMMENDED_T_FILE as RESULT_FILE
 from logitnorm_plugin.recipes import RECOMMENDED_T_FORMAT as FORMAT
@@ -61,6 +61,7 @@ from logitnorm_plugin.t_selection import (
     summarize,
     t_text,
 )
+from logitnorm_plugin.tables import finite_json
 
 __all__ = [
     "DEFAULT_GRID",
@@ -167,6 +168,7 @@ def tune_t(
     callback: Callable[[Dict[str, Any]], None] | None = None,
     command: str | None = None,
     stdout=None,
+    threads: int | str | None = None,
     **recipe_overrides,
 ) -> Dict[str, Any]:
     """
@@ -205,6 +207,9 @@ def tune_t(
         there stops the tuning; stored points stay)
     :param command: the command line to record (default: rebuilt from the arguments)
     :param stdout: where the table goes (default ``sys.stdout``); ``False`` prints nothing
+    :param threads: torch CPU threads while training and scoring, also in ``jobs`` workers
+        (restored afterwards): a number, ``"auto"`` (1 for the digits on the CPU, see
+        :func:`~logitnorm_plugin.device.resolve_threads`) or ``None`` (unchanged)
     :param recipe_overrides: further recipe fields for every run (e.g. ``weight_decay=0.0``)
     :return: the ``recommended_t.json`` record (a dict; ``chosen_t`` is the answer)
     """
@@ -221,6 +226,7 @@ def tune_t(
     if "train_split" in recipe_overrides or "loss_kwargs" in recipe_overrides:
         raise UserError("tune-t sets train_split='train' and the loss temperature itself")
     resolved_device = resolve_device(device)
+    thread_count = resolve_threads(threads, resolved_device, dataset)
     rec = recipes.get_recipe(recipe if recipe is not None else recipes.default_recipe_for(dataset))
     overrides = {**_shortened(rec, epochs), **recipe_overrides, "train_split": "train"}
     train_args = dict(
@@ -235,7 +241,8 @@ def tune_t(
         val, noise = _load_validation(dataset, tuning.split_seed, noise_n, noise_seed, data_root,
                                       download)
         tuning.set_validation(val, noise, noise_seed, rule, rec.name, overrides)
-        points, trained, reused = tuning.run(int(jobs), progress, callback)
+        with torch_threads(thread_count):
+            points, trained, reused = tuning.run(int(jobs), progress, callback, thread_count)
 
         summary = summarize(points.values(), seeds)
         chosen, eligible = select_t(summary, rule)
@@ -247,8 +254,9 @@ def tune_t(
                 for seed in s["seeds"]
             ]
         if command is None:
-            command = _command(dataset, arch, grid, epochs, seeds, out, device, recipe, batch_size,
-                               lr, acc_margin, metric, noise_n, noise_seed, jobs, amp, compile)
+            command = _command(dataset, arch, grid, epochs, seeds, out, device, recipe,
+                               batch_size, lr, acc_margin, metric, noise_n, noise_seed, jobs, amp,
+                               compile, threads)
         first = tuning.first
         record = {
             "format": FORMAT,
@@ -354,7 +362,7 @@ class _Tuning:
         return dict(self.train_args, loss="logitnorm", loss_kwargs={"t": t}, seed=seed,
                     out=str(self.run_dir(t, seed)), resume="auto", eval_split="val")
 
-    def run(self, jobs: int, progress: bool, callback):
+    def run(self, jobs: int, progress: bool, callback, threads: int | None = None):
         """Train and score every point that the store does not hold yet."""
         from logitnorm_plugin.store import ResultStore
 
@@ -386,7 +394,7 @@ class _Tuning:
                         continue
                     self.finish_point(t, seed, folder)
             else:
-                _train_parallel(todo, self.train_kwargs, jobs, self.finish_point)
+                _train_parallel(todo, self.train_kwargs, jobs, self.finish_point, threads)
         return self.points, self.trained, reused
 
     def finish_point(self, t: float, seed: int, folder, error=None) -> None:
@@ -427,7 +435,7 @@ def _write_outputs(record: Dict[str, Any], out: Path, stdout) -> None:
     atomic.write_text(out / TABLE_FILE, table)
     plot_t_tuning(record, out / PLOT_FILE)
     record["plot"] = PLOT_FILE
-    atomic.write_json(out / RESULT_FILE, record)
+    atomic.write_json(out / RESULT_FILE, finite_json(record))  # JSON has no NaN (one seed)
     if stdout is not False:
         stream = stdout if stdout is not None else sys.stdout
         print(table, file=stream)
@@ -436,14 +444,19 @@ def _write_outputs(record: Dict[str, Any], out: Path, stdout) -> None:
               f"{out / STORE_FILE}", file=stream)
 
 
-def _train_parallel(todo, train_kwargs, jobs, finish_point):
-    """Train ``todo`` in ``jobs`` spawned worker processes; evaluate and store each point in this
-    process as soon as its run is done (one writer of the store)."""
+def _train_parallel(todo, train_kwargs, jobs, finish_point, threads: int | None = None):
+    """Train ``todo`` in ``jobs`` spawned worker processes (with ``threads`` torch threads each,
+    if given); evaluate and store each point in this process as soon as its run is done (one
+    writer of the store)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
+    import torch
+
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+    init = (torch.set_num_threads, (int(threads),)) if threads is not None else (None, ())
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=init[0],
+                             initargs=init[1]) as pool:
         futures = {pool.submit(_train_point, train_kwargs(t, s)): (t, s) for t, s in todo}
         try:
             for future in as_completed(futures):
@@ -493,7 +506,8 @@ def _point_line(p: Mapping[str, Any]) -> str:
 
 
 def _command(dataset, arch, grid, epochs, seeds, out, device, recipe, batch_size, lr,
-             acc_margin, metric, noise_n, noise_seed, jobs, amp=None, compile=None) -> str:
+             acc_margin, metric, noise_n, noise_seed, jobs, amp=None, compile=None,
+             threads=None) -> str:
     parts = ["logitnorm-ood", "tune-t", "--dataset", str(dataset)]
     if arch is not None:
         parts += ["--arch", str(arch)]
@@ -520,6 +534,8 @@ def _command(dataset, arch, grid, epochs, seeds, out, device, recipe, batch_size
     for flag, value in (("amp", amp), ("compile", compile)):
         if value is not None:
             parts.append(f"--{flag}" if value else f"--no-{flag}")
+    if threads not in (None, "auto"):
+        parts += ["--threads", str(threads)]
     parts += ["--out", str(out), "--device", str(device)]
     return shlex.join(parts)
 

@@ -89,16 +89,19 @@ def parse_rst(text: str) -> list[dict]:
     return records
 
 
-def parse_csv(text: str) -> tuple[list[dict], dict]:
+def parse_csv(text: str, sidecar: str | None = None) -> tuple[list[dict], dict]:
     """Rows of a CSV file written by ``export.to_csv`` (metrics as fractions, ``None`` for blank)
-    and its provenance."""
+    and its provenance, read from the sidecar ``<stem>.provenance.json`` text (``{}`` without
+    one). The CSV itself must be plain: a header line, then rows, no comment lines."""
     provenance = {}
-    data_lines = []
-    for line in text.splitlines():
-        if line.startswith("# provenance-json: "):
-            provenance = json.loads(line[len("# provenance-json: "):])
-        elif not line.startswith("#"):
-            data_lines.append(line)
+    if sidecar is not None:
+        doc = json.loads(sidecar)
+        if doc.get("format") != "logitnorm-plugin-export-provenance":
+            raise IncompatibleResultsError("not the provenance sidecar of a logitnorm-plugin CSV")
+        provenance = doc["provenance"]
+    data_lines = text.splitlines()
+    if any(line.startswith("#") for line in data_lines):
+        raise AssertionError("the exported CSV has comment lines; CSV readers take them as rows")
     rows = []
     metrics = {*DOC_METRICS, *EXTRA_METRICS}
     for rec in csv.DictReader(io.StringIO("\n".join(data_lines))):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from logitnorm_plugin.device import resolve_device
+from logitnorm_plugin.device import resolve_device, resolve_threads, torch_threads
 from logitnorm_plugin.errors import UserError
 
 
@@ -23,3 +23,24 @@ def test_cuda_without_cuda_is_a_clear_error():
 def test_unknown_device_is_a_clear_error():
     with pytest.raises(UserError, match="unknown device 'gpu0'"):
         resolve_device("gpu0")
+
+
+def test_threads_auto_is_one_for_the_digits_on_the_cpu_only():
+    assert resolve_threads("auto", "cpu", "digits") == 1
+    assert resolve_threads("auto", torch.device("cpu"), "Digits") == 1
+    assert resolve_threads("auto", "cpu", "cifar10") is None  # torch's default
+    assert resolve_threads(None, "cpu", "digits") is None  # leave torch alone
+    assert resolve_threads(3, "cpu", "cifar10") == 3
+    assert resolve_threads("2", "cpu", "digits") == 2
+    for bad in (0, -1, "many", 1.5):
+        with pytest.raises(UserError, match="threads"):
+            resolve_threads(bad, "cpu", "digits")
+
+
+def test_torch_threads_sets_and_restores():
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with torch_threads(None):
+        assert torch.get_num_threads() == before

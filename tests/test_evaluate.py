@@ -489,8 +489,9 @@ def test_cli_bench_two_run_folders_with_the_same_key_is_one_line(tmp_path, capsy
     monkeypatch.chdir(tmp_path)
     train(dataset="digits", loss="cross_entropy", epochs=1, batch_size=256, out="runA",
           progress=False)
-    shutil.copytree("runA", "runB")  # two folders, one model-card key
-    status = cli.main(["bench", "--models", "runA", "runB", "--detectors", "msp",
+    shutil.copytree("runA", "runB")  # two folders, one model-card key: their folder names
+    # become the labels (tests/test_first_hour.py); one label given to both is refused
+    status = cli.main(["bench", "--models", "x=runA", "x=runB", "--detectors", "msp",
                        "--device", "cpu", "--no-progress", "--out", "res"])
     err = capsys.readouterr().err
     assert status == 2, err

@@ -1,6 +1,7 @@
 """``logitnorm-ood export``: tables in pytorch-ood's layout (Markdown, RST, CSV, JSON) read back
 and compared with the store; ``ModelEntry`` snippets checked with pytorch-ood's registry."""
 
+import csv
 import dataclasses
 import hashlib
 import random
@@ -15,7 +16,7 @@ import parsers
 import pytest
 import torch
 
-from logitnorm_plugin import export, provenance
+from logitnorm_plugin import export, provenance, upstream
 from logitnorm_plugin.cli import main
 from logitnorm_plugin.errors import IncompatibleResultsError
 from logitnorm_plugin.store import STORE_FILE, ResultStore
@@ -122,7 +123,13 @@ def test_rst_grid_tables_read_back_as_stored(results):
 
 def test_csv_reads_back_as_stored_with_extras_and_groups(results):
     path = export.export_results(results, formats=["csv"])["csv"]
-    rows_csv, prov = parsers.parse_csv(path.read_text(encoding="utf-8"))
+    sidecar = path.with_name("results_table.provenance.json")
+    rows_csv, prov = parsers.parse_csv(path.read_text(encoding="utf-8"),
+                                       sidecar.read_text(encoding="utf-8"))
+    # a plain CSV: any reader takes it as it is, the header first
+    with path.open(newline="", encoding="utf-8") as f:
+        plain = list(csv.DictReader(f))
+    assert len(plain) == len(rows_csv) and list(plain[0])[:7] == list(export.CSV_KEYS)
     rows = stored_rows(results)
     assert list(rows_csv[0])[:12] == [*export.CSV_KEYS, *export.DOC_METRICS]
     # per (loss, detector): the mean, near, far and one row per OOD set
@@ -180,7 +187,9 @@ def test_every_format_carries_provenance(results):
     written = export.export_results(results)
     assert set(written) == set(export.FORMATS)
     for fmt, path in written.items():
-        text = path.read_text(encoding="utf-8")
+        # the CSV stays plain: its provenance is the sidecar beside it
+        text = (export.provenance_path(path) if fmt == "csv" else path).read_text(
+            encoding="utf-8")
         for needle in (f"torch {record['versions']['torch']}",
                        f"pytorch-ood {record['versions']['pytorch-ood']}",
                        f"logitnorm-plugin {record['versions']['logitnorm-plugin']}",
@@ -196,6 +205,9 @@ def test_cli_export_writes_all_formats(results, tmp_path, capsys):
     assert main(["export", str(results), "--out", str(out), "--format", "md,rst"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["results_table.md", "results_table.rst"]
     assert "md:" in capsys.readouterr().out
+    assert main(["export", str(results), "--out", str(out), "--format", "csv"]) == 0
+    assert "csv provenance: " in capsys.readouterr().out
+    assert (out / "results_table.provenance.json").is_file()
 
 
 def _incompatible(tmp_path):
@@ -273,15 +285,15 @@ def test_snippet_builds_the_real_model_entry(run_dir):
     from logitnorm_plugin.runs import model_entry, read_card
 
     card = read_card(run_dir)
-    snippet = export.model_entry_snippet(run_dir)
-    entry = export.build_model_entry(snippet)
+    snippet = upstream.model_entry_snippet(run_dir)
+    entry = upstream.build_model_entry(snippet)
     assert isinstance(entry, ModelEntry)
     digest = hashlib.sha256((run_dir / "model.pt").read_bytes()).hexdigest()
     assert entry.sha256 == digest == card["sha256"]
     assert entry.key == "digits-cnn/digits/logitnorm/s0"
     assert (entry.arch, entry.dataset, entry.loss, entry.seed) == (
         "digits-cnn", "digits", "logitnorm", "s0")
-    assert entry.url == f"{export.URL_PLACEHOLDER}/{entry.key}/model-{digest[:16]}.pt"
+    assert entry.url == f"{upstream.URL_PLACEHOLDER}/{entry.key}/model-{digest[:16]}.pt"
     assert "FILL IN" in snippet
     assert entry.preprocessing.mean == tuple(card["preprocessing"]["mean"])
     assert entry.preprocessing.std == tuple(card["preprocessing"]["std"])
@@ -300,7 +312,7 @@ def test_snippet_builds_the_real_model_entry(run_dir):
 def test_load_model_round_trip_through_pytorch_ood(run_dir, tmp_path, monkeypatch):
     from pytorch_ood.model import registry
 
-    entry = export.build_model_entry(export.model_entry_snippet(run_dir))
+    entry = upstream.build_model_entry(upstream.model_entry_snippet(run_dir))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     monkeypatch.setattr(torch.hub, "_hub_dir", None)
     cache = Path(torch.hub.get_dir()) / "checkpoints" / entry.file_name
@@ -322,14 +334,14 @@ def test_cli_model_prints_the_snippet_and_copies_weights(run_dir, tmp_path, caps
     upload = tmp_path / "upload"
     assert main(["export", "--model", str(run_dir), "--weights-out", str(upload)]) == 0
     out = capsys.readouterr().out
-    assert out == export.model_entry_snippet(run_dir)
-    entry = export.build_model_entry(out)
+    assert out == upstream.model_entry_snippet(run_dir)
+    entry = upstream.build_model_entry(out)
     copied = upload / entry.key / f"model-{entry.sha256[:16]}.pt"
     assert hashlib.sha256(copied.read_bytes()).hexdigest() == entry.sha256
     url = "https://example.org/weights/model-" + entry.sha256[:16] + ".pt"
     assert main(["export", "--model", str(run_dir), "--url", url]) == 0
     snippet = capsys.readouterr().out
-    assert export.build_model_entry(snippet).url == url and "FILL" not in snippet
+    assert upstream.build_model_entry(snippet).url == url and "FILL" not in snippet
 
 
 def test_tampered_weights_are_refused(run_dir, tmp_path, capsys):
@@ -342,7 +354,7 @@ def test_tampered_weights_are_refused(run_dir, tmp_path, capsys):
     state[first] = state[first] + 1
     torch.save(state, copy / "model.pt")
     with pytest.raises(ModelIntegrityError, match="SHA-256"):
-        export.model_entry_snippet(copy)
+        upstream.model_entry_snippet(copy)
     assert main(["export", "--model", str(copy)]) == 2
     captured = capsys.readouterr()
     assert "SHA-256" in captured.err and captured.out == ""
@@ -353,11 +365,11 @@ def test_upstream_key_uses_pytorch_ood_method_names(run_dir):
     from logitnorm_plugin.runs import read_card
 
     card = dict(read_card(run_dir), loss="cross_entropy")
-    assert export.upstream_key(card) == "digits-cnn/digits/crossentropy/s0"
-    assert export.upstream_key(dict(card, loss="outlier_exposure", seed=None)) == (
+    assert upstream.upstream_key(card) == "digits-cnn/digits/crossentropy/s0"
+    assert upstream.upstream_key(dict(card, loss="outlier_exposure", seed=None)) == (
         "digits-cnn/digits/oe")
-    fields = {f.name for f in dataclasses.fields(export.build_model_entry(
-        export.model_entry_snippet(run_dir, key="my/key")))}
+    fields = {f.name for f in dataclasses.fields(upstream.build_model_entry(
+        upstream.model_entry_snippet(run_dir, key="my/key")))}
     assert {"key", "arch_class", "arch_kwargs", "url", "sha256", "preprocessing", "metrics",
             "source", "description"} <= fields
 
@@ -365,11 +377,11 @@ def test_upstream_key_uses_pytorch_ood_method_names(run_dir):
 def test_registry_keys_are_plain_names():
     from logitnorm_plugin.errors import UntrustedFileError
 
-    assert export.check_key("wrn-40-2/cifar10/logitnorm/s0") == "wrn-40-2/cifar10/logitnorm/s0"
+    assert upstream.check_key("wrn-40-2/cifar10/logitnorm/s0") == "wrn-40-2/cifar10/logitnorm/s0"
     for key in ("../x", "a/../b", "/abs", "a//b", ".hidden/x", "a/b\nimport os", "a\\b"):
         with pytest.raises(UntrustedFileError, match="not a plain name"):
-            export.check_key(key)
+            upstream.check_key(key)
     card = {"arch": "digits-cnn", "dataset": "../../escaped_dir", "loss": "logitnorm",
             "seed": "s0"}
     with pytest.raises(UntrustedFileError, match="escaped_dir"):
-        export.upstream_key(card)
+        upstream.upstream_key(card)

@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Sequence
 
 from logitnorm_plugin.errors import UserError
 
-__all__ = ["command_line", "key_values", "numbers", "seeds", "split", "threads"]
+__all__ = ["add_threads", "command_line", "key_values", "numbers", "seeds", "split", "threads"]
 
 
 def split(values: Sequence[str] | str | None) -> List[str]:
@@ -82,6 +82,16 @@ def threads(value: str) -> int | str:
     if count < 1:
         raise UserError(f"--threads must be >= 1, got {count}")
     return count
+
+
+def add_threads(parser) -> None:
+    """The ``--threads`` option of ``train``, ``bench`` and ``tune-t`` (one rule:
+    :func:`logitnorm_plugin.device.resolve_threads`)."""
+    parser.add_argument("--threads", default="auto",
+                        help="torch CPU threads: a number, or auto (default): 1 for the digits "
+                        "on the CPU (their tiny models gain little from a second thread and "
+                        "slow down several-fold when other processes compete for the cores), "
+                        "else torch's default")
 
 
 def command_line(name: str) -> str | None:

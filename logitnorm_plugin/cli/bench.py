@@ -16,7 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", nargs="+", metavar="SPEC",
                         help="evaluate these models instead of training: pytorch-ood registry "
                         "keys (e.g. wrn-40-2/cifar10/logitnorm/s0) or run folders written by "
-                        "`logitnorm-ood train`")
+                        "`logitnorm-ood train`, each optionally named as LABEL=SPEC (default "
+                        "label: the key, or the run folder's name where keys repeat)")
     parser.add_argument("--losses", nargs="+", default=None,
                         help="training objectives to train and compare (default: "
                         "cross_entropy logitnorm); those that need outliers (outlier_exposure, "
@@ -53,11 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--t-from", metavar="JSON", default=None,
                         help="take the LogitNorm temperature from a recommended_t.json of "
                         "`logitnorm-ood tune-t`")
-    parser.add_argument("--threads", default="auto",
-                        help="torch CPU threads for the run: a number, or auto (default): 1 for "
-                        "the digits benchmark on the CPU (its tiny models gain little from a "
-                        "second thread and slow down many-fold when other processes compete "
-                        "for the cores), else torch's default")
+    _args.add_threads(parser)
     parser.add_argument("--lock-timeout", type=float, default=None, metavar="SECONDS",
                         help="when another bench uses --out: wait at most this long (default: "
                         "until it ends; 0: fail at once)")

@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from logitnorm_plugin import export
+    from logitnorm_plugin import export, upstream
     from logitnorm_plugin.runs import read_card
 
     if args.model is not None:
@@ -46,12 +46,12 @@ def run(args) -> int:
         if not Path(args.model).exists():
             raise UserError(f"run folder {args.model!r} does not exist")
         read_card(args.model)  # a clear error for a folder without a model card
-        snippet = export.model_entry_snippet(args.model, key=args.key, url=args.url)
-        entry = export.build_model_entry(snippet)
-        export.check_entry(entry, args.model)
+        snippet = upstream.model_entry_snippet(args.model, key=args.key, url=args.url)
+        entry = upstream.build_model_entry(snippet)
+        upstream.check_entry(entry, args.model)
         sys.stdout.write(snippet)
         if args.weights_out:
-            target = export.copy_weights(args.model, args.weights_out, key=entry.key)
+            target = upstream.copy_weights(args.model, args.weights_out, key=entry.key)
             print(f"# weights for upload: {target}", file=sys.stderr)
         return 0
     formats = []
@@ -61,4 +61,6 @@ def run(args) -> int:
     written = export.export_results(args.results_dir or "results", out=args.out, formats=formats)
     for fmt, path in written.items():
         print(f"{fmt}: {path}")
+        if fmt == "csv":
+            print(f"csv provenance: {export.provenance_path(path)}")
     return 0

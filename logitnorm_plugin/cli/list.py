@@ -1,6 +1,7 @@
 """``logitnorm-ood list``: the registered losses, detectors and benchmarks with their papers."""
 
 from logitnorm_plugin import registry
+from logitnorm_plugin.errors import UserError
 from logitnorm_plugin.tables import plain_table
 
 HELP = "list registered losses, detectors and benchmarks"
@@ -9,19 +10,43 @@ _PLURALS = {"losses": "loss", "detectors": "detector", "benchmarks": "benchmark"
 
 
 def add_arguments(parser) -> None:
+    parser.epilog = (
+        "examples: logitnorm-ood list | logitnorm-ood list detectors | "
+        "logitnorm-ood list detectors 'm*' | logitnorm-ood list '*entropy*'"
+    )
     parser.add_argument(
-        "kind",
-        nargs="?",
-        choices=sorted(_PLURALS),
-        help="what to list (default: all three)",
+        "words", nargs="*", metavar="[KIND] [PATTERN]",
+        help="what to list: losses, detectors or benchmarks (default: all three), then "
+        "optionally a wildcard pattern, e.g. 'm*' (as lp.list_detectors('m*'))",
     )
     parser.add_argument("--filter", default=None, help="wildcard pattern, e.g. '*entropy*'")
 
 
+def _kind_and_pattern(words, option):
+    """``[KIND] [PATTERN]`` from the positional words (and ``--filter``). A pattern needs a
+    wildcard (``*``, ``?``, ``[``), so that a mistyped kind is an error, not an empty list."""
+    words = list(words)
+    kind = words.pop(0).lower() if words and words[0].lower() in _PLURALS else None
+    if len(words) > 1 or (words and option is not None):
+        raise UserError("list takes a kind (losses, detectors, benchmarks) and at most one "
+                        f"pattern, got {' '.join(args_text(kind, words, option))}")
+    if words and not any(c in words[0] for c in "*?["):
+        raise UserError(f"invalid choice: {words[0]!r} (choose from "
+                        f"{', '.join(sorted(_PLURALS))}; a pattern needs a wildcard, e.g. "
+                        f"'{words[0]}*')")
+    return kind, (words[0] if words else option)
+
+
+def args_text(kind, words, option):
+    return [*([kind] if kind else []), *map(repr, words),
+            *([f"--filter {option!r}"] if option is not None else [])]
+
+
 def run(args) -> int:
-    kinds = [_PLURALS[args.kind]] if args.kind else ["loss", "detector", "benchmark"]
+    kind, pattern = _kind_and_pattern(args.words, args.filter)
+    kinds = [_PLURALS[kind]] if kind else ["loss", "detector", "benchmark"]
     for i, kind in enumerate(kinds):
-        rows = registry.describe(kind, args.filter)
+        rows = registry.describe(kind, pattern)
         if i:
             print()
         print(f"{registry.GROUPS[kind]} ({len(rows)})")

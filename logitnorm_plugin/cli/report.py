@@ -9,8 +9,9 @@ HELP = "write a Markdown report with plots"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("results_dir", metavar="RESULTS_DIR",
-                        help="folder written by `logitnorm-ood bench`")
+    parser.add_argument("results_dir", nargs="?", default="results", metavar="RESULTS_DIR",
+                        help="folder written by `logitnorm-ood bench` (default: results, as "
+                        "for export)")
     parser.add_argument("--out", default=None, help="output folder (default: RESULTS_DIR/report)")
     parser.add_argument("--runs", nargs="+", default=[], metavar="DIR",
                         help="run folders (or folders of them) beyond RESULTS_DIR/runs")

@@ -56,13 +56,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="recommended_t.json of `logitnorm-ood tune-t`: use its chosen_t")
     parser.add_argument("--deterministic", action="store_true",
                         help="deterministic algorithms (bit-for-bit repeatable, slower)")
+    _args.add_threads(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress output")
 
 
 def run(args) -> int:
+    from logitnorm_plugin.device import resolve_threads, torch_threads
     from logitnorm_plugin.training import train
 
-    result = train(
+    threads = resolve_threads(_args.threads(args.threads), args.device, args.dataset)
+    with torch_threads(threads):
+        result = train(**_train_kwargs(args))
+    if int(os.environ.get("RANK", "0")) == 0:
+        card = result.card
+        print(
+            f"{card['key']}: final accuracy {card['metrics']['final_accuracy']:.4f} "
+            f"(best {card['metrics']['best_accuracy']:.4f}), "
+            f"{card['wall_time_s']:.1f}s of training; run folder: {result.run_dir}"
+        )
+    return 0
+
+
+def _train_kwargs(args) -> dict:
+    return dict(
         dataset=args.dataset,
         arch=args.arch,
         arch_kwargs=_args.key_values(args.arch_arg, "--arch-arg") or None,
@@ -86,11 +102,3 @@ def run(args) -> int:
         deterministic=args.deterministic,
         progress=not args.quiet,
     )
-    if int(os.environ.get("RANK", "0")) == 0:
-        card = result.card
-        print(
-            f"{card['key']}: final accuracy {card['metrics']['final_accuracy']:.4f} "
-            f"(best {card['metrics']['best_accuracy']:.4f}), "
-            f"{card['wall_time_s']:.1f}s of training; run folder: {result.run_dir}"
-        )
-    return 0

@@ -24,12 +24,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arch", default=None, help="architecture (default: the recipe's)")
     parser.add_argument("--recipe", default=None,
                         help="trainer recipe (default: digits for the digits, paper otherwise)")
-    parser.add_argument("--grid", default=",".join(t_text(t) for t in DEFAULT_GRID),
-                        help="comma-separated temperatures (default: %(default)s)")
+    parser.add_argument("--grid", nargs="+", default=[",".join(t_text(t) for t in DEFAULT_GRID)],
+                        metavar="T", help="temperatures, comma- or space-separated (default: "
+                        + ",".join(t_text(t) for t in DEFAULT_GRID) + ")")
     parser.add_argument("--epochs", type=int, default=None,
                         help="epochs per run (default: the recipe's; multistep milestones are "
                         "scaled to it)")
-    parser.add_argument("--seeds", default="0", help="comma-separated training seeds (default 0)")
+    parser.add_argument("--seeds", nargs="+", default=["0"], metavar="SEED",
+                        help="training seeds, comma- or space-separated: 0,1,2 or 0 1 2 "
+                        "(default 0)")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--acc-margin", type=float, default=0.01,
@@ -55,6 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch.compile each run (default: on for CUDA, off on CPU)")
     parser.add_argument("--force", action="store_true",
                         help="recompute points already in the store")
+    _args.add_threads(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -65,7 +69,7 @@ def run(args) -> int:
     out = args.out if args.out is not None else str(Path("tune-t") / tag)
     grid = _args.numbers(args.grid, "--grid")
     if not grid:
-        raise UserError(f"--grid must be comma-separated numbers, got {args.grid!r}")
+        raise UserError(f"--grid must be numbers, got {' '.join(args.grid)!r}")
     tune_t(
         dataset=args.dataset, arch=args.arch, grid=grid,
         epochs=args.epochs, seeds=_args.seeds(args.seeds), out=out, device=args.device,
@@ -74,5 +78,6 @@ def run(args) -> int:
         noise_seed=args.noise_seed, data_root=args.data_root, download=args.download,
         force=args.force, jobs=args.jobs, amp=args.amp, compile=args.compile,
         progress=not args.quiet, command=_args.command_line("tune-t"),
+        threads=_args.threads(args.threads),
     )
     return 0
