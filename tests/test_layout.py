@@ -19,6 +19,7 @@ FLOORS = {
     "augment": 1, "distributed": 1, "rng": 1, "train_step": 1, "split": 1,
     "registry": 2, "store": 2, "runs": 2, "models": 2, "data": 2, "benchmarks": 2,
     "recipes": 2, "published": 2, "plots": 2, "train_config": 2, "t_selection": 2, "specs": 2,
+    "feeds": 2, "fit_cache": 2,
     "training": 3, "evaluation": 3,
     "tuning": 4, "bench": 4, "export": 4, "report": 4, "report_figures": 4,
     "cli": 5,
