@@ -10,13 +10,22 @@ fixes its traps (see ``HOST_PITFALLS.md``):
   device the training flag is restored afterwards;
 - **one forward pass per dataset**: the ID test set once per model, each OOD set once; the logits
   stay on the device and every logits detector scores them (the host forwards the ID set again
-  for every OOD set). ODIN (exactly :class:`pytorch_ood.detector.ODIN`) reuses that forward pass
-  for its input gradient, so it adds one backward and one forward per batch instead of two
-  forwards and a backward; other gradient or input detectors run their own pass over the same
-  batches in the same order;
+  for every OOD set). With a feature or feature-map detector, that pass runs through the model's
+  split (:mod:`logitnorm_plugin.feeds`): features ``z = encoder(x)``, logits ``head(z)``, the
+  backbone's maps once if a detector acts on them; feature detectors score ``z``
+  (``predict_features``), ReAct/ASH/SCALE/VRA/RankFeat score that batch's backbone output
+  (the host class built with an identity backbone); the split's logits are checked against
+  ``model(x)`` on the first batch (one extra forward of one batch per model). With logits
+  detectors only, the pass is ``model(x)``, so unsplittable models work as before. ODIN (exactly
+  :class:`pytorch_ood.detector.ODIN`) reuses that forward pass for its input gradient, so it
+  adds one backward and one forward per batch instead of two forwards and a backward; other
+  gradient or input detectors run their own pass over the same batches in the same order;
 - ``norm_std`` of ODIN (and any detector that takes it) comes from the model's preprocessing;
-- detectors that need fitting are fitted on the benchmark's training set (logits detectors from
-  one forward pass, with ``fit_logits``);
+- detectors that need fitting are fitted once per model on the benchmark's training split (ID
+  samples only, never a test set), from **one** pass shared by all (``fit_logits``,
+  ``fit_features``, ``fit_feature_maps``; others by their own ``fit(loader)``); with
+  ``cache_dir`` that pass is kept per model weights (:mod:`logitnorm_plugin.fit_cache`) and a
+  rerun, even with new detectors, fits without a pass over the training split;
 - every row carries the registry name of the detector, ``ACC`` and ``ECE`` (the host puts ACC on
   cached-logits rows only and labels detectors by class name), and both FPR95 conventions
   (``FPR95TPR``: pytorch-ood's, OOD positive; ``FPR95-ID95``: the paper's, ID positive);
