@@ -480,8 +480,7 @@ class _ModelWork:
             def forward(dataset, wanted: Iterable[str]):
                 wanted = set(wanted)
                 if split is not None:
-                    split.maps = any(shared[k][1].layer == "feature_maps"
-                                     for k in wanted if k in shared)
+                    split.maps = any(self.feed_of[k].scored_from == feeds.MAPS for k in wanted)
                 return _forward_pass(
                     net, dataset, job.device, job.batch_size,
                     {k: d for k, d in fused.items() if k in wanted},
@@ -552,7 +551,7 @@ class _ModelWork:
         if job.fit_cache is None:
             return compute()
         config = pass_config(model_fingerprint(net), job.bench.config, self.spec.mean,
-                             self.spec.std, len(train),
+                             self.spec.std, len(train) if hasattr(train, "__len__") else None,
                              "model" if split is None else split.parts.kind, job.device)
         return job.fit_cache.fetch(config, feeds.pass_names(split, maps), compute, job.device)
 

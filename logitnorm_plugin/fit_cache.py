@@ -43,7 +43,7 @@ FOLDER = "fit-cache"
 FORMAT = 1
 
 
-def pass_config(weights: str, bench_config: Mapping[str, Any], mean, std, size: int,
+def pass_config(weights: str, bench_config: Mapping[str, Any], mean, std, size: int | None,
                 through: str, device: torch.device) -> Dict[str, Any]:
     """What identifies a training-split pass.
 
@@ -52,7 +52,7 @@ def pass_config(weights: str, bench_config: Mapping[str, Any], mean, std, size: 
     :param bench_config: the benchmark's configuration (its OOD set names do not matter)
     :param mean: normalisation mean the split was read with (``None``: the benchmark's own)
     :param std: normalisation std, likewise
-    :param size: number of samples of the training split
+    :param size: number of samples of the training split (``None``: unknown)
     :param through: ``"model"`` (logits from ``model(x)``) or the split's kind
     :param device: where the pass ran (its type is part of the key)
     """
@@ -61,7 +61,8 @@ def pass_config(weights: str, bench_config: Mapping[str, Any], mean, std, size: 
         "format": FORMAT,
         "weights": weights,
         "train": {**train, "mean": None if mean is None else [float(v) for v in mean],
-                  "std": None if std is None else [float(v) for v in std], "size": int(size)},
+                  "std": None if std is None else [float(v) for v in std],
+                  "size": None if size is None else int(size)},
         "pass": {"through": through, "device": torch.device(device).type},
     }
 

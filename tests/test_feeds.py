@@ -224,6 +224,19 @@ def test_logits_only_detectors_forward_the_model_as_before(trained):
     assert sum(calls) == 300 + 100 + 50 + 50  # model(x): train, ID, each OOD set
 
 
+def test_callers_feature_detector_instance_runs_its_own_passes(trained):
+    knn = by_hand(logitnorm_plugin.get_detector_class("knn"), trained)
+    bench = DigitsBench()
+    trained.body_samples = 0
+    given = evaluate({"m": trained}, bench, detectors=[knn, "msp"], batch_size=BATCH,
+                     progress=False)
+    # its own fit(loader) and predict(x) passes, msp's logits from model(x)
+    assert trained.body_samples == 300 + 2 * (100 + 50 + 50)
+    by_name = evaluate({"m": trained}, DigitsBench(), detectors=["knn", "msp"],
+                       batch_size=BATCH, progress=False)
+    assert given == by_name
+
+
 class Opaque(nn.Module):
     """No split: a convolution whose flattened output are the logits."""
 
