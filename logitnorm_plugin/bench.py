@@ -385,7 +385,7 @@ class _Comparison:
                 progress=self.progress, protocol=self.protocol,
                 keep_scores=(lambda s: first_seed.get(group_of(s)) == s.label) if self.plots
                 else False,
-                provenance=record, num_workers=self.num_workers,
+                provenance=record, num_workers=self.num_workers, cache_dir=self.out,
             )
             self.by = (("Arch", "Loss", "Detector") if len({s.arch for s in specs}) > 1
                        else ("Loss", "Detector"))

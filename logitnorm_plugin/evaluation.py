@@ -10,13 +10,22 @@ fixes its traps (see ``HOST_PITFALLS.md``):
   device the training flag is restored afterwards;
 - **one forward pass per dataset**: the ID test set once per model, each OOD set once; the logits
   stay on the device and every logits detector scores them (the host forwards the ID set again
-  for every OOD set). ODIN (exactly :class:`pytorch_ood.detector.ODIN`) reuses that forward pass
-  for its input gradient, so it adds one backward and one forward per batch instead of two
-  forwards and a backward; other gradient or input detectors run their own pass over the same
-  batches in the same order;
+  for every OOD set). With a feature or feature-map detector, that pass runs through the model's
+  split (:mod:`logitnorm_plugin.feeds`): features ``z = encoder(x)``, logits ``head(z)``, the
+  backbone's maps once if a detector acts on them; feature detectors score ``z``
+  (``predict_features``), ReAct/ASH/SCALE/VRA/RankFeat score that batch's backbone output
+  (the host class built with an identity backbone); the split's logits are checked against
+  ``model(x)`` on the first batch (one extra forward of one batch per model). With logits
+  detectors only, the pass is ``model(x)``, so unsplittable models work as before. ODIN (exactly
+  :class:`pytorch_ood.detector.ODIN`) reuses that forward pass for its input gradient, so it
+  adds one backward and one forward per batch instead of two forwards and a backward; other
+  gradient or input detectors run their own pass over the same batches in the same order;
 - ``norm_std`` of ODIN (and any detector that takes it) comes from the model's preprocessing;
-- detectors that need fitting are fitted on the benchmark's training set (logits detectors from
-  one forward pass, with ``fit_logits``);
+- detectors that need fitting are fitted once per model on the benchmark's training split (ID
+  samples only, never a test set), from **one** pass shared by all (``fit_logits``,
+  ``fit_features``, ``fit_feature_maps``; others by their own ``fit(loader)``); with
+  ``cache_dir`` that pass is kept per model weights (:mod:`logitnorm_plugin.fit_cache`) and a
+  rerun, even with new detectors, fits without a pass over the training split;
 - every row carries the registry name of the detector, ``ACC`` and ``ECE`` (the host puts ACC on
   cached-logits rows only and labels detectors by class name), and both FPR95 conventions
   (``FPR95TPR``: pytorch-ood's, OOD positive; ``FPR95-ID95``: the paper's, ID positive);
@@ -28,6 +37,7 @@ fixes its traps (see ``HOST_PITFALLS.md``):
 from __future__ import annotations
 
 import copy
+import os
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Tuple, Union
@@ -38,21 +48,25 @@ from pytorch_ood.detector import ODIN
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from logitnorm_plugin import feeds
 from logitnorm_plugin.conventions import ID_DATASET, config_hash
 from logitnorm_plugin.device import resolve_device
-from logitnorm_plugin.metrics import accuracy, expected_calibration_error, ood_metrics
+from logitnorm_plugin.fit_cache import FitCache, pass_config
+from logitnorm_plugin.metrics import accuracy, expected_calibration_error
+from logitnorm_plugin.protocol import paper_subsample_indices, protocol_metrics
 from logitnorm_plugin.specs import (
     DEFAULT_DETECTORS,
     BenchmarkData,
     DetectorSpec,
     ModelSpec,
     evaluation_config,
+    model_fingerprint,
     parse_detectors,
     resolve_benchmark,
     resolve_models,
 )
 
-__all__ = ["evaluate", "paper_subsample_indices"]
+__all__ = ["evaluate"]
 
 
 # -- data passes -------------------------------------------------------------------------------
@@ -111,9 +125,13 @@ def _forward_pass(
     fused: Mapping[str, ODIN],
     inputs: Mapping[str, Detector],
     num_workers: int = 0,
+    split: feeds.SplitForward | None = None,
+    shared: Mapping[str, Tuple[Detector, feeds.Feed]] | None = None,
 ) -> _Pass:
-    """One pass over ``dataset``: logits for every logits detector, fused ODIN scores, and the
-    scores of input detectors (gradient detectors other than ODIN, feature detectors, ...).
+    """One pass over ``dataset``: logits for every logits detector, fused ODIN scores, the
+    scores of ``shared`` (features and backbone) detectors from the same forward, through
+    ``split`` when given, and the scores of input detectors (gradient detectors other than
+    ODIN, sampling detectors, the caller's feature detectors, ...).
 
     Fused ODIN works under ``torch.inference_mode()`` and ``torch.no_grad()`` too, as
     pytorch-ood's ODIN does (without its warning): the gradient part leaves inference mode and
@@ -121,7 +139,9 @@ def _forward_pass(
     model parameters created outside inference mode; a clear error says so otherwise.
     """
     logits, labels = [], []
-    scores: Dict[str, List[Tensor]] = {k: [] for k in (*fused, *inputs)}
+    shared = shared or {}
+    forward = model if split is None else split
+    scores: Dict[str, List[Tensor]] = {k: [] for k in (*fused, *shared, *inputs)}
     for x, y in _batches(dataset, batch_size, device, num_workers):
         if fused:
             with torch.inference_mode(False), torch.enable_grad():
@@ -130,7 +150,7 @@ def _forward_pass(
                 x = x.detach().requires_grad_(True)
                 keys = list(fused)
                 try:
-                    z = model(x)
+                    z = forward(x)
                     for i, key in enumerate(keys):
                         s = _odin_from_forward(fused[key], model, x, z, retain=i < len(keys) - 1)
                         scores[key].append(s.detach())
@@ -147,7 +167,9 @@ def _forward_pass(
             x = x.detach()
         else:
             with torch.no_grad():
-                z = model(x)
+                z = forward(x)
+        for key, value in feeds.shared_scores(shared, split).items() if shared else ():
+            scores[key].append(value.detach())
         for key, det in inputs.items():
             scores[key].append(det.predict(x).detach())
         logits.append(z)
@@ -161,45 +183,6 @@ def _forward_pass(
         ),
         scores={k: torch.cat(v) for k, v in scores.items()},
     )
-
-
-# -- protocol ----------------------------------------------------------------------------------
-
-
-def paper_subsample_indices(
-    n_ood: int, n_id: int, repetitions: int = 10, seed: int = 0
-) -> List[Tensor]:
-    """The LogitNorm paper's OOD subsampling: ``repetitions`` seeded draws of ``n_id // 5`` OOD
-    samples each (2,000 for a 10,000-image ID test set), from
-    :func:`logitnorm_plugin.data.subsample_ood` (a pure function of its arguments).
-
-    :return: one int64 index tensor per repetition
-    """
-    from logitnorm_plugin.data import paper_ood_size, subsample_ood
-
-    k = max(1, paper_ood_size(n_id))
-    return [torch.from_numpy(i) for i in subsample_ood(n_ood, k, repeats=repetitions, seed=seed)]
-
-
-def _metrics_for(
-    id_scores: Tensor,
-    id_labels: Tensor,
-    ood_scores: Tensor,
-    ood_labels: Tensor,
-    subsets: List[Tensor] | None,
-) -> Dict[str, float]:
-    if subsets is None:
-        return ood_metrics(torch.cat([id_scores, ood_scores]), torch.cat([id_labels, ood_labels]))
-    runs = []
-    for idx in subsets:
-        idx_dev = idx.to(ood_scores.device)
-        runs.append(
-            ood_metrics(
-                torch.cat([id_scores, ood_scores[idx_dev]]),
-                torch.cat([id_labels, ood_labels[idx]]),
-            )
-        )
-    return {key: sum(r[key] for r in runs) / len(runs) for key in runs[0]}
 
 
 # -- the engine --------------------------------------------------------------------------------
@@ -297,6 +280,7 @@ def evaluate(
     scores_out: Dict[Tuple[str, str, str], Tensor] | None = None,
     num_workers: int = 0,
     provenance: Mapping[str, Any] | None = None,
+    cache_dir: str | os.PathLike | None = None,
 ) -> List[Dict[str, Any]]:
     """
     Evaluate models on a benchmark with pytorch-ood's metrics; one row per
@@ -336,6 +320,9 @@ def evaluate(
     :param num_workers: DataLoader workers for datasets without a ``batches`` fast path
     :param provenance: the run's provenance record (default:
         :func:`logitnorm_plugin.provenance.collect`); stored once per call
+    :param cache_dir: folder of the fit cache (:mod:`logitnorm_plugin.fit_cache`, in its
+        ``fit-cache/``): the training split's pass for fitting is kept there per model weights
+        and read back by a rerun; ``None`` (default): nothing is written
     :return: list of dicts with the keys of
         :data:`~logitnorm_plugin.conventions.ROW_KEYS`, ordered by model, detector, dataset
     """
@@ -361,6 +348,7 @@ def evaluate(
             store=store, config_id=config_hash(run_config), force=force, progress=progress,
             protocol=protocol, repetitions=repetitions, seed=seed, keep_scores=keep_scores,
             scores_out=scores_out, num_workers=num_workers,
+            fit_cache=FitCache(cache_dir) if cache_dir is not None else None,
         )
         if store is not None:
             from logitnorm_plugin import provenance as provenance_module
@@ -397,6 +385,7 @@ class _Evaluation:
     keep_scores: Union[bool, Callable[[ModelSpec], bool]]
     scores_out: Dict[Tuple[str, str, str], Tensor] | None
     num_workers: int
+    fit_cache: FitCache | None = None
     run_id: int | None = None
 
     def row_labels(self, spec: ModelSpec, detector: str, dataset: str) -> Dict[str, Any]:
@@ -468,18 +457,27 @@ class _ModelWork:
             }
             # exactly ODIN (a subclass may score differently) on the evaluated model
             fused = {k: d for k, d in detectors.items() if type(d) is ODIN and d.model is net}
+            shared = {k: (d, self.feed_of[k]) for k, d in detectors.items()
+                      if self.feed_of[k].kind in feeds.SHARED}
             inputs = {k: d for k, d in detectors.items()
-                      if k not in logits_dets and k not in fused}
-            _fit(logits_dets, inputs, job.bench, spec, net, job.device, job.batch_size,
-                 job.num_workers)
+                      if k not in logits_dets and k not in fused and k not in shared}
+            # through the split only when some detector takes features or maps
+            split = feeds.SplitForward(net) if feeds.uses_split(self.feed_of.values()) else None
+            feeds.fit_all(detectors, self.feed_of,
+                          lambda: job.bench.train_set(spec.mean, spec.std),
+                          lambda train, maps: self._train_pass(net, train, split, maps),
+                          job.batch_size, job.num_workers)
 
             def forward(dataset, wanted: Iterable[str]):
                 wanted = set(wanted)
+                if split is not None:
+                    split.maps = any(self.feed_of[k].scored_from == feeds.MAPS for k in wanted)
                 return _forward_pass(
                     net, dataset, job.device, job.batch_size,
                     {k: d for k, d in fused.items() if k in wanted},
                     {k: d for k, d in inputs.items() if k in wanted},
-                    job.num_workers,
+                    job.num_workers, split,
+                    {k: v for k, v in shared.items() if k in wanted},
                 )
 
             id_pass = forward(id_set, needed)
@@ -517,14 +515,36 @@ class _ModelWork:
         from logitnorm_plugin.registry import create_detector
 
         detectors: Dict[str, Detector] = {}
+        self.feed_of: Dict[str, feeds.Feed] = {}
         for key, spec, extra in zip(self.keys, self.job.detectors, self.extras):
             if key not in needed:
                 continue
             if spec.instance is not None:
                 detectors[key] = spec.instance
+                self.feed_of[key] = feeds.instance_feed(spec.instance)
             else:
-                detectors[key] = create_detector(spec.cls, net, **{**spec.kwargs, **extra})
+                kwargs = {**spec.kwargs, **extra}
+                self.feed_of[key], parts = feeds.plan(spec.cls, kwargs)
+                detectors[key] = create_detector(spec.cls, net, **kwargs, **parts)
         return detectors
+
+    def _train_pass(self, net, train, split, maps: bool) -> Dict[str, Tensor]:
+        """The training split's pass for fitting (:func:`~logitnorm_plugin.feeds.train_data`),
+        read from the fit cache when it has it."""
+        job = self.job
+
+        def compute():
+            with feeds.keeping(split, maps):
+                data = _forward_pass(net, train, job.device, job.batch_size, {}, {},
+                                     job.num_workers, split)
+            return feeds.train_data(data.logits, data.labels, split)
+
+        if job.fit_cache is None:
+            return compute()
+        config = pass_config(model_fingerprint(net), job.bench.config, self.spec.mean,
+                             self.spec.std, len(train) if hasattr(train, "__len__") else None,
+                             "model" if split is None else split.parts.kind, job.device)
+        return job.fit_cache.fetch(config, feeds.pass_names(split, maps), compute, job.device)
 
     def _cell(self, key, dataset, id_labels, id_scores, ood_scores, id_metrics, subsets):
         """Metrics of one (detector, OOD set), committed to the store when there is one."""
@@ -532,7 +552,7 @@ class _ModelWork:
         # every sample of an OOD set is OOD, whatever label its dataset carries
         ood_labels = torch.full((ood_scores.shape[0],), -1, dtype=torch.int64)
         row = job.row_labels(self.spec, self.name_of[key], dataset)
-        row.update(_metrics_for(id_scores, id_labels, ood_scores, ood_labels, subsets))
+        row.update(protocol_metrics(id_scores, id_labels, ood_scores, ood_labels, subsets))
         row.update(id_metrics)
         if job.store is not None:
             job.store.put(row, model_id=self.model_id, config_id=job.config_id,
@@ -556,19 +576,3 @@ def _scores(key: str, det: Detector, data: _Pass) -> Tensor:
         return data.scores[key]
     with torch.no_grad():
         return det.predict_logits(data.logits).detach()
-
-
-def _fit(logits_dets, inputs, bench, spec, net, device, batch_size, num_workers):
-    """Fit the detectors that need it on the benchmark's training set (one forward pass)."""
-    need_logits = {k: d for k, d in logits_dets.items() if getattr(d, "requires_fit", False)}
-    need_inputs = {k: d for k, d in inputs.items() if getattr(d, "requires_fit", False)}
-    if not need_logits and not need_inputs:
-        return
-    train = bench.train_set(spec.mean, spec.std)
-    if need_logits:
-        fit_pass = _forward_pass(net, train, device, batch_size, {}, {}, num_workers)
-        labels = fit_pass.labels.to(fit_pass.logits.device)
-        for det in need_logits.values():
-            det.fit_logits(fit_pass.logits, labels)
-    for det in need_inputs.values():
-        det.fit(DataLoader(train, batch_size=batch_size, shuffle=False, num_workers=num_workers))

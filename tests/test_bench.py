@@ -216,3 +216,32 @@ def test_update_readme_rewrites_only_the_marked_section(tmp_path):
     readme.write_text("no markers\n")
     with pytest.raises(UserError, match="needs the lines"):
         bench.update_readme(readme, "x")
+
+
+def test_bench_fits_from_the_fit_cache_in_its_out_folder(tmp_path, monkeypatch):
+    import torch
+
+    from logitnorm_plugin.fit_cache import FOLDER
+    from logitnorm_plugin.models import DigitsCNN
+    from logitnorm_plugin.specs import ModelSpec, resolve_benchmark
+
+    torch.manual_seed(0)
+    spec = ModelSpec("cnn", model=DigitsCNN(10, 1, width=4).eval(), loss="cross_entropy")
+    passes = []
+    original_forward = evaluate_module._forward_pass
+
+    def counting_forward(model, dataset, *args, **kw):
+        passes.append(len(dataset))
+        return original_forward(model, dataset, *args, **kw)
+
+    monkeypatch.setattr(evaluate_module, "_forward_pass", counting_forward)
+    kwargs = dict(models=[spec], detectors=["msp", "mahalanobis"], out=tmp_path / "out",
+                  progress=False, plots=False, stdout=io.StringIO())
+    first = bench.run(**kwargs)
+    n_train = len(resolve_benchmark("digits").train_set())
+    assert passes[0] == n_train and len(passes) == 1 + 1 + 4  # train, ID, four OOD sets
+    assert len(list((tmp_path / "out" / FOLDER).glob("*.pt"))) == 1
+    passes.clear()
+    again = bench.run(**kwargs, force=True)
+    assert len(passes) == 1 + 4 and n_train not in passes  # fitted from the cache
+    assert again["rows"] == first["rows"]

@@ -13,8 +13,9 @@ from logitnorm_plugin.conventions import ROW_KEYS
 from logitnorm_plugin.data import ImageTensors
 from logitnorm_plugin.detector import LogitNormDetector
 from logitnorm_plugin.errors import MissingDataError, UnknownNameError
-from logitnorm_plugin.evaluation import evaluate, paper_subsample_indices
+from logitnorm_plugin.evaluation import evaluate
 from logitnorm_plugin.metrics import PAPER_FPR_KEY, ood_metrics
+from logitnorm_plugin.protocol import paper_subsample_indices
 from logitnorm_plugin.specs import ModelSpec, resolve_model
 from logitnorm_plugin.store import ResultStore
 
@@ -159,6 +160,45 @@ def test_detectors_that_need_fitting_are_fitted_on_the_train_set():
     expected = ood_metrics(torch.cat([id_scores, ood_scores]),
                            torch.cat([bench.id.tensors[1], -torch.ones(len(ood)).long()]))
     assert kl[0]["AUROC"] == pytest.approx(expected["AUROC"], abs=1e-6)
+
+
+class _Counted(TensorDataset):
+    reads = 0
+
+    def __getitem__(self, i):
+        self.reads += 1
+        return super().__getitem__(i)
+
+
+def test_fits_read_the_training_split_only_once_before_any_test_set(monkeypatch):
+    from logitnorm_plugin import feeds
+
+    bench = InMemoryBenchmark()
+    g = torch.Generator().manual_seed(9)
+    train = _Counted(torch.randn(50, 3, 8, 8, generator=g), torch.arange(50) % 5)
+    bench.train_set = lambda: train
+    bench.id = _Counted(*bench.id.tensors)
+    bench.oods = [_Counted(*o.tensors) for o in bench.oods]
+    model = tiny_net().eval()
+    seen, fitted = [], {}
+    original = feeds.fit_shared
+
+    def spy(detector, feed, data, batch_size):
+        seen.append((train.reads, bench.id.reads, [o.reads for o in bench.oods]))
+        original(detector, feed, data, batch_size)
+        fitted[type(detector).__name__] = detector
+
+    monkeypatch.setattr(feeds, "fit_shared", spy)
+    evaluate({"m": model}, bench, detectors=["msp", "kl_matching", "mahalanobis", "react"],
+             batch_size=16, progress=False)
+    # every fit: the training split read once (one shared pass), no test or OOD sample yet
+    assert seen == [(50, 0, [0, 0, 0])] * 3
+    assert (train.reads, bench.id.reads, [o.reads for o in bench.oods]) == (50, 64, [24, 40, 16])
+    with torch.no_grad():  # fitted on the training split's features, not on a test set's
+        z = model[:-1](train.tensors[0])
+    means = torch.stack([z[train.tensors[1] == c].mean(0) for c in range(5)])
+    torch.testing.assert_close(fitted["Mahalanobis"].mu, means)
+    assert fitted["ReAct"].threshold == pytest.approx(float(z.flatten().quantile(0.9)), rel=1e-5)
 
 
 def test_model_left_as_found_and_eval_mode_used():

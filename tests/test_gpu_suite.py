@@ -69,9 +69,12 @@ def test_smoke_run_on_the_cpu_has_every_part_with_numbers(tmp_path):
     for key in ("original_style_images_per_s", "ours_images_per_s", "ratio", "compile_seconds"):
         assert _number(a[key]) and a[key] >= 0, (key, a)
     c = parts["eval_throughput"]["figures"]
-    for key in ("pytorch_ood_seconds", "logitnorm_plugin_seconds", "speedup"):
-        assert _number(c[key]) and c[key] > 0, (key, c)
-    assert _number(c["max_metric_difference"]) and c["max_metric_difference"] <= 1e-6
+    assert [s["suite"] for s in c["suites"]] == ["logits", "features"]
+    for suite in c["suites"]:
+        for key in ("pytorch_ood_seconds", "logitnorm_plugin_seconds", "speedup"):
+            assert _number(suite[key]) and suite[key] > 0, (key, suite)
+        assert _number(suite["max_metric_difference"])
+        assert suite["max_metric_difference"] <= 1e-6
     b = parts["fast_path_resume"]["figures"]
     assert b["fast"]["killed_with"] == -9 and b["fast"]["checkpoint_epoch_at_kill"] == 1
     assert b["fast"]["resumed_from_epoch"] == 1 and b["fast"]["finished"] is True

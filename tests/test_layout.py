@@ -20,7 +20,7 @@ FLOORS = {
     "locks": 1, "digests": 1, "store_db": 1, "aggregation": 1, "hub": 1, "checkpoints": 2,
     "registry": 2, "store": 2, "runs": 2, "models": 2, "data": 2, "benchmarks": 2,
     "recipes": 2, "published": 2, "plots": 2, "train_config": 2, "t_selection": 2, "specs": 2,
-    "model_labels": 2,
+    "model_labels": 2, "feeds": 2, "fit_cache": 2, "protocol": 2,
     "training": 3, "evaluation": 3,
     "tuning": 4, "bench": 4, "export": 4, "upstream": 4, "report": 4, "report_figures": 4,
     "cli": 5,
