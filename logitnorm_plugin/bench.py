@@ -29,34 +29,24 @@ configuration; see :mod:`logitnorm_plugin.store`).
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import sys
 import time
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from logitnorm_plugin import locks
 from logitnorm_plugin.atomic import remove_stale_temporaries, write_json, write_text
-from logitnorm_plugin.conventions import ROW_KEYS, config_hash, safe_file_part
-from logitnorm_plugin.errors import UserError
+from logitnorm_plugin.bench_output import format_per_dataset, format_table, rows_csv
+from logitnorm_plugin.conventions import canonical_name, config_hash, safe_file_part
+from logitnorm_plugin.errors import DetectorFitError, UserError
 from logitnorm_plugin.published import load_published, match_published
-from logitnorm_plugin.tables import finite_json, markdown_table, pct, plural
+from logitnorm_plugin.tables import finite_json, plural
 
-__all__ = [
-    "DEFAULTS",
-    "README_END",
-    "README_START",
-    "TABLE_METRICS",
-    "format_per_dataset",
-    "format_table",
-    "run",
-    "update_readme",
-]
+__all__ = ["ALL_DETECTORS", "DEFAULTS", "run"]
 
 #: the embedded default run
 DEFAULTS = {
@@ -68,113 +58,11 @@ DEFAULTS = {
     "batch_size": 256,
 }
 
-#: markers of the README section that ``--update-readme`` rewrites
-README_START = "<!-- logitnorm-ood bench: start -->"
-README_END = "<!-- logitnorm-ood bench: end -->"
-
-#: columns of the summary table (mean +- std over seeds of the mean over OOD sets)
-TABLE_METRICS = ("AUROC", "FPR95TPR", "FPR95-ID95", "ACC")
+#: the detector list that means every registered detector the models can build
+ALL_DETECTORS = "all"
 
 #: what bench asked the trainer for, kept in each run folder it trains
 REQUEST_FILE = "bench_request.json"
-
-
-# -- README section ----------------------------------------------------------------------------
-
-
-def readme_section(path: Path) -> tuple[str, int, int]:
-    """The text of ``path`` and the positions of the bench markers in it.
-
-    :raises UserError: if the file or a marker is missing
-    """
-    if not path.is_file():
-        raise UserError(f"--update-readme: {str(path)!r} does not exist")
-    text = path.read_text(encoding="utf-8")
-    start, end = text.find(README_START), text.find(README_END)
-    if start < 0 or end < start:
-        raise UserError(
-            f"--update-readme: {str(path)!r} needs the lines {README_START!r} and "
-            f"{README_END!r} around the section to rewrite"
-        )
-    return text, start, end
-
-
-def update_readme(path: str | Path, markdown: str) -> Path:
-    """Replace the text between :data:`README_START` and :data:`README_END` in ``path`` with
-    ``markdown`` (the markers stay), atomically.
-
-    :raises UserError: if the file or a marker is missing
-    """
-    path = Path(path)
-    text, start, end = readme_section(path)
-    # one heading level down: the section sits inside the README
-    body = "\n".join("#" + line if line.startswith("#") else line
-                     for line in markdown.strip().splitlines())
-    new = text[: start + len(README_START)] + "\n\n" + body + "\n\n" + text[end:]
-    return write_text(path, new)
-
-
-# -- formatting --------------------------------------------------------------------------------
-
-
-def format_table(
-    aggregate: Sequence[Mapping[str, Any]],
-    by: Sequence[str],
-    groups: Sequence[str] = (),
-    published: Mapping[tuple, list[dict]] | None = None,
-    sources: Mapping[str, str] | None = None,
-) -> str:
-    """The summary table as Markdown: one row per ``by`` group, values in percent as
-    mean ± std over seeds, near/far columns for grouped benchmarks, and a ``Published`` column
-    with matched reference numbers (footnoted with their source)."""
-    metrics = list(TABLE_METRICS)
-    group_cols = [f"{g}/AUROC" for g in groups]
-    header = [*by, "Seeds", *metrics, *group_cols]
-    has_pub = bool(published) and any(published.values())
-    if has_pub:
-        header.append("Published")
-    notes: dict[str, int] = {}
-    body = []
-    for entry in aggregate:
-        row = [str(entry.get(b)) for b in by] + [str(entry.get("Seeds", ""))]
-        row += [pct(entry.get(m), entry.get(f"{m}_std")) for m in metrics]
-        row += [pct(entry.get(c), entry.get(f"{c}_std")) for c in group_cols]
-        if has_pub:
-            refs = []
-            for p in (published or {}).get(tuple(entry.get(b) for b in by), []):
-                mark = notes.setdefault(p["source"], len(notes) + 1)
-                scope = "" if p["scope"] in ("mean", "id") else f"{p['scope']} "
-                refs.append(f"{scope}{p['metric']} {pct(p['value'], p.get('std'))} [{mark}]")
-            row.append("; ".join(refs) or "-")
-        body.append(row)
-    text = markdown_table(header, body)
-    if notes:
-        sources = sources or {}
-        text += "\n\n" + "\n".join(
-            f"[{n}] {sources.get(s, s)}" for s, n in sorted(notes.items(), key=lambda x: x[1])
-        )
-    return text
-
-
-def format_per_dataset(aggregate: Sequence[Mapping[str, Any]], by: Sequence[str]) -> str:
-    """Per-OOD-set table: AUROC and both FPR95s, mean ± std over seeds, in percent."""
-    header = [*by, "Dataset", "AUROC", "FPR95TPR", "FPR95-ID95"]
-    body = [
-        [str(e.get(b)) for b in by] + [str(e.get("Dataset"))]
-        + [pct(e.get(m), e.get(f"{m}_std")) for m in ("AUROC", "FPR95TPR", "FPR95-ID95")]
-        for e in aggregate
-    ]
-    return markdown_table(header, body)
-
-
-def _csv(rows: Sequence[Mapping[str, Any]]) -> str:
-    keys = list(ROW_KEYS) + sorted({k for r in rows for k in r} - set(ROW_KEYS))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=keys, lineterminator="\n")
-    writer.writeheader()
-    for r in rows:
-        writer.writerow({k: r.get(k) for k in keys})
-    return buffer.getvalue()
 
 
 # -- models ------------------------------------------------------------------------------------
@@ -327,6 +215,10 @@ class _Comparison:
         self.protocol, self.progress, self.plots = protocol, progress, plots
         self.num_workers, self.command = num_workers, command
         # check names, data and training configurations first: nothing trains before all pass
+        self.all_detectors = _means_all(detectors)
+        if self.all_detectors:
+            self.detectors = detectors = _every_detector()
+        self.skipped: dict[str, str] = {}
         self.requests = parse_detectors(detectors)
         if not models and (not losses or not seeds):
             raise UserError("name at least one loss and one seed (or --models)")
@@ -349,6 +241,8 @@ class _Comparison:
             specs = model_specs(self.models, download=self.download)  # unique labels
         else:
             specs = [request.spec() for request in self.to_train]
+        if self.all_detectors:
+            self._keep_constructible(specs)
         record = provenance.collect(
             device=self.device,
             config={
@@ -362,6 +256,45 @@ class _Comparison:
         rows, summary, per_dataset, cells_before, hist = self._evaluate(specs, record, cfg)
         return self._write(specs, rows, summary, per_dataset, cells_before, hist, record, cfg,
                            stdout)
+
+    def _keep_constructible(self, specs) -> None:
+        """``--detectors all``: keep the detectors that every model can build (a feature
+        detector needs a model the split understands, ...); say which are left out and why."""
+        from logitnorm_plugin.registry import create_detector
+
+        kept = []
+        for request in self.requests:
+            for spec in specs:
+                try:
+                    create_detector(request.cls, spec.get_model())
+                except (UserError, TypeError, ValueError) as exc:
+                    reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                    self.skipped[request.label] = f"cannot be built: {reason}"
+                    break
+            else:
+                kept.append(request)
+        if not kept:
+            raise UserError("--detectors all: no registered detector can be built for these "
+                            "models: " + "; ".join(f"{k} ({v})" for k, v in self.skipped.items()))
+        self.requests = kept
+        self.detectors = [r.name for r in kept]
+        if self.skipped and self.progress:
+            print(f"bench: --detectors all: left out {', '.join(self.skipped)} (cannot be built "
+                  "for these models)", file=sys.stderr, flush=True)
+
+    def _leave_out(self, specs, exc) -> None:
+        std_of = {id(s): s.std if s.std is not None else self.bench.std for s in specs}
+        failed = [r for r in self.requests
+                  if any(r.key(r.model_kwargs(s, std_of[id(s)])) == exc.key for s in specs)]
+        if not failed or len(failed) == len(self.requests):
+            raise exc
+        for request in failed:
+            self.skipped[request.label] = f"cannot be fitted: {exc}"
+        self.requests = [r for r in self.requests if r not in failed]
+        self.detectors = [r.name for r in self.requests]
+        if self.progress:
+            print(f"bench: --detectors all: left out {', '.join(r.label for r in failed)} "
+                  f"({exc})", file=sys.stderr, flush=True)
 
     def _evaluate(self, specs, record, cfg):
         """Evaluate into the store; aggregate this run's models and detectors from it."""
@@ -379,14 +312,23 @@ class _Comparison:
             cells_before = 0 if self.force else self._stored_cells(store, specs, cfg)
             if self.progress:
                 print(self._reuse_line(specs, cells_before), file=sys.stderr, flush=True)
-            rows = evaluate(
-                specs, self.bench, detectors=self.detectors, device=self.device,
-                batch_size=self.batch_size, store=store, force=self.force,
-                progress=self.progress, protocol=self.protocol,
-                keep_scores=(lambda s: first_seed.get(group_of(s)) == s.label) if self.plots
-                else False,
-                provenance=record, num_workers=self.num_workers, cache_dir=self.out,
-            )
+            while True:
+                try:
+                    rows = evaluate(
+                        specs, self.bench, detectors=self.detectors, device=self.device,
+                        batch_size=self.batch_size, store=store, force=self.force,
+                        progress=self.progress, protocol=self.protocol,
+                        keep_scores=(lambda s: first_seed.get(group_of(s)) == s.label)
+                        if self.plots else False,
+                        provenance=record, num_workers=self.num_workers, cache_dir=self.out,
+                    )
+                    break
+                except DetectorFitError as exc:
+                    # --detectors all: a detector that cannot be fitted to these models is left
+                    # out (said in the title); finished cells stay in the store for the rerun
+                    if not self.all_detectors:
+                        raise
+                    self._leave_out(specs, exc)
             self.by = (("Arch", "Loss", "Detector") if len({s.arch for s in specs}) > 1
                        else ("Loss", "Detector"))
             if self.by_model:
@@ -480,6 +422,9 @@ class _Comparison:
             "FPR95-ID95: the LogitNorm paper's (OOD accepted at 95% ID kept). ACC: ID test "
             "accuracy."
         )
+        if self.skipped:
+            title += (" Left out of `--detectors all` for these models: "
+                      + "; ".join(f"{k} ({v})" for k, v in self.skipped.items()) + ".")
         temperatures = sorted({s.t for s in specs if s.loss == "logitnorm" and s.t is not None})
         if temperatures:
             title += (" LogitNorm models trained with t = "
@@ -503,7 +448,7 @@ class _Comparison:
         print(title + "\n\n" + table, file=stdout)
         out = self.out
         write_text(out / "table.md", md)
-        write_text(out / "results.csv", _csv(rows))
+        write_text(out / "results.csv", rows_csv(rows))
         write_json(out / "results.json", finite_json({
             "benchmark": bench.name,
             "config_id": cfg,
@@ -521,6 +466,33 @@ class _Comparison:
               + f") in {seconds:.1f} s", file=stdout)
         return {"rows": rows, "aggregate": summary, "table": table, "markdown": md,
                 "config_id": cfg, "out": out, "seconds": seconds, "plots": hist}
+
+
+def _means_all(detectors) -> bool:
+    """``"all"`` (or ``["all"]``): every registered detector the models can build."""
+    if isinstance(detectors, str):
+        return canonical_name(detectors) == ALL_DETECTORS
+    items = list(detectors)
+    return len(items) == 1 and isinstance(items[0], str) and (
+        canonical_name(items[0]) == ALL_DETECTORS)
+
+
+def _every_detector() -> list[str]:
+    """Every registered detector that imports (a broken entry is skipped with a warning), by
+    its name, or ``distribution:name`` where two distributions declare one name."""
+    from logitnorm_plugin.registry import RegistryLoadError, RegistryWarning, entries
+
+    found = entries("detector")
+    names = []
+    for entry in found:
+        try:
+            entry.load()
+        except RegistryLoadError as exc:
+            warnings.warn(f"Skipping: {exc}", RegistryWarning, stacklevel=3)
+            continue
+        twice = sum(e.name == entry.name for e in found) > 1
+        names.append(entry.qualified_name if twice else entry.name)
+    return names
 
 
 def _torch_threads() -> int:

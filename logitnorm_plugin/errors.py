@@ -80,6 +80,24 @@ def one_line(text, limit: int = 400) -> str:
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
+class DetectorFitError(UserError, RuntimeError):
+    """A detector could not be fitted on the benchmark's training split (e.g. SHE with a model
+    that predicts no training image of some class correctly).
+
+    :param key: the detector's store key in the evaluation
+    :param name: the detector's class name
+    :param cause: what its ``fit`` raised
+    """
+
+    def __init__(self, key: str, name: str, cause: BaseException):
+        self.key, self.name = key, name
+        super().__init__(
+            f"the detector {name} could not be fitted on the benchmark's training split "
+            f"({type(cause).__name__}: {one_line(str(cause), 200)}); leave it out, or give it "
+            "a better-trained model"
+        )
+
+
 def closest_match(name: str, candidates) -> "str | None":
     """The candidate most similar to ``name`` (``None`` if nothing is reasonably close)."""
     import difflib

@@ -45,7 +45,7 @@ from pytorch_ood.api import (
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from logitnorm_plugin.errors import UnsupportedModelError
+from logitnorm_plugin.errors import DetectorFitError, UnsupportedModelError, UserError
 from logitnorm_plugin.split import published_defaults, split_model
 
 LOGITS, FEATURES, BACKBONE, INPUT = "logits", "features", "backbone", "input"
@@ -263,6 +263,7 @@ def fit_all(detectors: Mapping[str, Detector], feeds: Mapping[str, Feed], train_
     their own ``fit(loader)``.
 
     :param train_set: returns the training split (called only if some detector fits)
+    :raises DetectorFitError: naming the detector whose ``fit`` failed
     """
     need = {k: d for k, d in detectors.items() if getattr(d, "requires_fit", False)}
     if not need:
@@ -271,8 +272,13 @@ def fit_all(detectors: Mapping[str, Detector], feeds: Mapping[str, Feed], train_
     wanted = {feeds[k].fit_from for k in need} - {None}
     data = train_pass(train, MAPS in wanted) if wanted else {}
     for key, det in need.items():
-        if feeds[key].fit_from is not None:
-            fit_shared(det, feeds[key], data, batch_size)
-        else:
-            det.fit(DataLoader(train, batch_size=batch_size, shuffle=False,
-                               num_workers=num_workers))
+        try:
+            if feeds[key].fit_from is not None:
+                fit_shared(det, feeds[key], data, batch_size)
+            else:
+                det.fit(DataLoader(train, batch_size=batch_size, shuffle=False,
+                                   num_workers=num_workers))
+        except UserError:
+            raise
+        except Exception as exc:  # the host's fit: any error of a detector's own making
+            raise DetectorFitError(key, type(det).__name__, exc) from exc

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from logitnorm_plugin import bench
+from logitnorm_plugin import bench, bench_output
 from logitnorm_plugin.errors import UnknownNameError, UserError
 from logitnorm_plugin.published import load_published, match_published
 from logitnorm_plugin.store import ResultStore
@@ -196,7 +196,7 @@ def test_published_numbers_are_sourced_and_matched():
 
     summary = [{"Loss": "cross_entropy", "Detector": "msp", "Seeds": 3, "AUROC": 0.9,
                 "AUROC_std": 0.01, "FPR95TPR": 0.3, "FPR95-ID95": 0.5, "ACC": 0.95}]
-    table = bench.format_table(summary, ("Loss", "Detector"), (),
+    table = bench_output.format_table(summary, ("Loss", "Detector"), (),
                                {("cross_entropy", "msp"): hits}, published["sources"])
     assert "Published" in table and "FPR95-ID95 51.04 [1]" in table
     assert "[1] energy_ood README" in table
@@ -204,18 +204,19 @@ def test_published_numbers_are_sourced_and_matched():
 
 def test_update_readme_rewrites_only_the_marked_section(tmp_path):
     readme = tmp_path / "README.md"
-    readme.write_text(f"# Title\n\nintro\n\n{bench.README_START}\nold table\n"
-                      f"{bench.README_END}\n\n## Later\n")
-    bench.update_readme(readme, "# logitnorm-ood bench: digits\n\n| a |\n|---|\n| 1 |\n")
+    readme.write_text(f"# Title\n\nintro\n\n{bench_output.README_START}\nold table\n"
+                      f"{bench_output.README_END}\n\n## Later\n")
+    bench_output.update_readme(readme, "# logitnorm-ood bench: digits\n\n| a |\n|---|\n| 1 |\n")
     text = readme.read_text()
     assert "old table" not in text
     assert text.startswith("# Title\n\nintro\n\n")
     assert "## logitnorm-ood bench: digits" in text and "| 1 |" in text
-    assert text.index(bench.README_START) < text.index("| 1 |") < text.index(bench.README_END)
-    assert text.endswith(f"{bench.README_END}\n\n## Later\n")
+    start, end = bench_output.README_START, bench_output.README_END
+    assert text.index(start) < text.index("| 1 |") < text.index(end)
+    assert text.endswith(f"{bench_output.README_END}\n\n## Later\n")
     readme.write_text("no markers\n")
     with pytest.raises(UserError, match="needs the lines"):
-        bench.update_readme(readme, "x")
+        bench_output.update_readme(readme, "x")
 
 
 def test_bench_fits_from_the_fit_cache_in_its_out_folder(tmp_path, monkeypatch):
@@ -245,3 +246,56 @@ def test_bench_fits_from_the_fit_cache_in_its_out_folder(tmp_path, monkeypatch):
     again = bench.run(**kwargs, force=True)
     assert len(passes) == 1 + 4 and n_train not in passes  # fitted from the cache
     assert again["rows"] == first["rows"]
+
+
+@pytest.mark.filterwarnings("ignore:AUTC is undefined:UserWarning")  # mc_dropout, no dropout
+def test_detectors_all_evaluates_every_registered_detector_the_model_can_take(tmp_path):
+    """``--detectors all``: every registered detector, built through the model split, on a
+    digits run folder; one that cannot be fitted to the model (SHE needs a correct training
+    prediction in every class: an untrained model has none) is left out and the title says
+    why; so are the feature detectors for a model that cannot be split."""
+    import torch
+
+    from logitnorm_plugin.registry import list_detectors
+    from logitnorm_plugin.training import train
+
+    run = train(dataset="digits", epochs=1, lr=1e-9, arch_kwargs={"width": 8},
+                out=tmp_path / "run", progress=False)
+    out = io.StringIO()
+    result = bench.run(models=[str(run.run_dir)], detectors=["all"], out=tmp_path / "res",
+                       progress=False, plots=False, stdout=out)
+    evaluated = {e["Detector"] for e in result["aggregate"]}
+    feature_based = {"mahalanobis", "knn", "vim", "react", "ash", "dice", "scale", "rankfeat"}
+    assert feature_based <= evaluated
+    assert evaluated | {"she"} == set(list_detectors())
+    assert "she (cannot be fitted" in result["markdown"]
+    assert "Left out of `--detectors all`" in out.getvalue()
+
+    class NoLinearHead(torch.nn.Module):  # logits straight from a convolution
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 10, 3)
+
+        def forward(self, x):
+            return self.conv(x).mean(dim=(2, 3))
+
+    result = bench.run(models={"conv": NoLinearHead()}, detectors="all",
+                       out=tmp_path / "conv", progress=False, plots=False,
+                       stdout=io.StringIO())
+    evaluated = {e["Detector"] for e in result["aggregate"]}
+    assert {"msp", "energy", "odin", "logitnorm"} <= evaluated
+    assert not feature_based & evaluated
+    assert "mahalanobis (cannot be built: UnsupportedModelError" in result["markdown"]
+
+
+def test_update_readme_writes_a_named_section(tmp_path):
+    readme = tmp_path / "README.md"
+    start, end = bench_output.readme_markers("all-detectors")
+    readme.write_text(f"intro\n\n{bench_output.README_START}\nA\n{bench_output.README_END}\n\n"
+                      f"{start}\nB\n{end}\n")
+    bench_output.update_readme(readme, "| new |", section="all-detectors")
+    text = readme.read_text()
+    assert "\nA\n" in text and "\nB\n" not in text and "| new |" in text
+    assert text.index(start) < text.index("| new |") < text.index(end)
+    with pytest.raises(UserError, match="other-section"):
+        bench_output.update_readme(readme, "x", section="other-section")

@@ -4,7 +4,8 @@
 import argparse
 from pathlib import Path
 
-from logitnorm_plugin.bench import DEFAULTS, README_END, README_START
+from logitnorm_plugin.bench import DEFAULTS
+from logitnorm_plugin.bench_output import README_END, README_START
 from logitnorm_plugin.cli import _args
 
 HELP = "run a comparison benchmark (default: digits, offline)"
@@ -27,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "the dataset's named source: digits_jigsaw for the digits, "
                         "tinyimages300k for CIFAR)")
     parser.add_argument("--detectors", nargs="+", default=None,
-                        help="detectors (default: msp odin energy maxlogit logitnorm)")
+                        help="detectors (default: msp odin energy maxlogit logitnorm), or all: "
+                        "every registered detector the models can build")
     parser.add_argument("--seeds", nargs="+", default=None,
                         help="training seeds (default: 0 1 2)")
     parser.add_argument("--device", default="auto",
@@ -65,14 +67,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--update-readme", metavar="PATH", default=None,
                         help="also write the table into PATH between the lines "
                         f"'{README_START}' and '{README_END}'")
+    parser.add_argument("--readme-section", metavar="NAME", default=None,
+                        help="with --update-readme: the section between "
+                        "'<!-- logitnorm-ood bench NAME: start -->' and its end line instead")
 
 
 def run(args) -> int:
-    from logitnorm_plugin.bench import readme_section, update_readme
     from logitnorm_plugin.bench import run as run_bench
+    from logitnorm_plugin.bench_output import readme_section, update_readme
 
     if args.update_readme:
-        readme_section(Path(args.update_readme))  # fail before the run, not after it
+        # fail before the run, not after it
+        readme_section(Path(args.update_readme), args.readme_section)
     result = run_bench(
         benchmark=args.benchmark,
         models=_args.split(args.models) or None,
@@ -99,6 +105,6 @@ def run(args) -> int:
         lock_timeout=args.lock_timeout,
     )
     if args.update_readme:
-        update_readme(args.update_readme, result["markdown"])
+        update_readme(args.update_readme, result["markdown"], args.readme_section)
         print(f"updated {args.update_readme}")
     return 0
