@@ -61,6 +61,9 @@ DEFAULTS = {
 #: the detector list that means every registered detector the models can build
 ALL_DETECTORS = "all"
 
+#: the most per-OOD-set rows written into a README section (the rest stays in table.md)
+README_MAX_ROWS = 60
+
 #: what bench asked the trainer for, kept in each run folder it trains
 REQUEST_FILE = "bench_request.json"
 
@@ -181,7 +184,9 @@ def run(
     command-line options of the same names.
 
     :return: dict with ``rows``, ``aggregate``, ``table`` and ``markdown`` (the table alone and
-        the whole ``table.md``), ``config_id``, ``out``, ``seconds`` and ``plots``
+        the whole ``table.md``), ``readme_markdown`` (what ``--update-readme`` writes: the
+        same, with a pointer to ``table.md`` instead of more than :data:`README_MAX_ROWS`
+        per-OOD-set rows), ``config_id``, ``out``, ``seconds`` and ``plots``
     """
     from logitnorm_plugin.device import resolve_device, resolve_threads, torch_threads
 
@@ -430,12 +435,9 @@ class _Comparison:
             title += (" LogitNorm models trained with t = "
                       + ", ".join(f"{t:g}" for t in temperatures) + ".")
         trained_now = sum(bool(s.extra.get("trained_now")) for s in specs)
-        md = "\n\n".join([
-            f"# logitnorm-ood bench: {bench.name}",
-            title,
-            table,
-            "## Per OOD set",
-            format_per_dataset(per_dataset, by),
+        parts = [f"# logitnorm-ood bench: {bench.name}", title, table, "## Per OOD set",
+                 format_per_dataset(per_dataset, by)]
+        footer = (
             f"Command: `{self.command or 'logitnorm-ood bench'}`; device "
             f"{provenance.device_name(self.device)}, torch threads: {_torch_threads()}; run "
             f"time {seconds:.1f} s after interpreter start-up; "
@@ -443,7 +445,12 @@ class _Comparison:
                f"{trained_now} of {plural(len(specs), 'model')} trained in this run, "
                f"{len(specs) - trained_now} reused from runs/")
             + f"; {len(rows) - cells_before} of {plural(len(rows), 'cell')} computed in this "
-            "run, the others read from results.sqlite.",
+            "run, the others read from results.sqlite."
+        )
+        md = "\n\n".join([*parts, footer]) + "\n"
+        # a README keeps its per-OOD-set table only while it stays readable
+        readme = md if len(per_dataset) <= README_MAX_ROWS else "\n\n".join([
+            *parts[:4], f"{len(per_dataset)} rows: see `{self.out / 'table.md'}`.", footer,
         ]) + "\n"
         print(title + "\n\n" + table, file=stdout)
         out = self.out
@@ -465,6 +472,7 @@ class _Comparison:
               + (", " + ", ".join(p.name for p in hist) if hist else "")
               + f") in {seconds:.1f} s", file=stdout)
         return {"rows": rows, "aggregate": summary, "table": table, "markdown": md,
+                "readme_markdown": readme,
                 "config_id": cfg, "out": out, "seconds": seconds, "plots": hist}
 
 

@@ -40,6 +40,10 @@ def mean_std(values: Iterable[Any]) -> tuple[float, float]:
         return float("nan"), float("nan")
     if len(numbers) < 2:
         return numbers[0], float("nan")
+    if not all(math.isfinite(v) for v in numbers):
+        # a NaN metric (pytorch-ood's AUTC of constant scores) makes both undefined;
+        # statistics.stdev cannot take one
+        return math.fsum(numbers) / len(numbers), float("nan")
     return statistics.fmean(numbers), statistics.stdev(numbers)
 
 

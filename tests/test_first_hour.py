@@ -219,3 +219,25 @@ def test_ci_sanity_line_imports_the_installed_package():
         if "python -c" in line and not line.lstrip().startswith("#"):
             # run from another directory: `python -c` puts the working directory first
             assert re.match(r"^\(cd [^ ]+ && python -c ", line.strip()), line
+
+
+def test_mean_std_of_values_with_nan_is_undefined_not_an_error():
+    # pytorch-ood's AUTC is NaN for constant scores; one such seed makes the aggregate NaN
+    mean, std = mean_std([0.5, float("nan"), 0.7])
+    assert math.isnan(mean) and math.isnan(std)
+    assert pct(mean, std) == "-"
+
+
+def test_the_same_warning_is_shown_once_per_command(tmp_path, capsys):
+    import warnings
+
+    from logitnorm_plugin import cli
+
+    shown = warnings.showwarning
+    show = cli._once_per_message(lambda message, *rest: print(f"shown: {message}"))
+    for _ in range(3):
+        show(UserWarning("AUTC is undefined"), UserWarning, "x.py", 1)
+    show(UserWarning("another"), UserWarning, "x.py", 1)
+    assert capsys.readouterr().out == "shown: AUTC is undefined\nshown: another\n"
+    assert main(["list", "losses"]) == 0
+    assert warnings.showwarning is shown  # main() restores what it changed

@@ -46,6 +46,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _once_per_message(show):
+    """A ``warnings.showwarning`` that prints each distinct message once per command: the same
+    warning of each of 120 cells (e.g. pytorch-ood's AUTC of constant scores) is one line."""
+    seen = set()
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        key = (category, str(message))
+        if key not in seen:
+            seen.add(key)
+            show(message, category, filename, lineno, file, line)
+
+    return showwarning
+
+
 def main(argv: List[str] | None = None) -> int:
     # not list(argv): once `logitnorm-ood list` ran in this process, importing the submodule
     # cli.list made `list` in this module's namespace that module, not the builtin
@@ -56,16 +70,19 @@ def main(argv: List[str] | None = None) -> int:
     if known.command is None:
         parser.print_help()
         return 0 if not argv else 2
-    # warnings are messages for the user here, not for a developer reading a stack
-    warnings.formatwarning = lambda message, category, *rest: (
-        f"logitnorm-ood: warning: {message}\n"
-    )
     module = importlib.import_module(f"{__name__}.{COMMANDS[known.command]}")
     sub = argparse.ArgumentParser(
         prog=f"logitnorm-ood {known.command}", description=module.HELP
     )
     module.add_arguments(sub)
     args = sub.parse_args(argv[1:])
+    # warnings are messages for the user here, not for a developer reading a stack: one line
+    # each, each distinct message once (restored afterwards, for callers of main())
+    shown = warnings.showwarning, warnings.formatwarning
+    warnings.formatwarning = lambda message, category, *rest: (
+        f"logitnorm-ood: warning: {message}\n"
+    )
+    warnings.showwarning = _once_per_message(warnings.showwarning)
     try:
         return int(module.run(args) or 0)
     except UserError as exc:
@@ -74,3 +91,5 @@ def main(argv: List[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"logitnorm-ood {known.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning, warnings.formatwarning = shown

@@ -105,6 +105,6 @@ def run(args) -> int:
         lock_timeout=args.lock_timeout,
     )
     if args.update_readme:
-        update_readme(args.update_readme, result["markdown"], args.readme_section)
+        update_readme(args.update_readme, result["readme_markdown"], args.readme_section)
         print(f"updated {args.update_readme}")
     return 0
