@@ -7,6 +7,17 @@ import pytest
 import torch
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Every test runs torch on one CPU thread: the CI machine has 2 cores shared by several
+    jobs, where tiny models run many times slower on two threads, and one thread gives the
+    same numbers on every run."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _seeded():
     """Every test starts from the same random state."""

@@ -19,14 +19,6 @@ from logitnorm_plugin.train_step import TrainStep, _sync_free_loss
 from logitnorm_plugin.training import train
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _step(model, channels_last=False, augment=True, loss=None, channels=1):
     data = ImageTensors(torch.zeros(1, channels, 8, 8, dtype=torch.uint8), torch.zeros(1).long(),
                         (0.5,) * channels, (0.25,) * channels)

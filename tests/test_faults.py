@@ -41,12 +41,6 @@ TRAIN = ["train", "--dataset", "digits", "--arch-arg", "width=8", "--device", "c
 BENCH = ["--detectors", "msp", "--no-progress", "--no-plots"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import inspect
 import pytest
 import pytorch_ood.detector as host
 import torch
+from host_detectors import by_hand
 from pytorch_ood.metrics import OODMetrics
 from pytorch_ood.model import WideResNet
 from torch import nn
@@ -62,26 +63,6 @@ def digits():
     y = torch.cat([torch.tensor([test[i][1] for i in range(60)]), torch.full((60,), -1)])
     fit = DataLoader(Subset(train, range(500)), batch_size=250)
     return model, fit, x, y
-
-
-def by_hand(cls, model):
-    """``cls`` built by hand from DigitsCNN's own methods, as pytorch-ood's docs do, with the
-    published defaults; logits detectors just get the model."""
-    if not _split_based(cls):
-        return cls(model)
-    params, defaults = _params(cls), published_defaults(cls)
-    kwargs = {k: v(model.fc.in_features) if callable(v) else v
-              for k, v in defaults.items() if k in params}
-    if "backbone" in params and defaults.get("layer", "penultimate") == "penultimate":
-        kwargs["backbone"] = lambda x: model.features(x)[:, :, None, None]
-        kwargs["head"] = lambda z: model.fc(z.flatten(1))
-    elif "backbone" in params:
-        kwargs["backbone"], kwargs["head"] = model.feature_maps, model.forward_feature_maps
-    else:
-        own = {"encoder": model.features, "head": model.fc, "w": model.fc.weight,
-               "b": model.fc.bias}
-        kwargs.update({k: v for k, v in own.items() if k in params})
-    return cls(**kwargs)
 
 
 def _metrics(scores, labels):

@@ -3,16 +3,16 @@ on the model's own parts and fitted on the same data, with one forward pass per 
 pass over the training split shared by every fit."""
 
 import functools
-import inspect
 
 import pytest
 import torch
+from host_detectors import Reads, by_hand
 from pytorch_ood.api import GradientDetector, LogitsDetector
 from pytorch_ood.benchmark import Benchmark
 from pytorch_ood.metrics import OODMetrics
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 import logitnorm_plugin
 from logitnorm_plugin.data import load_split
@@ -21,27 +21,12 @@ from logitnorm_plugin.errors import UnsupportedModelError
 from logitnorm_plugin.evaluation import evaluate
 from logitnorm_plugin.feeds import BACKBONE, FEATURES, INPUT, LOGITS, MAPS, Feed, plan
 from logitnorm_plugin.models import DigitsCNN
-from logitnorm_plugin.split import published_defaults
 
 BATCH = 25
 METRICS = ("AUROC", "AUPR-IN", "AUPR-OUT", "FPR95TPR", "AUTC")
 #: registered detectors whose scores two runs cannot reproduce, and why
 NOT_COMPARABLE = {"mc_dropout": "samples random dropout masks at every call"}
 NAMES = [n for n in logitnorm_plugin.list_detectors() if n not in NOT_COMPARABLE]
-
-
-class Reads(Dataset):
-    """Samples ``x, y`` that count how often they are read."""
-
-    def __init__(self, x, y):
-        self.x, self.y, self.reads = x, y, 0
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        self.reads += 1
-        return self.x[i], self.y[i]
 
 
 @functools.lru_cache(maxsize=1)
@@ -88,13 +73,6 @@ class CountingCNN(DigitsCNN):
         return super().feature_maps(x)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny convolutions: one thread is ten times faster than two on a shared CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
@@ -120,26 +98,6 @@ def together(trained):
     rows = evaluate({"m": trained}, bench, detectors=NAMES, batch_size=BATCH, progress=False,
                     keep_scores=True, scores_out=scores)
     return {(r["Detector"], r["Dataset"]): r for r in rows}, scores
-
-
-def by_hand(cls, model):
-    """``cls`` built by hand from DigitsCNN's own methods with the published defaults, as
-    pytorch-ood's documentation builds them; logits detectors just get the model."""
-    params, defaults = inspect.signature(cls).parameters, published_defaults(cls)
-    if not {"encoder", "backbone"} & set(params):
-        return cls(model)
-    kwargs = {k: v(model.fc.in_features) if callable(v) else v
-              for k, v in defaults.items() if k in params}
-    if "backbone" in params and defaults.get("layer", "penultimate") == "penultimate":
-        kwargs["backbone"] = lambda x: model.features(x)[:, :, None, None]
-        kwargs["head"] = lambda z: model.fc(z.flatten(1))
-    elif "backbone" in params:
-        kwargs["backbone"], kwargs["head"] = model.feature_maps, model.forward_feature_maps
-    else:
-        own = {"encoder": model.features, "head": model.fc, "w": model.fc.weight,
-               "b": model.fc.bias}
-        kwargs.update({k: v for k, v in own.items() if k in params})
-    return cls(**kwargs)
 
 
 def host_scores(detector, dataset, model):

@@ -22,12 +22,6 @@ from logitnorm_plugin.training import train
 TINY = dict(dataset="digits", arch_kwargs={"width": 8}, epochs=1, device="cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import json
 
 import pytest
 import torch
+from host_detectors import Reads
 from pytorch_ood.benchmark import Benchmark
-from torch.utils.data import Dataset
 
 from logitnorm_plugin.evaluation import evaluate
 from logitnorm_plugin.fit_cache import FOLDER, FitCache, pass_config
@@ -16,18 +16,6 @@ from logitnorm_plugin.models import DigitsCNN
 from logitnorm_plugin.specs import ModelSpec, model_fingerprint
 
 FITTED = ["kl_matching", "mahalanobis", "react"]
-
-
-class Reads(Dataset):
-    def __init__(self, x, y):
-        self.x, self.y, self.reads = x, y, 0
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        self.reads += 1
-        return self.x[i], self.y[i]
 
 
 class Bench(Benchmark):
@@ -52,13 +40,6 @@ class Bench(Benchmark):
         return [self.id] if known and not unknown else list(self.oods)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny convolutions: one thread is much faster than two on a shared CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture

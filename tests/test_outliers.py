@@ -46,12 +46,6 @@ QUICK = dict(dataset="digits", arch_kwargs={"width": 8}, epochs=3, lr=0.2, warmu
              progress=False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _state(run):

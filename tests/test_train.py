@@ -39,13 +39,6 @@ SMALL = dict(dataset="digits", arch_kwargs={"width": 8}, epochs=3, progress=Fals
 CLI_SMALL = ["--dataset", "digits", "--device", "cpu", "--quiet"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # the CI box has 2 cores shared by several jobs; one thread is faster and repeatable
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

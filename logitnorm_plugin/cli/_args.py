@@ -20,26 +20,24 @@ def split(values: Sequence[str] | str | None) -> List[str]:
     return out
 
 
-def seeds(values, option: str = "--seeds") -> List[int]:
-    """Integer seeds from ``0 1 2`` or ``0,1,2`` (or a mix)."""
+def _each(values, convert, option: str, what: str) -> list:
     out = []
     for v in split(values):
         try:
-            out.append(int(v))
+            out.append(convert(v))
         except ValueError as exc:
-            raise UserError(f"{option} takes integers, got {v!r}") from exc
+            raise UserError(f"{option} takes {what}, got {v!r}") from exc
     return out
+
+
+def seeds(values, option: str = "--seeds") -> List[int]:
+    """Integer seeds from ``0 1 2`` or ``0,1,2`` (or a mix)."""
+    return _each(values, int, option, "integers")
 
 
 def numbers(values, option: str) -> List[float]:
     """Floats from ``0.01 0.04`` or ``0.01,0.04``."""
-    out = []
-    for v in split(values):
-        try:
-            out.append(float(v))
-        except ValueError as exc:
-            raise UserError(f"{option} takes numbers, got {v!r}") from exc
-    return out
+    return _each(values, float, option, "numbers")
 
 
 def _literal(text: str) -> Any:

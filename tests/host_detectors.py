@@ -1,0 +1,43 @@
+"""Test helpers shared by the detector tests: pytorch-ood's detectors built by hand (the
+reference the package's split and engine are compared with) and a dataset that counts reads."""
+
+import inspect
+
+from torch.utils.data import Dataset
+
+from logitnorm_plugin.split import published_defaults
+
+
+def by_hand(cls, model):
+    """``cls`` built by hand from DigitsCNN's own methods with the published defaults, as
+    pytorch-ood's documentation builds them; logits detectors just get the model. Written
+    without the package's split, on purpose: it is what the split is checked against."""
+    params, defaults = inspect.signature(cls).parameters, published_defaults(cls)
+    if not {"encoder", "backbone"} & set(params):
+        return cls(model)
+    kwargs = {k: v(model.fc.in_features) if callable(v) else v
+              for k, v in defaults.items() if k in params}
+    if "backbone" in params and defaults.get("layer", "penultimate") == "penultimate":
+        kwargs["backbone"] = lambda x: model.features(x)[:, :, None, None]
+        kwargs["head"] = lambda z: model.fc(z.flatten(1))
+    elif "backbone" in params:
+        kwargs["backbone"], kwargs["head"] = model.feature_maps, model.forward_feature_maps
+    else:
+        own = {"encoder": model.features, "head": model.fc, "w": model.fc.weight,
+               "b": model.fc.bias}
+        kwargs.update({k: v for k, v in own.items() if k in params})
+    return cls(**kwargs)
+
+
+class Reads(Dataset):
+    """Samples ``x, y`` that count how often they are read."""
+
+    def __init__(self, x, y):
+        self.x, self.y, self.reads = x, y, 0
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        self.reads += 1
+        return self.x[i], self.y[i]
