@@ -1,11 +1,29 @@
 """Test helpers shared by the detector tests: pytorch-ood's detectors built by hand (the
-reference the package's split and engine are compared with) and a dataset that counts reads."""
+reference the package's split and engine are compared with), a briefly trained digits model and
+a dataset that counts reads."""
 
 import inspect
 
-from torch.utils.data import Dataset
+import torch
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Dataset
 
+from logitnorm_plugin.data import load_split
 from logitnorm_plugin.split import published_defaults
+
+
+def briefly_trained(model):
+    """``model`` (a narrow DigitsCNN) after 3 epochs of Adam on the digits training split, in
+    eval mode: every class is predicted right at least once (SHE needs that)."""
+    torch.manual_seed(0)
+    train = load_split("digits", "train")
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(3):
+        for x, y in DataLoader(train, batch_size=64, shuffle=True):
+            optimizer.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+    return model.eval()
 
 
 def by_hand(cls, model):

@@ -8,11 +8,10 @@ import inspect
 import pytest
 import pytorch_ood.detector as host
 import torch
-from host_detectors import by_hand
+from host_detectors import briefly_trained, by_hand
 from pytorch_ood.metrics import OODMetrics
 from pytorch_ood.model import WideResNet
 from torch import nn
-from torch.nn import functional as F
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
 import logitnorm_plugin
@@ -47,16 +46,8 @@ FEATURE_NAMES = [n for n in NAMES if _split_based(logitnorm_plugin.get_detector_
 def digits():
     """A DigitsCNN (D = 16) trained briefly on the digits, a loader of 500 training digits for
     fitting detectors, and a batch of 60 ID test digits and 60 rotated digits (labels -1)."""
-    torch.manual_seed(0)
+    model = briefly_trained(DigitsCNN(10, 1, width=4, drop_rate=0.2))
     train = load_split("digits", "train")
-    model = DigitsCNN(10, 1, width=4, drop_rate=0.2)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(3):
-        for x, y in DataLoader(train, batch_size=64, shuffle=True):
-            optimizer.zero_grad()
-            F.cross_entropy(model(x), y).backward()
-            optimizer.step()
-    model.eval()
     test, ood = load_split("digits", "test"), digits_ood("rotated")
     x = torch.cat([torch.stack([test[i][0] for i in range(60)]),
                    torch.stack([ood[i][0] for i in range(60)])])

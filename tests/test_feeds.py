@@ -6,12 +6,11 @@ import functools
 
 import pytest
 import torch
-from host_detectors import Reads, by_hand
+from host_detectors import Reads, briefly_trained, by_hand
 from pytorch_ood.api import GradientDetector, LogitsDetector
 from pytorch_ood.benchmark import Benchmark
 from pytorch_ood.metrics import OODMetrics
 from torch import nn
-from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 import logitnorm_plugin
@@ -79,16 +78,7 @@ class CountingCNN(DigitsCNN):
 def trained():
     """A CountingCNN (D = 16) trained briefly on the digits: every class is predicted right
     at least once (SHE needs that)."""
-    torch.manual_seed(0)
-    train = load_split("digits", "train")
-    model = CountingCNN(10, 1, width=4, drop_rate=0.2)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(3):
-        for x, y in DataLoader(train, batch_size=64, shuffle=True):
-            optimizer.zero_grad()
-            F.cross_entropy(model(x), y).backward()
-            optimizer.step()
-    return model.eval()
+    return briefly_trained(CountingCNN(10, 1, width=4, drop_rate=0.2))
 
 
 @pytest.fixture(scope="module")
