@@ -211,7 +211,12 @@ def shared_scores(detectors: Mapping[str, Tuple[Detector, Feed]],
 def fit_shared(detector: Detector, feed: Feed, data: Mapping[str, Tensor],
                batch_size: int) -> None:
     """Fit ``detector`` on the shared train pass ``data`` (``labels``, ``logits``,
-    ``features``, ``maps``), as its host class fits from a loader of those samples."""
+    ``features``, ``maps``), as its host class fits from a loader of those samples.
+
+    The tensors go to the CPU first: pytorch-ood's own ``fit(loader)`` collects them in a CPU
+    ``TensorBuffer`` (``utils.extract_features``) and some fits rely on it (KNN calls
+    ``.numpy()``), so a fit on CUDA features would fail where the host's succeeds."""
+    data = {name: tensor.cpu() for name, tensor in data.items()}
     y = data["labels"]
     if feed.fit_from == LOGITS:
         detector.fit_logits(data["logits"], y)
@@ -220,7 +225,7 @@ def fit_shared(detector: Detector, feed: Feed, data: Mapping[str, Tensor],
         if _overrides(type(detector), "fit_feature_maps", FeatureMapsDetector):
             detector.fit_feature_maps(out, y)
         else:  # the identity backbone makes fit(loader) read the outputs as they are
-            detector.fit(DataLoader(TensorDataset(out, y.to(out.device)), batch_size=batch_size))
+            detector.fit(DataLoader(TensorDataset(out, y), batch_size=batch_size))
     else:
         detector.fit_features(data[FEATURES], y)
 
