@@ -173,8 +173,15 @@ def main(argv=None) -> dict:
     parser.add_argument("--widen-factor", type=int, default=2,
                         help="WideResNet width (default 2; smaller for toy runs)")
     parser.add_argument("--json", default=None, help="also write the figures to this file")
+    parser.add_argument("--exact-fp32", action="store_true",
+                        help="CUDA: no TF32 in convolutions and matrix products, deterministic "
+                             "cuDNN algorithms (tells rounding apart from real differences)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
+    if args.exact_fp32:
+        torch.backends.cudnn.allow_tf32 = False  # torch's default is True for convolutions
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     threads = args.threads if args.threads is not None else 1 if device.type == "cpu" else 0
     if threads:
         torch.set_num_threads(threads)
@@ -192,6 +199,8 @@ def main(argv=None) -> dict:
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "model": f"WRN-{args.depth}-{args.widen_factor}",
         "torch_threads": torch.get_num_threads(),
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+        "cudnn_deterministic": torch.backends.cudnn.deterministic,
         "batch_size": args.batch_size,
         "n_id": args.n_id,
         "n_ood_per_set": args.n_ood,
