@@ -41,7 +41,6 @@ imported.
 from __future__ import annotations
 
 import importlib
-import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Tuple
 
@@ -240,17 +239,10 @@ def _torchvision_builders() -> Dict[str, Callable]:
 
 
 def _entry_point_classes() -> Dict[str, Callable]:
-    from importlib import metadata
+    from .registry import group_entry_points
 
-    from .registry import NO_THIRD_PARTY_ENV, THIS_DISTRIBUTION
-
-    off = os.environ.get(NO_THIRD_PARTY_ENV, "").strip().lower() not in ("", "0", "false")
     found = {}
-    for ep in metadata.entry_points(group=ARCH_GROUP):
-        dist = getattr(ep, "dist", None)
-        dist_name = (dist.metadata["Name"] if dist else "").lower().replace("_", "-")
-        if off and dist_name != THIS_DISTRIBUTION:
-            continue
+    for ep in group_entry_points(ARCH_GROUP):
         value = ep.value.replace(" ", "")
         if ":" not in value:
             continue

@@ -286,14 +286,20 @@ def _third_party_disabled() -> bool:
     return os.environ.get(NO_THIRD_PARTY_ENV, "").strip().lower() not in ("", "0", "false")
 
 
+def group_entry_points(group: str) -> List[metadata.EntryPoint]:
+    """The entry points of ``group``: only this distribution's while :data:`NO_THIRD_PARTY_ENV`
+    is set (an entry point of a distribution without a ``Name`` counts as third-party)."""
+    eps = list(metadata.entry_points(group=group))
+    if _third_party_disabled():
+        eps = [ep for ep in eps if _distribution_name(ep.dist) == THIS_DISTRIBUTION]
+    return eps
+
+
 @functools.cache
 def _index(kind: str) -> _Index:
     if kind not in GROUPS:
         raise UnknownNameError("registry kind", kind, GROUPS, closest_match(kind, GROUPS))
-    eps = metadata.entry_points(group=GROUPS[kind])
-    if _third_party_disabled():
-        eps = [ep for ep in eps if _distribution_name(ep.dist) == THIS_DISTRIBUTION]
-    index = build_index(kind, eps)
+    index = build_index(kind, group_entry_points(GROUPS[kind]))
     for name, entries in index.by_name.items():
         if len(entries) > 1:
             warnings.warn(

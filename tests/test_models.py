@@ -132,3 +132,28 @@ def test_only_the_closed_table_is_ever_built(tmp_path, monkeypatch):
     monkeypatch.setenv("LOGITNORM_PLUGIN_NO_THIRD_PARTY", "1")
     with pytest.raises(UntrustedFileError):
         resolve_class("my_nets.Tiny")
+
+
+def test_a_damaged_distribution_declaring_an_architecture_breaks_nothing(tmp_path, monkeypatch):
+    """A dist-info without a ``Name`` (a damaged install) that declares an architecture: the
+    table is still built (its entry counts as third-party, as in the registry)."""
+    import sys
+
+    from logitnorm_plugin.errors import UntrustedFileError
+    from logitnorm_plugin.models import ARCH_GROUP, build_arch
+
+    dist = tmp_path / "nameless-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(f"[{ARCH_GROUP}]\ntiny = nameless_nets:Tiny\n")
+    (tmp_path / "nameless_nets.py").write_text(
+        "import torch\nclass Tiny(torch.nn.Linear):\n"
+        "    def __init__(self, num_classes=2):\n        super().__init__(4, num_classes)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "nameless_nets", raising=False)
+    assert build_arch("logitnorm_plugin.models.DigitsCNN", {"num_classes": 3}) is not None
+    assert build_arch("nameless_nets.Tiny", {"num_classes": 5}).out_features == 5
+    monkeypatch.setenv("LOGITNORM_PLUGIN_NO_THIRD_PARTY", "1")
+    assert build_arch("logitnorm_plugin.models.DigitsCNN", {"num_classes": 3}) is not None
+    with pytest.raises(UntrustedFileError, match="not in the table"):
+        resolve_class("nameless_nets.Tiny")
