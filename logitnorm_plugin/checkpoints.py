@@ -45,6 +45,7 @@ __all__ = [
     "discard_previous",
     "load",
     "load_for_resume",
+    "load_weights_only",
     "refusal_reason",
     "save",
 ]
@@ -70,6 +71,32 @@ def refusal_reason(exc: BaseException) -> str | None:
         return None
     found = _REFUSED.search(str(exc))
     return found.group(1).rstrip(".,") if found else None
+
+
+def load_weights_only(path: PathLike, what: str, advice: str = "", map_location="cpu") -> Any:
+    """``torch.load(path, weights_only=True)``, its failures as one-line errors naming the file
+    as ``what`` (``"checkpoint"``, ``"weights file"``).
+
+    :param advice: appended to the refusal's message (``"; train into another --out folder"``)
+    :raises UntrustedFileError: it holds Python objects other than tensors and plain values
+    :raises ModelIntegrityError: it cannot be read (damaged, or not written by ``torch.save``)
+    """
+    import torch
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # unpickling errors come in many types
+        refused = refusal_reason(exc)
+        if refused:
+            raise UntrustedFileError(
+                f"{str(path)!r} is not a {what} of this trainer: it holds Python objects that "
+                f"are not tensors or plain values ({refused}), which this package never "
+                f"unpickles; it may be hostile. Do not load it by other means{advice}"
+            ) from exc
+        raise ModelIntegrityError(
+            f"cannot read the {what} {str(path)!r}: it is damaged or was not written by this "
+            f"trainer ({type(exc).__name__}: {one_line(exc, 160)})"
+        ) from exc
 
 
 def save(run_dir: PathLike, state: Dict[str, Any], keep_previous: bool = True) -> Path:
@@ -117,24 +144,8 @@ def load(path: PathLike) -> Dict[str, Any]:
     :raises UntrustedFileError: it holds Python objects other than tensors and plain values
     :raises UserError: not a checkpoint of this trainer, or of an older format
     """
-    import torch
-
     path = Path(path)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # unpickling errors come in many types
-        refused = refusal_reason(exc)
-        if refused:
-            raise UntrustedFileError(
-                f"{str(path)!r} is not a checkpoint of this trainer: it holds Python objects "
-                f"that are not tensors or plain values ({refused}), which this package never "
-                "unpickles; it may be hostile. Do not load it by other means; train into "
-                "another --out folder"
-            ) from exc
-        raise ModelIntegrityError(
-            f"cannot read the checkpoint {str(path)!r}: it is damaged or was not written by "
-            f"this trainer ({type(exc).__name__}: {one_line(exc, 160)})"
-        ) from exc
+    ckpt = load_weights_only(path, "checkpoint", "; train into another --out folder")
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         found = ckpt.get("format") if isinstance(ckpt, dict) else None
         older = " (an older format without a digest)" if found == 1 else ""

@@ -510,20 +510,7 @@ def load_trained(path: PathLike, map_location="cpu", return_card: bool = False):
     weights, card = verified_weights(path)
     card_path = str(_card_path(path))
     model = build_arch(card.get("arch_class"), card.get("arch_kwargs"), card_path)
-    try:
-        state = torch.load(weights, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        refused = checkpoints.refusal_reason(exc)
-        if refused:
-            raise UntrustedFileError(
-                f"{str(weights)!r} is not a weights file of this trainer: it holds Python "
-                f"objects that are not tensors ({refused}), which this package never "
-                "unpickles; it may be hostile. Do not load it by other means"
-            ) from exc
-        raise ModelIntegrityError(
-            f"cannot read the weights {str(weights)!r} ({type(exc).__name__}: "
-            f"{one_line(exc, 160)})"
-        ) from exc
+    state = checkpoints.load_weights_only(weights, "weights file", map_location=map_location)
     if not isinstance(state, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):
