@@ -90,15 +90,22 @@ class SyntheticBenchmark(Benchmark):
 
 
 def host_detector(name: str, model):
-    """Detector ``name`` built by hand as pytorch-ood's documentation builds it: the model for
-    logits detectors (ODIN with the data's ``norm_std``), the WRN's own ``features`` /
-    ``feature_maps`` and ``fc`` for feature-based ones, with the published defaults."""
+    """Detector ``name`` built by hand (:func:`by_hand`; ODIN with the data's ``norm_std``)."""
     if name == "logitnorm":
         return LogitNormDetector(model)
-    cls = get_detector_class(name)
+    return by_hand(get_detector_class(name), model, norm_std=list(STD))
+
+
+def by_hand(cls, model, **logits_kwargs):
+    """``cls`` built by hand as pytorch-ood's documentation builds it, with the published
+    defaults: the model for logits detectors (with those of ``logits_kwargs`` that ``cls``
+    takes), the model's own ``features`` / ``feature_maps`` / ``forward_feature_maps`` and
+    ``fc`` (pytorch-ood's WRN, the package's DigitsCNN) for feature-based ones. Written without
+    the package's split, on purpose: it is what the split and the engine are checked against
+    (here and in ``tests/host_detectors.py``)."""
     params = inspect.signature(cls).parameters
     if not {"encoder", "backbone"} & set(params):
-        return cls(model, norm_std=list(STD)) if "norm_std" in params else cls(model)
+        return cls(model, **{k: v for k, v in logits_kwargs.items() if k in params})
     defaults = published_defaults(cls)
     kwargs = {k: v(model.fc.in_features) if callable(v) else v
               for k, v in defaults.items() if k in params}

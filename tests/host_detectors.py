@@ -2,14 +2,27 @@
 reference the package's split and engine are compared with), a briefly trained digits model and
 a dataset that counts reads."""
 
-import inspect
+import importlib.util
+from pathlib import Path
 
 import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from logitnorm_plugin.data import load_split
-from logitnorm_plugin.split import published_defaults
+
+
+def _eval_throughput():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "eval_throughput.py"
+    spec = importlib.util.spec_from_file_location("eval_throughput", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+#: ``by_hand(cls, model)``: the host class built by hand, the reference of the detector tests;
+#: the benchmark's own builder, so that both compare against one reference
+by_hand = _eval_throughput().by_hand
 
 
 def briefly_trained(model):
@@ -24,27 +37,6 @@ def briefly_trained(model):
             F.cross_entropy(model(x), y).backward()
             optimizer.step()
     return model.eval()
-
-
-def by_hand(cls, model):
-    """``cls`` built by hand from DigitsCNN's own methods with the published defaults, as
-    pytorch-ood's documentation builds them; logits detectors just get the model. Written
-    without the package's split, on purpose: it is what the split is checked against."""
-    params, defaults = inspect.signature(cls).parameters, published_defaults(cls)
-    if not {"encoder", "backbone"} & set(params):
-        return cls(model)
-    kwargs = {k: v(model.fc.in_features) if callable(v) else v
-              for k, v in defaults.items() if k in params}
-    if "backbone" in params and defaults.get("layer", "penultimate") == "penultimate":
-        kwargs["backbone"] = lambda x: model.features(x)[:, :, None, None]
-        kwargs["head"] = lambda z: model.fc(z.flatten(1))
-    elif "backbone" in params:
-        kwargs["backbone"], kwargs["head"] = model.feature_maps, model.forward_feature_maps
-    else:
-        own = {"encoder": model.features, "head": model.fc, "w": model.fc.weight,
-               "b": model.fc.bias}
-        kwargs.update({k: v for k, v in own.items() if k in params})
-    return cls(**kwargs)
 
 
 class Reads(Dataset):
