@@ -1,6 +1,7 @@
 """Entry-point registry, exercised with real distributions written to disk (no mocks of the
 lookup): a third-party package, a broken one and a duplicate declaration."""
 
+import contextlib
 import subprocess
 import sys
 import textwrap
@@ -71,6 +72,18 @@ def write_distribution(root, name, version, entry_points, module_name=None, modu
     (dist_info / "entry_points.txt").write_text("\n".join(lines))
     if module_name:
         (root / f"{module_name}.py").write_text(textwrap.dedent(module_source))
+
+
+@contextlib.contextmanager
+def installed_plugin(root, name, version, entry_points, module_name, module_source):
+    """:func:`write_distribution` into ``root`` (already on ``sys.path``) and refresh the
+    registry; the plugin's module is forgotten afterwards, so no other test sees it."""
+    write_distribution(root, name, version, entry_points, module_name, module_source)
+    registry.refresh()
+    try:
+        yield
+    finally:
+        sys.modules.pop(module_name, None)
 
 
 @pytest.fixture
@@ -278,34 +291,26 @@ def test_distribution_without_a_name_is_skipped_with_a_warning_naming_its_folder
 
 
 def test_plugin_calling_sys_exit_at_import_is_skipped_and_named(third_party, capsys):
-    write_distribution(
+    with installed_plugin(
         third_party, "exiting-ood", "1.0",
         {"pytorch_ood.detectors": {"exiting": "exiting_ood:Detector"}},
         "exiting_ood", "import sys\nsys.exit(3)\n",
-    )
-    registry.refresh()
-    try:
+    ):
         with pytest.warns(RegistryWarning, match=r"'exiting' from distribution 'exiting-ood'"):
             status, listed = _list_detectors_cli(capsys)
         assert status == 0 and {"margin", "msp"} <= set(listed) and "exiting" not in listed
         with pytest.raises(RegistryLoadError, match=r"exiting-ood.*SystemExit: 3"):
             logitnorm_plugin.get_detector_class("exiting")
-    finally:
-        sys.modules.pop("exiting_ood", None)
 
 
 def test_keyboard_interrupt_while_importing_a_plugin_is_not_swallowed(third_party):
-    write_distribution(
+    with installed_plugin(
         third_party, "ctrl-c-ood", "1.0",
         {"pytorch_ood.detectors": {"ctrl_c": "ctrl_c_ood:Detector"}},
         "ctrl_c_ood", "raise KeyboardInterrupt\n",
-    )
-    registry.refresh()
-    try:
+    ):
         with pytest.raises(KeyboardInterrupt):
             logitnorm_plugin.get_detector_class("ctrl_c")
-    finally:
-        sys.modules.pop("ctrl_c_ood", None)
 
 
 WRONG_KINDS_MODULE = """
@@ -354,12 +359,10 @@ INSTANCE = NotABenchmark()
 def test_entry_point_of_the_wrong_kind_is_refused_when_loaded(
     third_party, kind, name, value, what, expected
 ):
-    write_distribution(
+    with installed_plugin(
         third_party, "wrong-kinds", "0.2", {registry.GROUPS[kind]: {name: value}},
         "wrong_kinds", WRONG_KINDS_MODULE,
-    )
-    registry.refresh()
-    try:
+    ):
         with pytest.raises(EntryPointKindError) as info:
             registry._get_class(kind, name)
         message = str(info.value)
@@ -371,27 +374,21 @@ def test_entry_point_of_the_wrong_kind_is_refused_when_loaded(
         with pytest.warns(RegistryWarning, match=f"'{name}' from distribution 'wrong-kinds'"):
             verified = registry._list(kind, None, True)
         assert name not in verified and verified
-    finally:
-        sys.modules.pop("wrong_kinds", None)
 
 
 def test_wrong_kind_detector_in_the_engine_is_a_one_line_user_error(third_party):
-    write_distribution(
-        third_party, "wrong-kinds", "0.2",
-        {"pytorch_ood.detectors": {"scorer": "wrong_kinds:score"}},
-        "wrong_kinds", WRONG_KINDS_MODULE,
-    )
-    registry.refresh()
     from logitnorm_plugin.errors import UserError
     from logitnorm_plugin.specs import parse_detectors
 
-    try:
+    with installed_plugin(
+        third_party, "wrong-kinds", "0.2",
+        {"pytorch_ood.detectors": {"scorer": "wrong_kinds:score"}},
+        "wrong_kinds", WRONG_KINDS_MODULE,
+    ):
         with pytest.raises(UserError, match="must name a subclass of pytorch_ood.api.Detector"):
             parse_detectors(["msp", "scorer"])
         with pytest.raises(EntryPointKindError):
             logitnorm_plugin.create_detector("scorer", torch.nn.Linear(4, 3))
-    finally:
-        sys.modules.pop("wrong_kinds", None)
 
 
 def test_every_registered_name_passes_the_kind_check():
