@@ -40,7 +40,7 @@ try:  # POSIX
 except ImportError:  # pragma: no cover - Windows
     fcntl = None
 
-__all__ = ["LOCK_FILE", "busy", "hold", "make_folder"]
+__all__ = ["LOCK_FILE", "busy", "check_free", "hold", "make_folder"]
 
 #: the lock file inside a locked folder
 LOCK_FILE = ".lock"
@@ -166,6 +166,29 @@ def busy(folder: PathLike) -> str | None:
         os.close(fd)
 
 
+#: what to do when a folder is busy, unless the caller says otherwise
+_ADVICE = "wait for it to finish, or choose another --out folder"
+
+
+def _busy_error(folder: Path, what: str, holder: str, advice: str, waited: str = ""
+                ) -> FolderBusyError:
+    return FolderBusyError(
+        f"the {what} {str(folder)!r} is in use by another process ({holder}){waited}; {advice}"
+    )
+
+
+def check_free(folder: PathLike, what: str = "folder", advice: str = _ADVICE) -> None:
+    """Raise the error that ``hold(folder, timeout=0)`` would raise if another process holds
+    the lock of ``folder`` now; creates nothing (a quick answer before checks that read the
+    folder, which a holder may be writing).
+
+    :raises FolderBusyError: naming the holder
+    """
+    holder = busy(folder)
+    if holder is not None:
+        raise _busy_error(Path(folder), what, holder, advice)
+
+
 def _stderr(message: str) -> None:
     print(f"logitnorm-ood: {message}", file=sys.stderr, flush=True)
 
@@ -175,7 +198,7 @@ def hold(
     folder: PathLike,
     timeout: float | None = 0,
     what: str = "folder",
-    advice: str = "wait for it to finish, or choose another --out folder",
+    advice: str = _ADVICE,
     say: Callable[[str], None] | None = _stderr,
 ) -> Iterator[Path]:
     """Hold the lock of ``folder`` (created if missing) for the ``with`` block.
@@ -218,10 +241,7 @@ def hold(
                 holder = _holder_text(path)
                 if deadline is not None and time.monotonic() >= deadline:
                     waited = "" if grace else f" after waiting {float(timeout):g} s"
-                    raise FolderBusyError(
-                        f"the {what} {str(folder)!r} is in use by another process ({holder})"
-                        f"{waited}; {advice}"
-                    )
+                    raise _busy_error(folder, what, holder, advice, waited)
                 if not announced and say is not None and grace is None:
                     say(f"waiting for the {what} {str(folder)!r}: in use by {holder}")
                     announced = True

@@ -51,7 +51,7 @@ def store_error(exc: sqlite3.Error, path: Path) -> Exception:
 
 
 class Cursor:
-    """A cursor whose SQLite errors (also while iterating) become :func:`_store_error`."""
+    """A cursor whose SQLite errors (also while iterating) become :func:`store_error`."""
 
     def __init__(self, cursor, connection: Connection):
         self._cursor, self._connection = cursor, connection

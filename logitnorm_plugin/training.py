@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from logitnorm_plugin import atomic, checkpoints, distributed, locks, rng, runs
-from logitnorm_plugin.errors import FolderBusyError, TrainingDivergedError, UserError
+from logitnorm_plugin.errors import TrainingDivergedError, UserError
 from logitnorm_plugin.train_config import default_run_dir, resolve_config
 from logitnorm_plugin.train_step import (
     TrainStep,
@@ -531,11 +531,8 @@ def train(
         }
         out = Path(out) if out is not None else default_run_dir(config)
         # checked once before anything is created (a quick answer), again under the lock
-        holder = locks.busy(out) if ctx.is_main else None
-        if holder is not None:
-            raise FolderBusyError(f"the run folder {str(out)!r} is in use by another process "
-                                  f"({holder}); wait for it to finish, or choose another --out "
-                                  "folder")
+        if ctx.is_main:
+            locks.check_free(out, "run folder")
         runs.check_run_folder(out, config.to_dict(), resume)
         with contextlib.ExitStack() as held:
             if ctx.is_main:
