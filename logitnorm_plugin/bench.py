@@ -288,9 +288,8 @@ class _Comparison:
                   "for these models)", file=sys.stderr, flush=True)
 
     def _leave_out(self, specs, exc) -> None:
-        std_of = {id(s): s.std if s.std is not None else self.bench.std for s in specs}
         failed = [r for r in self.requests
-                  if any(r.key(r.model_kwargs(s, std_of[id(s)])) == exc.key for s in specs)]
+                  if any(r.key_for(s, self.bench.std) == exc.key for s in specs)]
         if not failed or len(failed) == len(self.requests):
             raise exc
         for request in failed:
@@ -339,8 +338,7 @@ class _Comparison:
             if self.by_model:
                 self.by = ("Model", *self.by)
             # exactly the configurations asked for now: never older cells under the same name
-            ids = {r.key(r.model_kwargs(s, s.std if s.std is not None else self.bench.std))
-                   for s in specs for r in self.requests}
+            ids = {r.key_for(s, self.bench.std) for s in specs for r in self.requests}
             labels = [r.label for r in self.requests]
             summary = _ordered(
                 self._aggregate(store, cfg, specs, ids, per_dataset=False),
@@ -375,8 +373,7 @@ class _Comparison:
         """How many of this run's cells (model x detector x OOD set) the store already holds."""
         count = 0
         for spec in specs:
-            std = spec.std if spec.std is not None else self.bench.std
-            keys = {r.key(r.model_kwargs(spec, std)) for r in self.requests}
+            keys = {r.key_for(spec, self.bench.std) for r in self.requests}
             count += sum(1 for key, dataset in store.cells(spec.model_id(), cfg)
                          if key in keys and dataset in self.bench.ood_names)
         return count
@@ -540,8 +537,7 @@ def _histograms(store, chosen, requests, bench, cfg, out: Path) -> list[Path]:
     for request in requests:
         panels = {}
         for spec in chosen:
-            std = spec.std if spec.std is not None else bench.std
-            key = request.key(request.model_kwargs(spec, std))
+            key = request.key_for(spec, bench.std)
             sets = {}
             for dataset in [ID_DATASET, *bench.ood_names]:
                 values = store.scores(spec.model_id(), cfg, key, dataset)

@@ -404,8 +404,7 @@ class _Evaluation:
 
     def model_rows(self, spec: ModelSpec) -> List[Dict[str, Any]]:
         """The rows of one model: stored cells read back, the others computed."""
-        std = spec.std if spec.std is not None else self.bench.std
-        extras = [d.model_kwargs(spec, std) for d in self.detectors]
+        extras = [d.model_kwargs(spec, self.bench.std) for d in self.detectors]
         keys = [d.key(e) for d, e in zip(self.detectors, extras)]
         cells = [(k, name) for k in keys for name in self.bench.ood_names]
         model_id = spec.model_id() if self.store is not None else None

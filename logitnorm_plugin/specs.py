@@ -446,11 +446,15 @@ class DetectorSpec:
     #: configurations of one name
     row_name: str | None = None
 
-    def model_kwargs(self, spec: ModelSpec, std) -> Dict[str, Any]:
-        """Constructor arguments filled in from the model (none for an instance)."""
+    def model_kwargs(self, spec: ModelSpec, default_std) -> Dict[str, Any]:
+        """Constructor arguments filled in from the model (none for an instance).
+
+        :param default_std: the benchmark's normalisation std, for a model without its own
+        """
         extra: Dict[str, Any] = {}
         if self.instance is not None:
             return extra
+        std = spec.std if spec.std is not None else default_std
         if std is not None and "norm_std" not in self.kwargs and _accepts(self.cls, "norm_std"):
             extra["norm_std"] = [float(s) for s in std]
         t_parameter = getattr(self.cls, "training_t_parameter", None)
@@ -475,6 +479,10 @@ class DetectorSpec:
 
     def _class_path(self) -> str:
         return f"{self.cls.__module__}.{self.cls.__qualname__}"
+
+    def key_for(self, spec: ModelSpec, default_std) -> str:
+        """:meth:`key` of this detector on ``spec``'s model (see :meth:`model_kwargs`)."""
+        return self.key(self.model_kwargs(spec, default_std))
 
     def key(self, extra: Mapping[str, Any]) -> str:
         """Identity in the store: canonical JSON of name, class, distribution and every
