@@ -63,6 +63,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from logitnorm_plugin.errors import UserError
+from logitnorm_plugin.rng import hash64
 
 __all__ = ["DEFAULT_RATIO", "PUBLISHED", "OutlierObjective", "OutlierStream", "class_key",
            "mixed_batch_loss", "needs_outliers", "objective_values"]
@@ -184,18 +185,8 @@ def mixed_batch_loss(loss_fn: Callable) -> Callable[[Tensor, Tensor], Tensor]:
 
 # -- the stream of outlier batches -------------------------------------------------------------
 
-_MASK64 = (1 << 64) - 1
-
-
-def _mix(*values: int) -> int:
-    h = 0x2545F4914F6CDD1D
-    for v in values:
-        h = (h ^ (int(v) & _MASK64)) & _MASK64
-        h = (h + 0x9E3779B97F4A7C15) & _MASK64
-        h = ((h ^ (h >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-        h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & _MASK64
-        h ^= h >> 31
-    return h >> 1
+#: where the hash of an outlier permutation's seed starts (:func:`~logitnorm_plugin.rng.hash64`)
+_STREAM_CODE = 0x2545F4914F6CDD1D
 
 
 class OutlierStream:
@@ -230,7 +221,7 @@ class OutlierStream:
     def permutation(self, k: int) -> Tensor:
         """Permutation ``k`` of the outlier indices (CPU, int64)."""
         if k not in self._perms:
-            g = torch.Generator().manual_seed(_mix(self.seed, k, 0x0E))
+            g = torch.Generator().manual_seed(hash64(_STREAM_CODE, self.seed, k, 0x0E) >> 1)
             if len(self._perms) > 4:
                 self._perms.clear()
             self._perms[k] = torch.randperm(self.count, generator=g)

@@ -13,7 +13,27 @@ from typing import Any, Dict
 import numpy as np
 import torch
 
-__all__ = ["get_rng_state", "set_rng_state"]
+__all__ = ["get_rng_state", "hash64", "set_rng_state", "splitmix64"]
+
+_MASK64 = (1 << 64) - 1
+
+
+def splitmix64(x: int) -> int:
+    """One step of the SplitMix64 generator's output function: a bijective 64-bit mix."""
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def hash64(start: int, *values: int) -> int:
+    """``values`` folded into ``start`` with :func:`splitmix64` (64 bits): the seed of one item
+    of a seeded, index-addressable stream (noise images, outlier permutations, jigsaw
+    digits), the same on every machine and independent of what else was drawn."""
+    h = start
+    for v in values:
+        h = splitmix64(h ^ (int(v) & _MASK64))
+    return h
 
 
 

@@ -24,29 +24,19 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..rng import hash64
 from .tensors import ImageTensors
 
 __all__ = ["NOISE_KINDS", "NoiseDataset", "noise_image", "noise_images", "quantize"]
 
 NOISE_KINDS = ("gaussian", "uniform")
 _KIND_CODES = {"gaussian": 1, "uniform": 2}
-_MASK64 = (1 << 64) - 1
-
-
-def _splitmix64(x: int) -> int:
-    x = (x + 0x9E3779B97F4A7C15) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return x ^ (x >> 31)
 
 
 def _index_seed(kind: str, seed: int, index: int) -> int:
     """A 63-bit generator seed from ``(kind, seed, index)``; distinct inputs do not collide
     in practice (each step is a bijective 64-bit mix)."""
-    h = _splitmix64(_KIND_CODES[kind])
-    h = _splitmix64(h ^ (int(seed) & _MASK64))
-    h = _splitmix64(h ^ (int(index) & _MASK64))
-    return h >> 1
+    return hash64(0, _KIND_CODES[kind], seed, index) >> 1
 
 
 def quantize(x01: Tensor, levels: int = 256) -> Tensor:

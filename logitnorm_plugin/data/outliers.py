@@ -59,6 +59,7 @@ import torch
 
 from ..conventions import canonical_name
 from ..errors import MissingDataError, UnknownNameError, UserError, closest_match
+from ..rng import hash64
 from .catalog import OOD_SETS
 from .tensors import ImageTensors
 
@@ -205,11 +206,7 @@ def _symmetries(images: torch.Tensor) -> torch.Tensor:
 def jigsaw_plan(seed: int, index: int, pool: int, attempt: int = 0) -> Tuple[int, int]:
     """``(source digit, quadrant order)`` of image ``index``, attempt ``attempt``: indices into
     the training split (of size ``pool``) and :data:`JIGSAW_ORDERS`."""
-    from .noise import _splitmix64
-
-    h = _JIGSAW_CODE
-    for v in (seed, index, attempt):
-        h = _splitmix64(h ^ (int(v) & 0xFFFFFFFFFFFFFFFF))
+    h = hash64(_JIGSAW_CODE, seed, index, attempt)
     # two independent draws from the 64-bit hash: the low 32 and the high 32 bits
     return (h & 0xFFFFFFFF) % int(pool), (h >> 32) % len(JIGSAW_ORDERS)
 
