@@ -29,7 +29,7 @@ def _kind_and_pattern(words, option):
     kind = words.pop(0).lower() if words and words[0].lower() in _PLURALS else None
     if len(words) > 1 or (words and option is not None):
         raise UserError("list takes a kind (losses, detectors, benchmarks) and at most one "
-                        f"pattern, got {' '.join(args_text(kind, words, option))}")
+                        f"pattern, got {' '.join(_args_text(kind, words, option))}")
     if words and not any(c in words[0] for c in "*?["):
         raise UserError(f"invalid choice: {words[0]!r} (choose from "
                         f"{', '.join(sorted(_PLURALS))}; a pattern needs a wildcard, e.g. "
@@ -37,7 +37,7 @@ def _kind_and_pattern(words, option):
     return kind, (words[0] if words else option)
 
 
-def args_text(kind, words, option):
+def _args_text(kind, words, option):
     return [*([kind] if kind else []), *map(repr, words),
             *([f"--filter {option!r}"] if option is not None else [])]
 
