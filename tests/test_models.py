@@ -99,11 +99,28 @@ def test_unknown_arch_names_closest_match():
         arch_spec("vit", 10)
 
 
-def test_only_the_closed_table_is_ever_built(tmp_path, monkeypatch):
+def install_arch_distribution(root, monkeypatch, folder, name_line, module):
+    """A dist-info ``folder`` in ``root`` (METADATA with ``name_line``, which may be empty)
+    declaring ``tiny = <module>:Tiny`` in the architecture entry-point group, the module
+    beside it, ``root`` on ``sys.path``."""
     import sys
 
+    from logitnorm_plugin.models import ARCH_GROUP
+
+    dist = root / folder
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\n{name_line}Version: 1.0\n")
+    (dist / "entry_points.txt").write_text(f"[{ARCH_GROUP}]\ntiny = {module}:Tiny\n")
+    (root / f"{module}.py").write_text(
+        "import torch\nclass Tiny(torch.nn.Linear):\n"
+        "    def __init__(self, num_classes=2):\n        super().__init__(4, num_classes)\n")
+    monkeypatch.syspath_prepend(str(root))
+    monkeypatch.delitem(sys.modules, module, raising=False)
+
+
+def test_only_the_closed_table_is_ever_built(tmp_path, monkeypatch):
     from logitnorm_plugin.errors import UntrustedFileError
-    from logitnorm_plugin.models import ARCH_GROUP, build_arch, trusted_arch_classes
+    from logitnorm_plugin.models import build_arch, trusted_arch_classes
 
     for path in ("os.system", "builtins.eval", "subprocess.Popen", "torch.nn.Linear",
                  "pytorch_ood.model.registry.load_model", "torchvision.models.get_model"):
@@ -119,15 +136,8 @@ def test_only_the_closed_table_is_ever_built(tmp_path, monkeypatch):
     with pytest.raises(UntrustedFileError, match="argument names"):
         build_arch("logitnorm_plugin.models.DigitsCNN", {"not a name": 1})
     # an installed distribution may add architectures through the entry-point group
-    dist = tmp_path / "my_nets-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-nets\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text(f"[{ARCH_GROUP}]\ntiny = my_nets:Tiny\n")
-    (tmp_path / "my_nets.py").write_text(
-        "import torch\nclass Tiny(torch.nn.Linear):\n"
-        "    def __init__(self, num_classes=2):\n        super().__init__(4, num_classes)\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "my_nets", raising=False)
+    install_arch_distribution(tmp_path, monkeypatch, "my_nets-1.0.dist-info", "Name: my-nets\n",
+                              "my_nets")
     assert build_arch("my_nets.Tiny", {"num_classes": 5}).out_features == 5
     monkeypatch.setenv("LOGITNORM_PLUGIN_NO_THIRD_PARTY", "1")
     with pytest.raises(UntrustedFileError):
@@ -137,20 +147,11 @@ def test_only_the_closed_table_is_ever_built(tmp_path, monkeypatch):
 def test_a_damaged_distribution_declaring_an_architecture_breaks_nothing(tmp_path, monkeypatch):
     """A dist-info without a ``Name`` (a damaged install) that declares an architecture: the
     table is still built (its entry counts as third-party, as in the registry)."""
-    import sys
-
     from logitnorm_plugin.errors import UntrustedFileError
-    from logitnorm_plugin.models import ARCH_GROUP, build_arch
+    from logitnorm_plugin.models import build_arch
 
-    dist = tmp_path / "nameless-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text(f"[{ARCH_GROUP}]\ntiny = nameless_nets:Tiny\n")
-    (tmp_path / "nameless_nets.py").write_text(
-        "import torch\nclass Tiny(torch.nn.Linear):\n"
-        "    def __init__(self, num_classes=2):\n        super().__init__(4, num_classes)\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "nameless_nets", raising=False)
+    install_arch_distribution(tmp_path, monkeypatch, "nameless-1.0.dist-info", "",
+                              "nameless_nets")
     assert build_arch("logitnorm_plugin.models.DigitsCNN", {"num_classes": 3}) is not None
     assert build_arch("nameless_nets.Tiny", {"num_classes": 5}).out_features == 5
     monkeypatch.setenv("LOGITNORM_PLUGIN_NO_THIRD_PARTY", "1")
