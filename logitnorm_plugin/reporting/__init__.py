@@ -1,0 +1,1 @@
+"""Upstream export formats: OpenOOD leaderboard rows, Hugging Face cards, pytorch-ood patches."""
