@@ -8,6 +8,7 @@ import math
 import textwrap
 from pathlib import Path
 
+import huggingface_hub as hub
 import pytest
 import torch
 import upstream_sdist
@@ -15,8 +16,6 @@ import upstream_sdist
 from logitnorm_plugin.cli import main
 from logitnorm_plugin.reporting import hf_card, pytorch_ood_patch
 from logitnorm_plugin.store import STORE_FILE, ResultStore
-
-hub = pytest.importorskip("huggingface_hub")
 
 
 @pytest.fixture(scope="module")
