@@ -81,7 +81,8 @@ def _models(args) -> int:
     if args.hf_card:
         from logitnorm_plugin.reporting.hf_card import write_hf_card
 
-        written = write_hf_card(args.model[0], args.hf_card, results=args.results)
+        written = write_hf_card(args.model[0], args.hf_card, results=args.results,
+                                key=args.key)
         for what, path in written.items():
             print(f"{what}: {path}")
         return 0

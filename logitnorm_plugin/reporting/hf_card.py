@@ -167,12 +167,13 @@ def _body(card: Mapping[str, Any], key: str, weights_name: str, rows) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_hf_card(run_dir, out_dir, results=None) -> dict[str, Path]:
+def write_hf_card(run_dir, out_dir, results=None, key: str | None = None) -> dict[str, Path]:
     """Write a Hugging Face model repository folder for a trainer run.
 
     :param run_dir: a run folder written by ``logitnorm-ood train``
     :param out_dir: the folder to write (created)
     :param results: a results folder of ``logitnorm-ood bench`` holding this model's results
+    :param key: the model's name (default: its pytorch-ood registry key ``arch/dataset/loss/seed``)
     :return: ``readme``, ``weights``, ``card`` and ``provenance`` -> written path
     :raises ModelIntegrityError: if the weights do not match the run's card
     :raises UserError: without ``huggingface_hub``, or if ``results`` holds nothing of this model
@@ -181,7 +182,7 @@ def write_hf_card(run_dir, out_dir, results=None) -> dict[str, Path]:
 
     hub = _hub()
     weights, card = runs.verified_weights(run_dir)
-    key = upstream.upstream_key(card)
+    key = upstream.check_key(key) if key else upstream.upstream_key(card)
     rows, evaluation = _store_values(results, run_dir) if results is not None else (None, None)
     data = hub.ModelCardData(
         model_name=key,
