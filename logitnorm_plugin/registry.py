@@ -453,14 +453,22 @@ def get_benchmark_class(name: Union[str, type]) -> type:
     return _get_class("benchmark", name)
 
 
-def create_loss(name: Union[str, type], **kwargs):
+def create_loss(name: Union[str, type], model=None, **kwargs):
     """
     Build the training objective registered as ``name``.
 
+    An objective that needs parts of the model (ELogitNorm: the final layer) declares them in
+    ``model_parts`` and gets them from ``model``'s split
+    (:func:`logitnorm_plugin.split.build_loss`); every other objective ignores ``model``.
+
     :param name: registered name (e.g. ``"logitnorm"``, ``"cross_entropy"``) or a class
+    :param model: the classifier being trained (DDP / ``torch.compile`` wrappers are unwrapped)
     :param kwargs: constructor arguments, e.g. ``t=0.04``
+    :raises MissingModelPartsError: the objective needs model parts and ``model`` is ``None``
     """
-    return get_loss_class(name)(**kwargs)
+    from logitnorm_plugin.split import build_loss
+
+    return build_loss(get_loss_class(name), model, **kwargs)
 
 
 def create_detector(name: Union[str, type], model, **kwargs):
