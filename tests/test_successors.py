@@ -384,3 +384,26 @@ def test_a_trained_t2fnorm_run_loads_as_the_test_time_network(tmp_path):
     with torch.no_grad():
         msp = -raw.fc(raw.features(images) / 0.2).softmax(dim=1).max(dim=1).values
     assert torch.allclose(scores[("t2f", "msp", "ID")], msp, atol=1e-5)
+
+
+# -- tuning T2FNorm's t by tune-t's protocol -----------------------------------------------------
+
+
+def test_tune_t_tunes_t2fnorms_temperature_by_the_same_protocol(tmp_path):
+    from logitnorm_plugin import tuning
+    from logitnorm_plugin.errors import UserError
+    from logitnorm_plugin.runs import read_config
+
+    fast = dict(dataset="digits", epochs=1, seeds=[0], device="cpu", noise_n=200,
+                progress=False, stdout=False, arch_kwargs={"width": 4}, batch_size=256)
+    record = tuning.tune_t(grid=[0.1, 0.5], out=tmp_path / "tune", loss="T2FNorm", **fast)
+    assert record["loss"] == "t2fnorm" and record["chosen_t"] in (0.1, 0.5)
+    assert record["detector"] == "msp" and record["validation"]["test_split_read"] is False
+    assert "--loss t2fnorm" in record["command"]
+    folders = sorted((tmp_path / "tune" / "runs").iterdir())
+    configs = [read_config(f) for f in folders]
+    assert [c["loss"] for c in configs] == ["t2fnorm", "t2fnorm"]
+    assert sorted(c["loss_kwargs"]["t"] for c in configs) == [0.1, 0.5]
+    assert all(c["t"] is None and c["eval_split"] == "val" for c in configs)
+    with pytest.raises(UserError, match="takes none"):
+        tuning.tune_t(grid=[0.1], out=tmp_path / "ce", loss="cross_entropy", **fast)
