@@ -407,3 +407,33 @@ def test_tune_t_tunes_t2fnorms_temperature_by_the_same_protocol(tmp_path):
     assert all(c["t"] is None and c["eval_split"] == "val" for c in configs)
     with pytest.raises(UserError, match="takes none"):
         tuning.tune_t(grid=[0.1], out=tmp_path / "ce", loss="cross_entropy", **fast)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss", ["elogitnorm", "t2fnorm"])
+def test_torchrun_two_processes_train_the_successors(tmp_path, loss):
+    """DDP (gloo, 2 processes): ELogitNorm's gradient reaches the final layer outside DDP's
+    forward, T2FNorm's hook sits inside the wrapped module; both train and load."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from logitnorm_plugin.runs import load_trained
+
+    torchrun = Path(sys.executable).parent / "torchrun"
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    proc = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "logitnorm_plugin.cli",
+         "train", "--dataset", "digits", "--loss", loss, "--epochs", "3", "--arch-arg",
+         "width=8", "--device", "cpu", "--quiet", "--out", str(out)],
+        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "warning" not in proc.stderr.lower(), proc.stderr
+    model, card = load_trained(out, return_card=True)
+    assert card["runtime"]["world_size"] == 2 and card["loss"] == loss
+    assert card["metrics"]["final_accuracy"] > 0.3  # 3 warm-up epochs: far above chance
+    assert (f"its own t={PUBLISHED_T:g}" in card["description"]) == (loss == "t2fnorm")
+    assert not model.training
