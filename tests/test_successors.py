@@ -437,3 +437,11 @@ def test_torchrun_two_processes_train_the_successors(tmp_path, loss):
     assert card["metrics"]["final_accuracy"] > 0.3  # 3 warm-up epochs: far above chance
     assert (f"its own t={PUBLISHED_T:g}" in card["description"]) == (loss == "t2fnorm")
     assert not model.training
+
+
+def test_listing_says_which_objectives_bind_model_parts():
+    from logitnorm_plugin import registry
+
+    notes = {row["name"]: row["notes"] for row in registry.describe("loss")}
+    assert notes["elogitnorm"] == notes["t2fnorm"] == "binds the model's head"
+    assert notes["logitnorm"] == "" and "binds" not in notes["outlier_exposure"]
