@@ -10,7 +10,8 @@ objective is built with ``create_loss(name, model=model)``, as the trainer does.
 seconds per step of each and its ratio to LogitNorm's are reported. The issue's goal is
 ELogitNorm's step within 1.1x of LogitNorm's at batch 128 on WRN-40-2.
 
-It also times ELogitNorm's pairwise class-weight distances alone, forward and backward, for
+It also times each objective's loss alone (forward and backward on ``B x C`` logits), and
+ELogitNorm's pairwise class-weight distances alone, forward and backward, for
 ``C`` = 10 and 100 classes and the network's feature width ``D``: through the Gram matrix (what
 :func:`logitnorm_plugin.successors.elogitnorm.class_distances` does) and through the
 ``C x C x D`` tensor of differences (the published code's way), to show which one CIFAR-100's
@@ -20,6 +21,7 @@ It also times ELogitNorm's pairwise class-weight distances alone, forward and ba
 that its smoke test runs. Examples::
 
     python benchmarks/objective_step.py --smoke                       # CPU, seconds
+    python benchmarks/objective_step.py --no-steps --num-classes 100  # losses only (CPU)
     python benchmarks/objective_step.py --device cuda --num-classes 100
 """
 
@@ -71,6 +73,32 @@ def _step_loop(name, base, device, args, images, labels):
     return run, step
 
 
+def _loss_timings(names, base, device, batch_size, num_classes, repeats):
+    """Milliseconds of forward + backward of each objective's loss alone on ``B x C`` logits
+    (the head bound where the objective needs it; T2FNorm's cost is in its hook, not here)."""
+    from logitnorm_plugin import create_loss
+
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(batch_size, num_classes, generator=g).to(device).requires_grad_(True)
+    y = torch.randint(0, num_classes, (batch_size,), generator=g).to(device)
+    out = {}
+    for name in names:
+        model = copy.deepcopy(base).to(device)
+        loss = create_loss(name, model=model, **({"t": 0.04} if name == "logitnorm" else {}))
+        for _ in range(3):
+            loss(z, y).backward()
+        rounds = []
+        for _ in range(5):
+            _sync(device)
+            start = time.perf_counter()
+            for _ in range(repeats):
+                loss(z, y).backward()
+            _sync(device)
+            rounds.append(1000 * (time.perf_counter() - start) / repeats)
+        out[name] = statistics.median(rounds)
+    return out
+
+
 def _distance_timings(num_classes, dim, device, repeats):
     """Milliseconds of forward + backward of the class distances, Gram vs C x C x D."""
     from logitnorm_plugin.successors.elogitnorm import class_distances
@@ -108,6 +136,11 @@ def main(argv=None):
     for name in ("amp", "compile"):
         p.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=None,
                        help=f"force {name} on/off (default: train()'s choice for the device)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: 1 on the CPU, where other processes share "
+                   "the cores; unchanged on CUDA)")
+    p.add_argument("--no-steps", action="store_true",
+                   help="time the losses and the distances only, not the training steps")
     p.add_argument("--smoke", action="store_true",
                    help="toy sizes for the CPU: WRN-10-1, batch 16, 2 steps, 1 round")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
@@ -123,6 +156,9 @@ def main(argv=None):
     from logitnorm_plugin.split import split_model
 
     device = torch.device(args.device)
+    threads = args.threads or (1 if device.type == "cpu" else None)
+    if threads:
+        torch.set_num_threads(threads)
     if args.warmup is None:
         args.warmup = 15 if device.type == "cuda" else 2
     if device.type == "cuda":
@@ -137,7 +173,7 @@ def main(argv=None):
     feature_dim = split_model(base).head.in_features
 
     loops, first = {}, {}
-    for name in args.objectives:
+    for name in [] if args.no_steps else args.objectives:
         loops[name] = _step_loop(name, base, device, args, images, labels)
         first[name] = loops[name][0](1)  # compilation happens here
         loops[name][0](max(0, args.warmup - 1))
@@ -146,6 +182,7 @@ def main(argv=None):
         for name, (run, _) in loops.items():
             per_step[name].append(run(args.steps) / args.steps)
     median = {name: statistics.median(v) for name, v in per_step.items()}
+    median = median or {"logitnorm": float("nan")}
     for name, (_, step) in loops.items():
         loss = step.collect()["loss"]
         assert loss == loss, f"non-finite loss of {name} in the benchmark"
@@ -163,14 +200,19 @@ def main(argv=None):
         "step_ms_rounds": {n: [1000 * x for x in v] for n, v in per_step.items()},
         "first_step_s": first,
         "ratio_to_logitnorm": {n: v / median["logitnorm"] for n, v in median.items()},
+        "loss_only_ms": _loss_timings(args.objectives, base, device, args.batch_size,
+                                      args.num_classes, repeats),
         "distances": {str(c): _distance_timings(c, feature_dim, device, repeats)
                       for c in (10, 100)},
     }
     print(f"device: {result['device']}, {args.arch} {arch_kwargs}, {args.num_classes} classes, "
-          f"batch {args.batch_size}, median of {args.rounds} rounds of {args.steps} steps")
+          f"batch {args.batch_size}, {torch.get_num_threads()} thread(s)"
+          + ("" if args.no_steps else f", median of {args.rounds} rounds of {args.steps} steps"))
     for name in loops:
         print(f"  {name:14s} {result['step_ms'][name]:9.2f} ms/step  "
               f"{result['ratio_to_logitnorm'][name]:.3f}x LogitNorm")
+    print("  losses alone (forward + backward): " + ", ".join(
+        f"{n} {v:.3f} ms" for n, v in result["loss_only_ms"].items()))
     for c, d in result["distances"].items():
         print(f"  distances C={c:>3s} D={feature_dim}: Gram {d['distances_gram_ms']:.3f} ms, "
               f"C x C x D {d['distances_broadcast_ms']:.3f} ms (forward + backward)")
