@@ -93,6 +93,7 @@ def test_smoke_run_on_the_cpu_has_every_part_with_numbers(tmp_path):
     assert set(f["step_ms"]) == {"logitnorm", "elogitnorm", "t2fnorm", "cross_entropy"}
     assert all(_number(v) and v > 0 for v in f["step_ms"].values())
     assert f["ratio_to_logitnorm"]["logitnorm"] == 1.0
+    assert set(f["loss_only_ms"]) == set(f["step_ms"])
     assert all(_number(v) for d in f["distances"].values() for v in d.values())
     summary = (out / "gpu_suite.md").read_text()
     assert summary.startswith("# GPU suite:") and summary.count("| ok |") == 6
