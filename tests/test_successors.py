@@ -445,3 +445,31 @@ def test_listing_says_which_objectives_bind_model_parts():
     notes = {row["name"]: row["notes"] for row in registry.describe("loss")}
     assert notes["elogitnorm"] == notes["t2fnorm"] == "binds the model's head"
     assert notes["logitnorm"] == "" and "binds" not in notes["outlier_exposure"]
+
+
+@pytest.mark.parametrize("name", ["elogitnorm", "t2fnorm"])
+def test_the_training_step_with_a_successor_is_one_graph_with_no_host_sync(name):
+    """Forward (T2FNorm's hook included) and loss (ELogitNorm's distances and scale) trace as
+    one graph: nothing reads a value back to the host, so a CUDA graph can capture the step."""
+    import torch._dynamo
+
+    from logitnorm_plugin.data import ImageTensors
+    from logitnorm_plugin.train_step import TrainStep
+
+    torch.manual_seed(0)
+    model = DigitsCNN(10, width=8)
+    data = ImageTensors(torch.zeros(1, 1, 8, 8, dtype=torch.uint8), torch.zeros(1).long(),
+                        (0.5,), (0.25,))
+    step = TrainStep(model, lp.create_loss(name, model=model),
+                     torch.optim.SGD(model.parameters(), lr=0.01), normalize=data.normalize)
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (16, 1, 8, 8), generator=g, dtype=torch.uint8)
+    labels = torch.randint(0, 10, (16,), generator=g)
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(step.forward_loss)(images, labels)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    assert explained.graph_count == 1
+    loss, logits = step.forward_loss(images, labels)
+    compiled = torch.compile(step.forward_loss, fullgraph=True, backend="eager")
+    loss_c, logits_c = compiled(images, labels)
+    assert torch.allclose(loss_c, loss) and torch.allclose(logits_c, logits)
