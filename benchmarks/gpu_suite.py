@@ -1,6 +1,6 @@
 """Every GPU check of logitnorm-plugin in one command: at most 8 minutes on one H100/H200.
 
-A benchmark and a smoke test, not a unit test. Five parts, each in its own process with its own
+A benchmark and a smoke test, not a unit test. Six parts, each in its own process with its own
 time budget, so that one part that fails, hangs or runs out of time still leaves the others'
 figures (its error text and the tail of its log are recorded instead):
 
@@ -21,6 +21,13 @@ figures (its error text and the tail of its log are recorded instead):
     the CPU in smoke mode 2 processes with gloo), plus a one-process nccl group with a
     DDP-wrapped training step in channels_last (one- and three-channel inputs) whose output
     must not contain DDP's "Grad strides do not match bucket view strides" warning.
+(f) ``objective_step``: one training step of ELogitNorm, T2FNorm and cross-entropy against
+    LogitNorm's (``benchmarks/objective_step.py``): WRN-40-2, batch 128, 10 and 100 classes,
+    ms per step and the ratio to LogitNorm (goal: ELogitNorm within 1.1x), plus the class
+    distances alone (Gram matrix vs the ``C x C x D`` differences). On CUDA with bf16 and
+    channels_last but without ``torch.compile`` (eight compilations would not fit the budget;
+    the objectives differ only outside the compiled forward pass). Last in the order: on a
+    slow device it gets what the others leave (``--parts objective_step`` runs it alone).
 
 Output: ``gpu_suite.json`` (device name, torch / CUDA / cuDNN versions, every figure of every
 part, status, seconds, errors), ``gpu_suite.md`` (a short summary) and ``gpu_suite.log`` (all
@@ -82,15 +89,16 @@ PARTS = {
     "fast_path_resume": "b",
     "ddp": "e",
     "bench": "d",
+    "objective_step": "f",
 }
 #: seconds each part may take (the whole suite is also held to --budget)
 BUDGETS = {
     "cuda": {"train_throughput": 140, "eval_throughput": 60, "fast_path_resume": 170,
-             "ddp": 70, "bench": 120},
+             "ddp": 70, "bench": 120, "objective_step": 90},
     "smoke": {"train_throughput": 60, "eval_throughput": 50, "fast_path_resume": 90,
-              "ddp": 90, "bench": 90},
+              "ddp": 90, "bench": 90, "objective_step": 60},
 }
-TOTAL_BUDGET = {"cuda": 480, "smoke": 300}
+TOTAL_BUDGET = {"cuda": 480, "smoke": 360}
 STRIDE_WARNING = "Grad strides do not match bucket view strides"
 RESULT_PREFIX = "GPU-SUITE-RESULT "
 
@@ -378,12 +386,27 @@ def part_ddp(part: Part) -> None:
         raise RuntimeError("; ".join(problems))
 
 
+def part_objective_step(part: Part) -> None:
+    import objective_step
+
+    classes = (10,) if part.args.smoke else (10, 100)
+    for num_classes in classes:
+        out = part.work / f"objective_step_c{num_classes}.json"
+        argv = ["--device", part.args.device, "--json", str(out), "--num-classes",
+                str(num_classes)]
+        argv += ["--smoke"] if part.args.smoke else ["--batch-size", "128", "--steps", "30",
+                                                     "--rounds", "3", "--no-compile"]
+        objective_step.main(argv)
+        part.figures[f"c{num_classes}"] = json.loads(out.read_text(encoding="utf-8"))
+
+
 PART_FUNCTIONS = {
     "train_throughput": part_train_throughput,
     "eval_throughput": part_eval_throughput,
     "fast_path_resume": part_fast_path_resume,
     "bench": part_bench,
     "ddp": part_ddp,
+    "objective_step": part_objective_step,
 }
 
 
@@ -758,6 +781,13 @@ def _headline(name: str, f: dict) -> str:
         return (f"{_num(f.get('seconds'))} s, {len(rows)} table rows"
                 + (f"; logitnorm/logitnorm AUROC {_num(100 * msp['AUROC'], '{:.2f}')}"
                    if msp and isinstance(msp.get("AUROC"), float) else ""))
+    if name == "objective_step":
+        return "; ".join(
+            f"{c[1:]} classes: " + ", ".join(
+                f"{n} {_num(v, '{:.2f}')}x" for n, v in r.get("ratio_to_logitnorm", {}).items()
+                if n != "logitnorm")
+            + f" of LogitNorm's {_num(r.get('step_ms', {}).get('logitnorm'), '{:.1f}')} ms/step"
+            for c, r in f.items())
     if name == "ddp":
         run, step = f.get("torchrun", {}), f.get("ddp_step", {})
         return (f"torchrun x{run.get('nproc_per_node')} ({run.get('backend')}) exit "

@@ -200,9 +200,11 @@ def main(argv=None):
     loss_kwargs = {"t": 0.04} if args.loss == "logitnorm" else {}
 
     torch.manual_seed(1)
-    loop_a = OriginalLoop(copy.deepcopy(base).to(device), create_loss(args.loss, **loss_kwargs),
+    # each path its own copy, and its own loss bound to it (ELogitNorm, T2FNorm bind the head)
+    model_a, model_b = copy.deepcopy(base).to(device), copy.deepcopy(base).to(device)
+    loop_a = OriginalLoop(model_a, create_loss(args.loss, model=model_a, **loss_kwargs),
                           images_hwc, labels, meta["mean"], meta["std"], device, args)
-    loop_b = OurLoop(copy.deepcopy(base).to(device), create_loss(args.loss, **loss_kwargs),
+    loop_b = OurLoop(model_b, create_loss(args.loss, model=model_b, **loss_kwargs),
                      images_nchw, torch.from_numpy(labels), meta["mean"], meta["std"], device,
                      args)
     # warm-up (worker start, cudnn autotuning, compilation), then interleaved timed rounds so

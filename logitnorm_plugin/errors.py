@@ -113,3 +113,9 @@ class UnsupportedModelError(UserError, ValueError):
     """A model that :func:`logitnorm_plugin.split.split_model` cannot split into the encoder,
     head and backbone that feature-based detectors take; the message names what is missing and
     the protocol that declares it."""
+
+
+class MissingModelPartsError(UserError, ValueError):
+    """A loss that declares ``model_parts`` (e.g. ELogitNorm's final layer) was built without
+    them; the message names the parts and how to pass them
+    (:func:`logitnorm_plugin.split.build_loss`)."""

@@ -366,11 +366,19 @@ def _takes_t(loss_cls: type) -> bool:
         return False
 
 
+def own_t(loss_cls: type) -> bool:
+    """Whether ``loss_cls`` takes a ``t`` that is not LogitNorm's temperature (it declares
+    ``recipe_t = False``, as T2FNorm does): the recipes' t, ``--t-from`` and the ``logitnorm``
+    detector's training temperature do not apply to it; its default is its published value."""
+    return _takes_t(loss_cls) and not getattr(loss_cls, "recipe_t", True)
+
+
 def resolve_t(loss_cls: type, loss_name: str, loss_kwargs: Dict[str, Any], t_from, recipe,
               dataset: str) -> TemperatureChoice:
     """The one rule for a run's LogitNorm temperature, in this order: the caller's
     ``loss_kwargs["t"]``; the ``chosen_t`` of a ``recommended_t.json`` given as ``t_from``;
-    the recipe's value for ``dataset``; none for a loss without a ``t`` parameter.
+    the recipe's value for ``dataset``; none for a loss without a ``t`` parameter or with a
+    ``t`` of its own (:func:`own_t`).
 
     :param loss_cls: the loss class (its constructor tells whether it takes ``t``)
     :param loss_name: its name, for messages
@@ -381,6 +389,12 @@ def resolve_t(loss_cls: type, loss_name: str, loss_kwargs: Dict[str, Any], t_fro
     :raises UserError: for ``t`` given twice, ``t_from`` for a loss without a temperature, or a
         ``recommended_t.json`` tuned on another dataset
     """
+    if own_t(loss_cls):
+        if t_from is not None:
+            raise UserError(f"--t-from holds a tuned LogitNorm temperature, but loss "
+                            f"'{loss_name}' has a temperature of its own: pass --loss-arg t=...")
+        # its t (T2FNorm's tau) stays in the loss arguments; the run has no LogitNorm t
+        return TemperatureChoice(None)
     if t_from is not None:
         if "t" in loss_kwargs:
             raise UserError(

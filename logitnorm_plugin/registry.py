@@ -453,14 +453,22 @@ def get_benchmark_class(name: Union[str, type]) -> type:
     return _get_class("benchmark", name)
 
 
-def create_loss(name: Union[str, type], **kwargs):
+def create_loss(name: Union[str, type], model=None, **kwargs):
     """
     Build the training objective registered as ``name``.
 
+    An objective that needs parts of the model (ELogitNorm: the final layer) declares them in
+    ``model_parts`` and gets them from ``model``'s split
+    (:func:`logitnorm_plugin.split.build_loss`); every other objective ignores ``model``.
+
     :param name: registered name (e.g. ``"logitnorm"``, ``"cross_entropy"``) or a class
+    :param model: the classifier being trained (DDP / ``torch.compile`` wrappers are unwrapped)
     :param kwargs: constructor arguments, e.g. ``t=0.04``
+    :raises MissingModelPartsError: the objective needs model parts and ``model`` is ``None``
     """
-    return get_loss_class(name)(**kwargs)
+    from logitnorm_plugin.split import build_loss  # lazy: listing names never imports torch
+
+    return build_loss(get_loss_class(name), model, **kwargs)
 
 
 def create_detector(name: Union[str, type], model, **kwargs):
@@ -520,11 +528,14 @@ def describe(kind: str, pattern: str | None = None) -> List[Dict[str, str]]:
 def _notes(kind: str, cls: type) -> str:
     if kind == "loss":
         from logitnorm_plugin.outliers import needs_outliers, objective_values
+        from logitnorm_plugin.split import loss_parts
 
-        if not needs_outliers(cls):
-            return ""
-        ratio = objective_values(cls).ratio
-        return f"needs outliers (--outliers), {ratio:g} per ID image"
+        parts = loss_parts(cls)
+        notes = [f"binds the model's {' and '.join(parts)}"] if parts else []
+        if needs_outliers(cls):
+            ratio = objective_values(cls).ratio
+            notes.append(f"needs outliers (--outliers), {ratio:g} per ID image")
+        return ", ".join(notes)
     if kind != "detector":
         return ""
     from pytorch_ood.api import GradientDetector

@@ -328,6 +328,9 @@ def write_model(run_dir: PathLike, state: Dict[str, Any], config: Dict[str, Any]
     tag = dataset_tag(c["dataset"])
     loss_tag = c["loss"] if ":" not in c["loss"] else c["loss"].rpartition(":")[2].lower()
     t_text = f"t={c['t']:g}" if c["t"] is not None else "no temperature"
+    own_t = (c.get("loss_kwargs") or {}).get("t")
+    if c["t"] is None and isinstance(own_t, (int, float)):  # T2FNorm's tau: not LogitNorm's t
+        t_text = f"its own t={own_t:g}"
     card = {
         "key": f"{c['arch']}/{tag}/{loss_tag}/s{c['seed']}",
         "arch_class": c["arch_class"],

@@ -34,7 +34,7 @@ from typing import Any, Callable, Dict, Tuple
 import torch
 from torch import Tensor, nn
 
-from logitnorm_plugin.errors import UnsupportedModelError
+from logitnorm_plugin.errors import MissingModelPartsError, UnsupportedModelError
 
 #: the layers feature-map detectors can act on, see the module docstring
 LAYERS = ("penultimate", "feature_maps")
@@ -296,3 +296,76 @@ def build_detector(cls: type, model, **kwargs):
             dim = args["w"] if "w" in args else (parts or split_model(model)).w
             args[key] = value(dim.shape[-1])
     return cls(**args)
+
+
+# -- losses that need parts of the model -----------------------------------------------------
+
+#: the parts a loss may declare in its class attribute ``model_parts`` (attributes of
+#: :class:`ModelParts`); :func:`build_loss` passes each as the keyword argument of that name
+LOSS_PARTS = ("encoder", "head", "w", "b", "backbone")
+
+
+def unwrap_model(model):
+    """The module inside DDP / ``nn.DataParallel`` (``.module``) and ``torch.compile``
+    (``._orig_mod``) wrappers, however nested; anything else is returned as it is.
+
+    ``OptimizedModule`` is recognised by its class name: importing ``torch._dynamo`` to test
+    ``isinstance`` would cost seconds on every call."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif type(model).__name__ == "OptimizedModule" and isinstance(
+                getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def loss_parts(cls: type) -> Tuple[str, ...]:
+    """The model parts that loss class ``cls`` declares (``model_parts``; ``()`` if none).
+
+    :raises ValueError: for a declared name outside :data:`LOSS_PARTS`"""
+    parts = tuple(getattr(cls, "model_parts", ()) or ())
+    unknown = [p for p in parts if p not in LOSS_PARTS]
+    if unknown:
+        raise ValueError(f"{getattr(cls, '__name__', cls)}.model_parts names {unknown}; the "
+                         f"parts a loss can take are {LOSS_PARTS}")
+    return parts
+
+
+def missing_parts_error(cls: type, missing) -> MissingModelPartsError:
+    """The one error for a loss built without the model parts it declares."""
+    name = getattr(cls, "__name__", str(cls))
+    missing = list(missing)
+    return MissingModelPartsError(
+        f"{name} needs the model's {' and '.join(missing)} (declared in {name}.model_parts): "
+        f"build it with create_loss(..., model=model), which takes "
+        f"{'them' if len(missing) > 1 else 'it'} from the model's split "
+        f"(logitnorm_plugin.split.split_model), or pass {missing[0]}=... yourself"
+    )
+
+
+def build_loss(cls: type, model=None, **kwargs):
+    """Build loss class ``cls``, binding the model parts it declares.
+
+    A loss declares what it needs as a class attribute ``model_parts`` (names from
+    :data:`LOSS_PARTS`, e.g. ``("head",)``) and takes each as a keyword argument of the same
+    name. The parts not given in ``kwargs`` come from :func:`split_model` of ``model``,
+    unwrapped from DDP / ``torch.compile`` first (:func:`unwrap_model`). A loss that declares
+    nothing is built as ``cls(**kwargs)`` whatever ``model`` is, so a trainer can always pass
+    its model without asking which loss it trains.
+
+    :param cls: a loss class
+    :param model: the classifier being trained, or ``None``
+    :param kwargs: constructor arguments; a part given here wins over the split's
+    :raises MissingModelPartsError: a declared part is neither in ``kwargs`` nor obtainable
+        because ``model`` is ``None``
+    :raises UnsupportedModelError: ``model`` cannot be split
+    """
+    missing = [p for p in loss_parts(cls) if kwargs.get(p) is None]
+    if missing:
+        if model is None:
+            raise missing_parts_error(cls, missing)
+        parts = split_model(unwrap_model(model))
+        kwargs.update({p: getattr(parts, p) for p in missing})
+    return cls(**kwargs)

@@ -176,6 +176,10 @@ def edge_warnings(chosen: float, grid: Sequence[float]) -> List[str]:
 # -- output -----------------------------------------------------------------------------------
 
 
+#: how the table names the objective whose temperature was tuned
+_LOSS_TITLES = {"logitnorm": "LogitNorm", "t2fnorm": "T2FNorm"}
+
+
 def format_table(record: Mapping[str, Any]) -> str:
     """The per-value results of a ``recommended_t.json`` record as a Markdown table (with the
     rule and the chosen t below it)."""
@@ -184,7 +188,8 @@ def format_table(record: Mapping[str, Any]) -> str:
     header = ["t", "seeds", "val ACC %", f"val {PAPER_FPR_KEY} % (paper)",
               "val FPR95TPR % (pytorch-ood)", "val AUROC %", "within margin", "chosen"]
     lines = [
-        f"LogitNorm temperature on {record['dataset']} / {record['arch']}: MSP, ID validation "
+        f"{_LOSS_TITLES.get(record.get('loss', 'logitnorm'), record.get('loss'))} "
+        f"temperature on {record['dataset']} / {record['arch']}: MSP, ID validation "
         f"split ({record['validation']['id']['n']} images) vs Gaussian noise "
         f"({record['validation']['ood']['n']} images, seed {record['validation']['ood']['seed']})"
         f"; {record['training']['epochs']} epochs of the '{record['training']['recipe']}' "

@@ -229,9 +229,19 @@ def resolve_config(
                                dataset_tag(dataset))
     if choice.t is not None:
         loss_kwargs["t"] = choice.t
-    # build it once now: bad arguments fail here with a clear message
+    elif recipes.own_t(loss_cls) and "t" not in loss_kwargs:  # recorded, not implied
+        loss_kwargs["t"] = float(inspect.signature(loss_cls).parameters["t"].default)
+    # build it once now: bad arguments fail here with a clear message (an objective that needs
+    # model parts gets them from a stand-in Linear with the dataset's number of classes)
+    from torch import nn  # lazy, like data and models above: this module stays torch-free
+
+    from logitnorm_plugin.split import build_loss, loss_parts
+
     try:
-        loss_cls(**loss_kwargs)
+        stand_in = None
+        if loss_parts(loss_cls):
+            stand_in = nn.Sequential(nn.Flatten(), nn.Linear(1, int(meta["num_classes"])))
+        build_loss(loss_cls, stand_in, **loss_kwargs)
     except (TypeError, ValueError) as exc:
         raise UserError(f"loss '{loss_name}' rejects the arguments {loss_kwargs}: {exc}") from exc
 

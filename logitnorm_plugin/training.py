@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from logitnorm_plugin import atomic, checkpoints, distributed, locks, rng, runs
 from logitnorm_plugin.errors import TrainingDivergedError, UserError
+from logitnorm_plugin.split import build_loss
 from logitnorm_plugin.train_config import default_run_dir, resolve_config
 from logitnorm_plugin.train_step import (
     TrainStep,
@@ -174,7 +175,8 @@ class _Run:
             c["crop_padding"], c["flip"], self.device,
             seed=c["seed"] * 1009 + 17 + self.ctx.rank, memory_format=fmt,
         )
-        self.loss_fn = self.loss_cls(**c["loss_kwargs"])
+        # the unwrapped model: a loss that declares model parts binds them (split.build_loss)
+        self.loss_fn = build_loss(self.loss_cls, self.model, **c["loss_kwargs"])
         if isinstance(self.loss_fn, nn.Module):
             self.loss_fn = self.loss_fn.to(self.device)
         self.step = TrainStep(
@@ -385,6 +387,9 @@ class _Run:
             state, kept_epoch = self.best_state, int(self.best["epoch"])
         else:
             state, kept_epoch = self._cpu_state(), self.epoch
+        export = getattr(self.loss_fn, "export_state", None)
+        if callable(export):  # an objective that changes the network (T2FNorm) says how
+            state = export(self.model, state)  # the trained weights become the test-time one
         paper = getattr(getattr(self.loss_cls, "info", None), "paper", None)
         card = runs.write_model(
             self.out, state, self.config.to_dict(), self.history, kept_epoch,

@@ -26,6 +26,10 @@ tune-t``) does exactly that, for any dataset and architecture the trainer knows:
 Neither the test split of the ID dataset nor any test-time OOD set is read: the runs train on
 ``train`` and the trainer's per-epoch evaluation reads ``val`` (``eval_split="val"``).
 
+The same protocol tunes the temperature of any other registered objective that has one
+(``loss="t2fnorm"``: T2FNorm's tau; ``logitnorm-ood tune-t --loss t2fnorm``); its record names
+the loss, and the chosen value is given to training as ``--loss-arg t=...``.
+
 The digits result shipped with the package is ``tuned_t.json``
 (:func:`logitnorm_plugin.recipes.recommended_digits_t`); ``logitnorm-ood tune-t`` is the command
 line.
@@ -33,6 +37,7 @@ line.
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import shlex
@@ -42,8 +47,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Sequence, Tuple
 
-from logitnorm_plugin import atomic, locks, provenance, recipes
-from logitnorm_plugin.conventions import PAPER_FPR_KEY, config_hash
+from logitnorm_plugin import atomic, locks, provenance, recipes, registry
+from logitnorm_plugin.conventions import PAPER_FPR_KEY, canonical_name, config_hash
 from logitnorm_plugin.device import resolve_device, resolve_threads, torch_threads
 from logitnorm_plugin.errors import TrainingDivergedError, UserError
 from logitnorm_plugin.recipes import RECOMMENDED_T_FILE as RESULT_FILE
@@ -169,6 +174,7 @@ def tune_t(
     command: str | None = None,
     stdout=None,
     threads: int | str | None = None,
+    loss: str = "logitnorm",
     **recipe_overrides,
 ) -> Dict[str, Any]:
     """
@@ -210,6 +216,8 @@ def tune_t(
     :param threads: torch CPU threads while training and scoring, also in ``jobs`` workers
         (restored afterwards): a number, ``"auto"`` (1 for the digits on the CPU, see
         :func:`~logitnorm_plugin.device.resolve_threads`) or ``None`` (unchanged)
+    :param loss: the objective whose ``t`` is tuned: ``"logitnorm"``, or another registered
+        loss with a temperature ``t`` (``"t2fnorm"``: its tau), by the same protocol
     :param recipe_overrides: further recipe fields for every run (e.g. ``weight_decay=0.0``)
     :return: the ``recommended_t.json`` record (a dict; ``chosen_t`` is the answer)
     """
@@ -225,6 +233,9 @@ def tune_t(
         raise UserError(f"jobs must be >= 1, got {jobs}")
     if "train_split" in recipe_overrides or "loss_kwargs" in recipe_overrides:
         raise UserError("tune-t sets train_split='train' and the loss temperature itself")
+    loss = canonical_name(loss)
+    if "t" not in inspect.signature(registry.get_loss_class(loss)).parameters:
+        raise UserError(f"tune-t tunes a temperature t, and loss '{loss}' takes none")
     resolved_device = resolve_device(device)
     thread_count = resolve_threads(threads, resolved_device, dataset)
     rec = recipes.get_recipe(recipe if recipe is not None else recipes.default_recipe_for(dataset))
@@ -237,7 +248,7 @@ def tune_t(
     # one tuning per folder at a time: a second one waits, then reuses the stored points
     with locks.hold(out, timeout=None, what="tuning folder"):
         atomic.remove_stale_temporaries(out)
-        tuning = _Tuning(Path(out), grid, seeds, train_args, amp, resolved_device, force)
+        tuning = _Tuning(Path(out), grid, seeds, train_args, amp, resolved_device, force, loss)
         val, noise = _load_validation(dataset, tuning.split_seed, noise_n, noise_seed, data_root,
                                       download)
         tuning.set_validation(val, noise, noise_seed, rule, rec.name, overrides)
@@ -257,6 +268,7 @@ def tune_t(
             command = _command(dataset, arch, grid, epochs, seeds, out, device, recipe,
                                batch_size, lr, acc_margin, metric, noise_n, noise_seed, jobs, amp,
                                compile, threads)
+            command += f" --loss {shlex.quote(loss)}" if loss != "logitnorm" else ""
         first = tuning.first
         record = {
             "format": FORMAT,
@@ -264,7 +276,7 @@ def tune_t(
             "chosen_t": chosen,
             "dataset": first["dataset"],
             "arch": first["arch"],
-            "loss": "logitnorm",
+            "loss": loss,
             "detector": DETECTOR,
             "grid": grid,
             "seeds": seeds,
@@ -294,16 +306,17 @@ def tune_t(
 class _Tuning:
     """The grid points of one tuning run: their configurations, store ids and run folders."""
 
-    def __init__(self, out: Path, grid, seeds, train_args, amp, device, force: bool):
+    def __init__(self, out: Path, grid, seeds, train_args, amp, device, force: bool,
+                 loss: str = "logitnorm"):
         from logitnorm_plugin.train_config import resolve_config
 
         self.out, self.train_args, self.amp, self.device = out, train_args, amp, device
-        self.force = force
+        self.force, self.loss = force, loss
         args = {k: v for k, v in train_args.items()
                 if k not in ("data_root", "download", "amp", "compile", "device", "progress")}
         # every name and value is checked here, before any data is read or any run starts
         self.configs = {
-            (t, seed): resolve_config(loss="logitnorm", loss_kwargs={"t": t}, seed=seed,
+            (t, seed): resolve_config(loss=loss, loss_kwargs={"t": t}, seed=seed,
                                       eval_split="val", **args)[0].to_dict()
             for t in grid for seed in seeds
         }
@@ -351,7 +364,7 @@ class _Tuning:
                             **({"amp": self.amp} if self.amp is not None else {})})
 
     def point_id(self, t: float, seed: int) -> str:
-        return (f"tune-t/{self.first['dataset']}/{self.first['arch']}/logitnorm/"
+        return (f"tune-t/{self.first['dataset']}/{self.first['arch']}/{self.loss}/"
                 f"t={t_text(t)}/s{seed}/" + self.point_hash(t, seed))
 
     def run_dir(self, t: float, seed: int) -> Path:
@@ -359,7 +372,7 @@ class _Tuning:
         return self.out / "runs" / f"t{t_text(t)}-s{seed}-{self.point_hash(t, seed)[:8]}"
 
     def train_kwargs(self, t: float, seed: int) -> Dict[str, Any]:
-        return dict(self.train_args, loss="logitnorm", loss_kwargs={"t": t}, seed=seed,
+        return dict(self.train_args, loss=self.loss, loss_kwargs={"t": t}, seed=seed,
                     out=str(self.run_dir(t, seed)), resume="auto", eval_split="val")
 
     def run(self, jobs: int, progress: bool, callback, threads: int | None = None):
@@ -404,15 +417,15 @@ class _Tuning:
         from logitnorm_plugin.specs import ModelSpec
 
         pid = self.point_id(t, seed)
-        label = f"logitnorm(t={t_text(t)})/s{seed}"
+        label = f"{self.loss}(t={t_text(t)})/s{seed}"
         if error is not None:
-            row = {"Model": label, "Loss": "logitnorm", "Seed": seed, "Detector": DETECTOR,
+            row = {"Model": label, "Loss": self.loss, "Seed": seed, "Detector": DETECTOR,
                    "Dataset": VALIDATION_SET_NAME, "Status": "diverged", "t": t,
                    "Error": str(error)}
             self.store.put(row, model_id=pid, config_id="tune-t:status", detector_id=DETECTOR)
         else:
             spec = ModelSpec(
-                label=label, model=load_trained(folder), loss="logitnorm", seed=seed,
+                label=label, model=load_trained(folder), loss=self.loss, seed=seed,
                 arch=self.first["arch"], mean=tuple(self.val.mean), std=tuple(self.val.std),
                 t=t, identity=pid, source="run", extra={"run_dir": str(folder)},
             )
@@ -439,9 +452,10 @@ def _write_outputs(record: Dict[str, Any], out: Path, stdout) -> None:
     if stdout is not False:
         stream = stdout if stdout is not None else sys.stdout
         print(table, file=stream)
-        print(f"wrote {out / RESULT_FILE} (use: logitnorm-ood train --t-from "
-              f"{out / RESULT_FILE}), {out / TABLE_FILE}, {out / PLOT_FILE}, "
-              f"{out / STORE_FILE}", file=stream)
+        use = (f"--t-from {out / RESULT_FILE}" if record["loss"] == "logitnorm" else
+               f"--loss {record['loss']} --loss-arg t={t_text(record['chosen_t'])}")
+        print(f"wrote {out / RESULT_FILE} (use: logitnorm-ood train {use}), "
+              f"{out / TABLE_FILE}, {out / PLOT_FILE}, {out / STORE_FILE}", file=stream)
 
 
 def _train_parallel(todo, train_kwargs, jobs, finish_point, threads: int | None = None):

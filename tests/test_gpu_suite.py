@@ -59,8 +59,8 @@ def test_smoke_run_on_the_cpu_has_every_part_with_numbers(tmp_path):
     assert not failed, failed
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert set(parts) == {"train_throughput", "fast_path_resume", "eval_throughput", "bench",
-                          "ddp"}
-    assert {p["letter"] for p in parts.values()} == set("abcde")
+                          "ddp", "objective_step"}
+    assert {p["letter"] for p in parts.values()} == set("abcdef")
     for key in ("device", "device_name", "torch", "python", "versions"):
         assert record[key], key
     assert record["smoke"] is True and _number(record["seconds"])
@@ -89,5 +89,11 @@ def test_smoke_run_on_the_cpu_has_every_part_with_numbers(tmp_path):
     assert e["ddp_step"]["grad_stride_warning"] is False
     assert all(s["grad_strides_match_params"] and _number(s["loss"])
                for s in e["ddp_step"]["steps"].values())
+    f = parts["objective_step"]["figures"]["c10"]
+    assert set(f["step_ms"]) == {"logitnorm", "elogitnorm", "t2fnorm", "cross_entropy"}
+    assert all(_number(v) and v > 0 for v in f["step_ms"].values())
+    assert f["ratio_to_logitnorm"]["logitnorm"] == 1.0
+    assert set(f["loss_only_ms"]) == set(f["step_ms"])
+    assert all(_number(v) for d in f["distances"].values() for v in d.values())
     summary = (out / "gpu_suite.md").read_text()
-    assert summary.startswith("# GPU suite:") and summary.count("| ok |") == 5
+    assert summary.startswith("# GPU suite:") and summary.count("| ok |") == 6

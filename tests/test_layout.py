@@ -22,7 +22,7 @@ FLOORS = {
     "recipes": 2, "published": 2, "plots": 2, "train_config": 2, "t_selection": 2, "specs": 2,
     "model_labels": 2, "feeds": 2, "fit_cache": 2, "protocol": 2,
     "training": 3, "evaluation": 3,
-    "bench_output": 2,
+    "bench_output": 2, "successors": 2,
     "tuning": 4, "bench": 4, "export": 4, "upstream": 4, "report": 4, "report_figures": 4,
     "reporting": 4,
     "cli": 5,

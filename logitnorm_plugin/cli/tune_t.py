@@ -22,6 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="digits (default, offline), cifar10, cifar100 or an image-folder "
                         "path")
     parser.add_argument("--arch", default=None, help="architecture (default: the recipe's)")
+    parser.add_argument("--loss", default="logitnorm",
+                        help="objective whose temperature t is tuned (default logitnorm; "
+                        "t2fnorm: its tau)")
     parser.add_argument("--recipe", default=None,
                         help="trainer recipe (default: digits for the digits, paper otherwise)")
     parser.add_argument("--grid", nargs="+", default=[",".join(t_text(t) for t in DEFAULT_GRID)],
@@ -78,6 +81,6 @@ def run(args) -> int:
         noise_seed=args.noise_seed, data_root=args.data_root, download=args.download,
         force=args.force, jobs=args.jobs, amp=args.amp, compile=args.compile,
         progress=not args.quiet, command=_args.command_line("tune-t"),
-        threads=_args.threads(args.threads),
+        threads=_args.threads(args.threads), loss=args.loss,
     )
     return 0

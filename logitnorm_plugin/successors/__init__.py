@@ -1,0 +1,1 @@
+"""Successors of LogitNorm as training objectives: ELogitNorm and T2FNorm."""
