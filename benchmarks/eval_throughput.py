@@ -12,7 +12,7 @@ row:
    for each); the engine forwards each set once and lets ODIN reuse that forward pass.
 2. ``features``: msp, energy, odin, mahalanobis, knn, vim, react and ash. The host is what a
    pytorch-ood user writes: each detector built by hand from the WRN's own parts (published
-   defaults of :mod:`logitnorm_plugin.split`), each that needs it fitted with its own
+   defaults of :mod:`logitnorm_plugin.registry.split`), each that needs it fitted with its own
    ``fit(loader)`` (one pass over the training split each), then ``Benchmark.evaluate`` (which
    shares logits and pooled features per OOD set, but forwards the ID set again for every OOD
    set, and runs ReAct, ASH and ODIN with their own passes). The engine fits every detector
@@ -41,10 +41,10 @@ from pytorch_ood.model import WideResNet
 
 from logitnorm_plugin.data import ImageTensors
 from logitnorm_plugin.detector import LogitNormDetector
-from logitnorm_plugin.evaluation import evaluate
-from logitnorm_plugin.registry import get_detector_class
-from logitnorm_plugin.specs import ModelSpec
-from logitnorm_plugin.split import published_defaults
+from logitnorm_plugin.evaluation.engine import evaluate
+from logitnorm_plugin.evaluation.specs import ModelSpec
+from logitnorm_plugin.registry.entry_points import get_detector_class
+from logitnorm_plugin.registry.split import published_defaults
 
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)

@@ -5,7 +5,7 @@ time budget, so that one part that fails, hangs or runs out of time still leaves
 figures (its error text and the tail of its log are recorded instead):
 
 (a) ``train_throughput``: batch 128, WRN-40-2, the original LogitNorm code's loop (fp32, eager,
-    torchvision augmentation on CPU workers) vs our :class:`~logitnorm_plugin.train_step.
+    torchvision augmentation on CPU workers) vs our :class:`~logitnorm_plugin.training.step.
     TrainStep` with the device's fast-path defaults; images/s of both and their ratio, the
     compile time (our first step) reported apart (``benchmarks/train_throughput.py``).
 (b) ``fast_path_resume``: two short epochs of the ``paper`` recipe (WRN-40-2, SGD, batch 128,
@@ -445,7 +445,7 @@ def worker_train(spec: dict, emit: bool = True) -> dict:
     if spec["deterministic"]:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     _install_synthetic_cifar(spec["n_train"], spec["n_test"])
-    from logitnorm_plugin.training import train
+    from logitnorm_plugin.training.loop import train
 
     def callback(record):
         if spec.get("kill_after") and record["epoch"] >= spec["kill_after"]:
@@ -477,10 +477,10 @@ def worker_ddp_step(spec: dict, emit: bool = True) -> dict:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from logitnorm_plugin.augment import DeviceAugment
     from logitnorm_plugin.loss import LogitNormLoss
-    from logitnorm_plugin.models import build_model
-    from logitnorm_plugin.train_step import TrainStep, fast_path_defaults
+    from logitnorm_plugin.registry.architectures import build_model
+    from logitnorm_plugin.training.augment import DeviceAugment
+    from logitnorm_plugin.training.step import TrainStep, fast_path_defaults
 
     device = torch.device(spec["device"])
     cuda = device.type == "cuda"
@@ -643,7 +643,7 @@ def environment(device: str) -> dict:
     """Device name and the versions the figures depend on."""
     import torch
 
-    from logitnorm_plugin.provenance import git_commit, package_versions
+    from logitnorm_plugin._core.provenance import git_commit, package_versions
 
     env = {
         "device": device,

@@ -2,7 +2,7 @@
 
 A benchmark, not a test. For every objective, a fresh copy of the same network (same initial
 weights; T2FNorm puts a hook on its final layer, so no model is shared) trains with
-:class:`logitnorm_plugin.train_step.TrainStep`, the step :func:`logitnorm_plugin.train` runs,
+:class:`logitnorm_plugin.training.step.TrainStep`, the step :func:`logitnorm_plugin.train` runs,
 with the device's fast-path settings (on CUDA: bf16 autocast, channels_last, ``torch.compile``
 of the forward pass), on synthetic CIFAR-shaped uint8 batches already on the device; each
 objective is built with ``create_loss(name, model=model)``, as the trainer does. Rounds of
@@ -44,7 +44,7 @@ def _sync(device):
 def _step_loop(name, base, device, args, images, labels):
     """A callable running ``n`` training steps of objective ``name``; the step object."""
     from logitnorm_plugin import create_loss
-    from logitnorm_plugin.train_step import TrainStep, fast_path_defaults
+    from logitnorm_plugin.training.step import TrainStep, fast_path_defaults
 
     fast = fast_path_defaults(device, amp=args.amp, compile=args.compile)
     model = copy.deepcopy(base).to(device)
@@ -151,9 +151,9 @@ def main(argv=None):
     if "logitnorm" not in args.objectives:
         args.objectives = ["logitnorm"] + list(args.objectives)
 
-    from logitnorm_plugin.models import build_model
-    from logitnorm_plugin.provenance import device_name
-    from logitnorm_plugin.split import split_model
+    from logitnorm_plugin._core.provenance import device_name
+    from logitnorm_plugin.registry.architectures import build_model
+    from logitnorm_plugin.registry.split import split_model
 
     device = torch.device(args.device)
     threads = args.threads or (1 if device.type == "cpu" else None)

@@ -7,7 +7,7 @@ with the same architecture, initial weights, loss and batch size, it times
     padding=4)``, ``RandomHorizontalFlip()``, ``ToTensor()``, ``Normalize``) on PIL images in
     a CPU ``DataLoader`` with worker processes, ``.to(device)`` per batch, and the running loss
     read with ``float(loss)`` every step, as that code does;
-(b) :class:`logitnorm_plugin.train_step.TrainStep`, the step :func:`logitnorm_plugin.train`
+(b) :class:`logitnorm_plugin.training.step.TrainStep`, the step :func:`logitnorm_plugin.train`
     runs, with the settings ``train`` would pick on the device (or the ones forced by the
     switches below): data set on the device as uint8, augmentation on the device, no
     per-step synchronisation.
@@ -104,12 +104,12 @@ class OriginalLoop:
 
 
 class OurLoop:
-    """:class:`~logitnorm_plugin.train_step.TrainStep` with the settings train() would use."""
+    """:class:`~logitnorm_plugin.training.step.TrainStep` with the settings train() would use."""
 
     def __init__(self, model, loss_fn, images_nchw, labels, mean, std, device, args):
-        from logitnorm_plugin.augment import DeviceAugment
         from logitnorm_plugin.data import ImageTensors
-        from logitnorm_plugin.train_step import TrainStep, fast_path_defaults
+        from logitnorm_plugin.training.augment import DeviceAugment
+        from logitnorm_plugin.training.step import TrainStep, fast_path_defaults
 
         fast = fast_path_defaults(device, amp=args.amp, compile=args.compile,
                                   channels_last=args.channels_last)
@@ -175,9 +175,9 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     from logitnorm_plugin import create_loss
+    from logitnorm_plugin._core.provenance import device_name, package_versions
     from logitnorm_plugin.data import dataset_meta
-    from logitnorm_plugin.models import build_model
-    from logitnorm_plugin.provenance import device_name, package_versions
+    from logitnorm_plugin.registry.architectures import build_model
 
     device = torch.device(args.device)
     if args.threads:

@@ -6,7 +6,7 @@ from pytorch_ood.api import DetectorInfo, LogitsDetector, Task
 from torch import Tensor
 from torch.nn import Module
 
-from logitnorm_plugin.conventions import DEFAULT_T
+from logitnorm_plugin._core.conventions import DEFAULT_T
 from logitnorm_plugin.loss import PAPER, _normalized_logits, check_temperature
 
 

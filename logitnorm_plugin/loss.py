@@ -30,7 +30,7 @@ from torch import Tensor
 from torch.nn import Module
 from torch.nn import functional as F
 
-from logitnorm_plugin.conventions import DEFAULT_T
+from logitnorm_plugin._core.conventions import DEFAULT_T
 
 #: added to the norm so that all-zero logits give finite values (the host and the original
 #: code use the same constant)

@@ -103,7 +103,12 @@ import torch
 from pytorch_ood.metrics import OODMetrics
 from torch import Tensor
 
-from logitnorm_plugin.conventions import OOD_KEYS, OPENOOD_FPR_KEY, PAPER_AUPR_KEY, PAPER_FPR_KEY
+from logitnorm_plugin._core.conventions import (
+    OOD_KEYS,
+    OPENOOD_FPR_KEY,
+    PAPER_AUPR_KEY,
+    PAPER_FPR_KEY,
+)
 
 __all__ = [
     "PAPER_FPR_KEY",

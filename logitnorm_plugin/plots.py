@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import List, Sequence, Union
 
-from logitnorm_plugin.tables import is_missing, plural
+from logitnorm_plugin._core.tables import is_missing, plural
 
 __all__ = ["plot_logit_norms", "run_label"]
 
@@ -34,7 +34,7 @@ def _bar(std) -> float:
 
 
 def _save(fig, path: PathLike) -> Path:
-    from logitnorm_plugin.atomic import atomic_write
+    from logitnorm_plugin._core.atomic import atomic_write
 
     fig.tight_layout()
     return atomic_write(path, lambda f: fig.savefig(f, format="png"))
@@ -74,7 +74,7 @@ def plot_logit_norms(
     :param band: shade mean +- one standard deviation over the test images
     :return: the written path
     """
-    from logitnorm_plugin.runs import read_metrics
+    from logitnorm_plugin.training.runs import read_metrics
 
     run_dirs = [Path(r) for r in run_dirs]
     if not run_dirs:
@@ -108,7 +108,7 @@ def plot_logit_norms(
     return _save(fig, out)
 
 
-# -- evaluation figures (logitnorm_plugin.bench) ---------------------------------------------
+# -- evaluation figures (logitnorm_plugin.workflows.bench) ----------------------------------------
 
 __all__ += ["score_histograms", "reliability_diagram"]
 
@@ -220,7 +220,7 @@ def reliability_diagram(
     return _save(fig, out)
 
 
-# -- temperature tuning (logitnorm_plugin.tuning) -------------------------------------------
+# -- temperature tuning (logitnorm_plugin.workflows.tune_t) ---------------------------------------
 
 __all__ += ["plot_t_tuning"]
 
@@ -231,12 +231,13 @@ def plot_t_tuning(record, out: PathLike, title: str | None = None) -> Path:
     Two panels sharing the t axis, mean +- std over seeds as error bars; the grid values the
     rule kept (accuracy within its margin) are filled markers, the chosen t is a vertical line.
 
-    :param record: a ``recommended_t.json`` record of :func:`logitnorm_plugin.tuning.tune_t`
+    :param record: a ``recommended_t.json`` record of
+        :func:`logitnorm_plugin.workflows.tune_t.tune_t`
     :param out: the PNG to write
     :param title: figure title (default: dataset, architecture and chosen t)
     :return: the written path
     """
-    from logitnorm_plugin.conventions import PAPER_FPR_KEY
+    from logitnorm_plugin._core.conventions import PAPER_FPR_KEY
 
     ok = [r for r in record["results"] if r.get("status") == "ok"]
     if not ok:

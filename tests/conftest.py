@@ -28,7 +28,7 @@ def _seeded():
 @pytest.fixture(autouse=True)
 def _fresh_registry():
     """Entry points are cached; tests that change sys.path must not leak into others."""
-    from logitnorm_plugin import registry
+    from logitnorm_plugin.registry import entry_points as registry
 
     registry.refresh()
     yield

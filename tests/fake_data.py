@@ -20,7 +20,7 @@ from typing import Dict, Sequence, Tuple
 
 import numpy as np
 
-from logitnorm_plugin.atomic import write_bytes, write_text
+from logitnorm_plugin._core.atomic import write_bytes, write_text
 
 #: MD5 of every CIFAR/SVHN file written by this module in this process
 WRITTEN_MD5: set = set()

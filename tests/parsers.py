@@ -14,9 +14,14 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from logitnorm_plugin.errors import IncompatibleResultsError
-from logitnorm_plugin.export import DOC_METRICS, EXPORT_FORMAT_VERSION, EXTRA_METRICS, TABLE_TAG
-from logitnorm_plugin.report import REPORT_TAG
+from logitnorm_plugin._core.errors import IncompatibleResultsError
+from logitnorm_plugin.reporting.export import (
+    DOC_METRICS,
+    EXPORT_FORMAT_VERSION,
+    EXTRA_METRICS,
+    TABLE_TAG,
+)
+from logitnorm_plugin.reporting.report import REPORT_TAG
 
 
 def _number(text: str):

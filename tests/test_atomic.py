@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from logitnorm_plugin import atomic
+from logitnorm_plugin._core import atomic
 
 
 def test_write_json_and_torch_save_round_trip(tmp_path):
@@ -55,7 +55,7 @@ def test_failure_at_the_rename_keeps_the_old_file(tmp_path, monkeypatch):
 def test_full_disk_and_torch_short_write_are_storage_errors(tmp_path):
     import errno
 
-    from logitnorm_plugin.errors import StorageError, UserError
+    from logitnorm_plugin._core.errors import StorageError, UserError
 
     path = atomic.write_bytes(tmp_path / "c.pt", b"old")
 

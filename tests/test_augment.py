@@ -4,7 +4,7 @@ import pytest
 import torch
 import torchvision.transforms.functional as TF
 
-from logitnorm_plugin.augment import DeviceAugment, random_crop_flip
+from logitnorm_plugin.training.augment import DeviceAugment, random_crop_flip
 
 
 def _images(b=16, c=3, h=8, w=8, seed=0):

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from logitnorm_plugin import bench, bench_output
-from logitnorm_plugin.errors import UnknownNameError, UserError
-from logitnorm_plugin.published import load_published, match_published
-from logitnorm_plugin.store import ResultStore
+from logitnorm_plugin._core.errors import UnknownNameError, UserError
+from logitnorm_plugin.reporting import bench_output
+from logitnorm_plugin.store.published import load_published, match_published
+from logitnorm_plugin.store.results import ResultStore
+from logitnorm_plugin.workflows import bench
 
-evaluate_module = importlib.import_module("logitnorm_plugin.evaluation")
+evaluate_module = importlib.import_module("logitnorm_plugin.evaluation.engine")
 
 METRICS = ("AUROC", "AUPR-IN", "AUPR-OUT", "FPR95TPR", "FPR95-ID95", "ACC", "ECE")
 
@@ -157,7 +158,7 @@ def test_unknown_names_fail_before_training(tmp_path):
 def test_conflicting_temperatures_fail_before_any_model_trains(tmp_path):
     """--t with --t-from concerns the LogitNorm models, the last ones trained: the conflict is
     found while the configurations are resolved, before cross_entropy trains."""
-    from logitnorm_plugin.recipes import tuned_t_record
+    from logitnorm_plugin.training.recipes import tuned_t_record
 
     rec = tmp_path / "recommended_t.json"
     record = tuned_t_record()
@@ -222,9 +223,9 @@ def test_update_readme_rewrites_only_the_marked_section(tmp_path):
 def test_bench_fits_from_the_fit_cache_in_its_out_folder(tmp_path, monkeypatch):
     import torch
 
-    from logitnorm_plugin.fit_cache import FOLDER
-    from logitnorm_plugin.models import DigitsCNN
-    from logitnorm_plugin.specs import ModelSpec, resolve_benchmark
+    from logitnorm_plugin.evaluation.fit_cache import FOLDER
+    from logitnorm_plugin.evaluation.specs import ModelSpec, resolve_benchmark
+    from logitnorm_plugin.registry.architectures import DigitsCNN
 
     torch.manual_seed(0)
     spec = ModelSpec("cnn", model=DigitsCNN(10, 1, width=4).eval(), loss="cross_entropy")
@@ -256,8 +257,8 @@ def test_detectors_all_evaluates_every_registered_detector_the_model_can_take(tm
     why; so are the feature detectors for a model that cannot be split."""
     import torch
 
-    from logitnorm_plugin.registry import list_detectors
-    from logitnorm_plugin.training import train
+    from logitnorm_plugin.registry.entry_points import list_detectors
+    from logitnorm_plugin.training.loop import train
 
     run = train(dataset="digits", epochs=1, lr=1e-9, arch_kwargs={"width": 8},
                 out=tmp_path / "run", progress=False)

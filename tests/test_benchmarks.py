@@ -11,14 +11,14 @@ from fake_data import (
     write_paper_ood_sets,
 )
 
-from logitnorm_plugin import benchmarks as B
+from logitnorm_plugin._core.errors import MissingDataError
 from logitnorm_plugin.data import ImageTensors
-from logitnorm_plugin.errors import MissingDataError
+from logitnorm_plugin.data import benchmarks as B
 
 OURS = {
     ep.name: ep
     for ep in md.entry_points(group="pytorch_ood.benchmarks")
-    if ep.value.startswith("logitnorm_plugin.benchmarks:")
+    if ep.value.startswith("logitnorm_plugin.data.benchmarks:")
 }
 
 # name -> (writer of the fixture under root, expected num_classes, expected image shape)
@@ -151,7 +151,7 @@ def test_host_evaluate_runs_on_digits():
     # pytorch-ood's own evaluation loop accepts our sets (uniform int labels, tensors)
     from pytorch_ood.detector import MaxSoftmax
 
-    from logitnorm_plugin.models import build_model
+    from logitnorm_plugin.registry.architectures import build_model
 
     torch.manual_seed(0)
     bench = B.DigitsBenchmark()

@@ -94,7 +94,7 @@ def test_bad_sizes_are_one_line_with_exit_2(argv, expected, tmp_path, capsys, mo
 
 
 def test_library_evaluate_refuses_batch_size_0():
-    from logitnorm_plugin.evaluation import evaluate
+    from logitnorm_plugin.evaluation.engine import evaluate
 
     with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
         evaluate({"m": torch.nn.Linear(64, 10)}, "digits", batch_size=0, progress=False)

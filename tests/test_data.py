@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from logitnorm_plugin._core.errors import MissingDataError, UnknownNameError
 from logitnorm_plugin.data import (
     DATASETS,
     OOD_SETS,
@@ -27,7 +28,6 @@ from logitnorm_plugin.data.digits import (
     digits_split_indices,
 )
 from logitnorm_plugin.data.noise import NoiseDataset, noise_image
-from logitnorm_plugin.errors import MissingDataError, UnknownNameError
 
 DIGIT_LEVELS = {round(k * 255 / 16) for k in range(17)}
 
@@ -390,7 +390,7 @@ def _damage(path, how):
 def test_damaged_image_in_an_image_folder_names_the_file(tmp_path, fmt, how):
     from fake_data import write_image_folder
 
-    from logitnorm_plugin.errors import CorruptDataError, UserError
+    from logitnorm_plugin._core.errors import CorruptDataError, UserError
 
     for split, n in (("train", 3), ("test", 2)):
         write_image_folder(tmp_path / "toy" / split, ["cat", "dog"], n, (16, 16), fmt)
@@ -412,7 +412,7 @@ def test_damaged_image_in_an_image_folder_names_the_file(tmp_path, fmt, how):
 def test_damaged_image_in_an_ood_folder_names_the_file(tmp_path):
     from fake_data import write_image_folder
 
-    from logitnorm_plugin.errors import CorruptDataError
+    from logitnorm_plugin._core.errors import CorruptDataError
 
     folder = write_image_folder(tmp_path / "iSUN", None, 3, (32, 32), "jpeg")
     bad = folder / "img_0002.jpeg"

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from logitnorm_plugin.device import resolve_device, resolve_threads, torch_threads
-from logitnorm_plugin.errors import UserError
+from logitnorm_plugin._core.device import resolve_device, resolve_threads, torch_threads
+from logitnorm_plugin._core.errors import UserError
 
 
 def test_auto_and_none_pick_cuda_only_when_available():

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from logitnorm_plugin.distributed import DistContext, setup, shard_indices
+from logitnorm_plugin.training.distributed import DistContext, setup, shard_indices
 
 
 @pytest.mark.parametrize("n, world, b", [(20, 2, 3), (21, 2, 4), (23, 4, 2), (7, 1, 3)])
@@ -85,7 +85,7 @@ def test_torchrun_two_processes_gloo(tmp_path):
     for r in records:
         assert all(v == v for v in r.values())  # no NaN
 
-    from logitnorm_plugin.runs import load_trained
+    from logitnorm_plugin.training.runs import load_trained
 
     model, card = load_trained(out, return_card=True)
     assert card["runtime"]["world_size"] == 2 and not model.training

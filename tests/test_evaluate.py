@@ -9,15 +9,15 @@ from pytorch_ood.detector import ODIN, EnergyBased, KLMatching, MaxLogit, MaxSof
 from torch import nn
 from torch.utils.data import ConcatDataset, TensorDataset
 
-from logitnorm_plugin.conventions import ROW_KEYS
+from logitnorm_plugin._core.conventions import ROW_KEYS
+from logitnorm_plugin._core.errors import MissingDataError, UnknownNameError
 from logitnorm_plugin.data import ImageTensors
 from logitnorm_plugin.detector import LogitNormDetector
-from logitnorm_plugin.errors import MissingDataError, UnknownNameError
-from logitnorm_plugin.evaluation import evaluate
+from logitnorm_plugin.evaluation.engine import evaluate
+from logitnorm_plugin.evaluation.protocol import paper_subsample_indices
+from logitnorm_plugin.evaluation.specs import ModelSpec, resolve_model
 from logitnorm_plugin.metrics import PAPER_FPR_KEY, ood_metrics
-from logitnorm_plugin.protocol import paper_subsample_indices
-from logitnorm_plugin.specs import ModelSpec, resolve_model
-from logitnorm_plugin.store import ResultStore
+from logitnorm_plugin.store.results import ResultStore
 
 HOST_NAMES = {
     "MaxSoftmax": "msp",
@@ -171,7 +171,7 @@ class _Counted(TensorDataset):
 
 
 def test_fits_read_the_training_split_only_once_before_any_test_set(monkeypatch):
-    from logitnorm_plugin import feeds
+    from logitnorm_plugin.evaluation import feeds
 
     bench = InMemoryBenchmark()
     g = torch.Generator().manual_seed(9)
@@ -314,7 +314,7 @@ def test_paper_protocol_averages_subsamples_of_the_same_scores():
 
 
 def test_named_digits_benchmark_with_groups():
-    from logitnorm_plugin.models import build_model
+    from logitnorm_plugin.registry.architectures import build_model
 
     model = build_model("digits-cnn", num_classes=10, in_channels=1).eval()
     rows = evaluate(
@@ -475,7 +475,7 @@ def test_registry_weights_that_fail_to_download_or_load_say_what_to_do(tmp_path,
                                                                          offline):
     from pytorch_ood.model.registry import get_model_info
 
-    from logitnorm_plugin.errors import CorruptDataError
+    from logitnorm_plugin._core.errors import CorruptDataError
 
     key = "wrn-40-2/cifar10/logitnorm/s0"
     entry = get_model_info(key)
@@ -506,8 +506,8 @@ def test_registry_weights_that_fail_to_download_or_load_say_what_to_do(tmp_path,
 
 
 def test_two_models_with_the_same_label_are_a_one_line_user_error():
-    from logitnorm_plugin.errors import UserError
-    from logitnorm_plugin.specs import DuplicateModelLabelError, resolve_models
+    from logitnorm_plugin._core.errors import UserError
+    from logitnorm_plugin.evaluation.specs import DuplicateModelLabelError, resolve_models
 
     specs = [ModelSpec("same", model=tiny_net()), ModelSpec("same", model=tiny_net()),
              ModelSpec("other", model=tiny_net())]
@@ -524,7 +524,7 @@ def test_cli_bench_two_run_folders_with_the_same_key_is_one_line(tmp_path, capsy
     import shutil
 
     from logitnorm_plugin import cli
-    from logitnorm_plugin.training import train
+    from logitnorm_plugin.training.loop import train
 
     monkeypatch.chdir(tmp_path)
     train(dataset="digits", loss="cross_entropy", epochs=1, batch_size=256, out="runA",

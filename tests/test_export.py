@@ -16,10 +16,12 @@ import parsers
 import pytest
 import torch
 
-from logitnorm_plugin import export, provenance, upstream
+from logitnorm_plugin._core import provenance
+from logitnorm_plugin._core.errors import IncompatibleResultsError
 from logitnorm_plugin.cli import main
-from logitnorm_plugin.errors import IncompatibleResultsError
-from logitnorm_plugin.store import STORE_FILE, ResultStore
+from logitnorm_plugin.reporting import export
+from logitnorm_plugin.reporting import model_entry as upstream
+from logitnorm_plugin.store.results import STORE_FILE, ResultStore
 
 OOD = ["near_a", "far_b", "far_c"]
 GROUPS = {"near": ["near_a"], "far": ["far_b", "far_c"]}
@@ -270,7 +272,7 @@ def test_console_script_error_has_no_traceback(tmp_path):
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    from logitnorm_plugin.training import train
+    from logitnorm_plugin.training.loop import train
 
     out = tmp_path_factory.mktemp("runs") / "digits-logitnorm-s0"
     # one epoch in large batches: the weights only need to be real, not good
@@ -282,7 +284,7 @@ def run_dir(tmp_path_factory):
 def test_snippet_builds_the_real_model_entry(run_dir):
     from pytorch_ood.model.registry import ModelEntry
 
-    from logitnorm_plugin.runs import model_entry, read_card
+    from logitnorm_plugin.training.runs import model_entry, read_card
 
     card = read_card(run_dir)
     snippet = upstream.model_entry_snippet(run_dir)
@@ -299,7 +301,7 @@ def test_snippet_builds_the_real_model_entry(run_dir):
     assert entry.preprocessing.std == tuple(card["preprocessing"]["std"])
     assert entry.preprocessing.size == tuple(card["preprocessing"]["size"])
     assert entry.metrics == card["metrics"]
-    from logitnorm_plugin.recipes import DIGITS_T
+    from logitnorm_plugin.training.recipes import DIGITS_T
 
     assert "'digits' recipe" in entry.description
     assert f"t={DIGITS_T:g}" in entry.description
@@ -345,7 +347,7 @@ def test_cli_model_prints_the_snippet_and_copies_weights(run_dir, tmp_path, caps
 
 
 def test_tampered_weights_are_refused(run_dir, tmp_path, capsys):
-    from logitnorm_plugin.errors import ModelIntegrityError
+    from logitnorm_plugin._core.errors import ModelIntegrityError
 
     copy = tmp_path / "tampered"
     shutil.copytree(run_dir, copy)
@@ -362,7 +364,7 @@ def test_tampered_weights_are_refused(run_dir, tmp_path, capsys):
 
 
 def test_upstream_key_uses_pytorch_ood_method_names(run_dir):
-    from logitnorm_plugin.runs import read_card
+    from logitnorm_plugin.training.runs import read_card
 
     card = dict(read_card(run_dir), loss="cross_entropy")
     assert upstream.upstream_key(card) == "digits-cnn/digits/crossentropy/s0"
@@ -375,7 +377,7 @@ def test_upstream_key_uses_pytorch_ood_method_names(run_dir):
 
 
 def test_registry_keys_are_plain_names():
-    from logitnorm_plugin.errors import UntrustedFileError
+    from logitnorm_plugin._core.errors import UntrustedFileError
 
     assert upstream.check_key("wrn-40-2/cifar10/logitnorm/s0") == "wrn-40-2/cifar10/logitnorm/s0"
     for key in ("../x", "a/../b", "/abs", "a//b", ".hidden/x", "a/b\nimport os", "a\\b"):

@@ -10,13 +10,13 @@ import torch
 import torch._dynamo
 from pytorch_ood.loss import CrossEntropyLoss
 
-from logitnorm_plugin.augment import DeviceAugment, in_memory_format
 from logitnorm_plugin.data import ImageTensors, load_split
 from logitnorm_plugin.loss import LogitNormLoss, logit_norm_loss
-from logitnorm_plugin.models import build_model
-from logitnorm_plugin.runs import load_trained, read_metrics
-from logitnorm_plugin.train_step import TrainStep, _sync_free_loss
-from logitnorm_plugin.training import train
+from logitnorm_plugin.registry.architectures import build_model
+from logitnorm_plugin.training.augment import DeviceAugment, in_memory_format
+from logitnorm_plugin.training.loop import train
+from logitnorm_plugin.training.runs import load_trained, read_metrics
+from logitnorm_plugin.training.step import TrainStep, _sync_free_loss
 
 
 def _step(model, channels_last=False, augment=True, loss=None, channels=1):

@@ -26,13 +26,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from logitnorm_plugin import atomic, bench, locks, registry
+from logitnorm_plugin._core import atomic, locks
+from logitnorm_plugin._core.digests import json_sha256
+from logitnorm_plugin._core.errors import ModelIntegrityError, UntrustedFileError
 from logitnorm_plugin.cli import main
-from logitnorm_plugin.digests import json_sha256
-from logitnorm_plugin.errors import ModelIntegrityError, UntrustedFileError
-from logitnorm_plugin.runs import load_trained
-from logitnorm_plugin.store import STORE_FILE, ResultStore, open_results
-from logitnorm_plugin.training import train
+from logitnorm_plugin.registry import entry_points as registry
+from logitnorm_plugin.store.results import STORE_FILE, ResultStore, open_results
+from logitnorm_plugin.training.loop import train
+from logitnorm_plugin.training.runs import load_trained
+from logitnorm_plugin.workflows import bench
 
 SCRIPT = Path(sys.executable).parent / "logitnorm-ood"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -185,7 +187,7 @@ def test_hostile_card_runs_nothing(reference, early, tmp_path):
 
 
 def test_an_unsealed_card_is_refused_until_its_owner_seals_it(reference, tmp_path):
-    from logitnorm_plugin.runs import seal_card
+    from logitnorm_plugin.training.runs import seal_card
 
     old = copy_run(reference, tmp_path / "old")
     card = json.loads((old / "model.json").read_text())
@@ -293,7 +295,8 @@ KILL_POINTS = {"rename": 2, "metrics": 2, "card": 1}
 KILLER = textwrap.dedent('''
     import os, signal, sys
     from pathlib import Path
-    from logitnorm_plugin import atomic, runs
+    from logitnorm_plugin._core import atomic
+    from logitnorm_plugin.training import runs
     point, n = sys.argv[1], int(sys.argv[2])
     calls = []
 
@@ -417,7 +420,7 @@ def test_export_never_leaves_weights_out(reference, tmp_path, capsys):
 
 
 def test_model_entry_snippets_are_parsed_not_evaluated(reference, tmp_path):
-    from logitnorm_plugin import upstream
+    from logitnorm_plugin.reporting import model_entry as upstream
 
     marker = tmp_path / "PWNED"
     escape = ("[c for c in ().__class__.__base__.__subclasses__() if c.__name__ == "

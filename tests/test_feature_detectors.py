@@ -1,7 +1,7 @@
 """Every registered detector, parametrized over the registry: built by name with
 ``create_detector(name, model)`` it is the host class itself and scores exactly like the host
 class built by hand from the model's own parts (same fit data, same scores, same metrics).
-Feature-based detectors get their parts from :mod:`logitnorm_plugin.split`."""
+Feature-based detectors get their parts from :mod:`logitnorm_plugin.registry.split`."""
 
 import inspect
 
@@ -15,12 +15,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
 import logitnorm_plugin
-from logitnorm_plugin import registry
+from logitnorm_plugin._core.errors import UnsupportedModelError
 from logitnorm_plugin.data import load_split
 from logitnorm_plugin.data.digits import digits_ood
-from logitnorm_plugin.errors import UnsupportedModelError
-from logitnorm_plugin.models import DigitsCNN
-from logitnorm_plugin.split import (
+from logitnorm_plugin.registry import entry_points as registry
+from logitnorm_plugin.registry.architectures import DigitsCNN
+from logitnorm_plugin.registry.split import (
     LAYERS,
     PUBLISHED_DEFAULTS,
     build_detector,

@@ -14,12 +14,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import logitnorm_plugin
+from logitnorm_plugin._core.errors import UnsupportedModelError
 from logitnorm_plugin.data import load_split
 from logitnorm_plugin.data.digits import digits_ood
-from logitnorm_plugin.errors import UnsupportedModelError
-from logitnorm_plugin.evaluation import evaluate
-from logitnorm_plugin.feeds import BACKBONE, FEATURES, INPUT, LOGITS, MAPS, Feed, plan
-from logitnorm_plugin.models import DigitsCNN
+from logitnorm_plugin.evaluation.engine import evaluate
+from logitnorm_plugin.evaluation.feeds import BACKBONE, FEATURES, INPUT, LOGITS, MAPS, Feed, plan
+from logitnorm_plugin.registry.architectures import DigitsCNN
 
 BATCH = 25
 METRICS = ("AUROC", "AUPR-IN", "AUPR-OUT", "FPR95TPR", "AUTC")

@@ -12,12 +12,13 @@ import pytest
 import torch
 from pytorch_ood.model.registry import get_model_info
 
-from logitnorm_plugin import bench, tuning
+from logitnorm_plugin._core.errors import UserError
+from logitnorm_plugin._core.tables import mean_std, pct, plural
 from logitnorm_plugin.cli import main
-from logitnorm_plugin.errors import UserError
-from logitnorm_plugin.model_labels import model_specs
-from logitnorm_plugin.tables import mean_std, pct, plural
-from logitnorm_plugin.training import train
+from logitnorm_plugin.training.loop import train
+from logitnorm_plugin.workflows import bench
+from logitnorm_plugin.workflows import tune_t as tuning
+from logitnorm_plugin.workflows.model_labels import model_specs
 
 TINY = dict(dataset="digits", arch_kwargs={"width": 8}, epochs=1, device="cpu")
 
@@ -77,7 +78,7 @@ def test_bench_models_take_label_equals_spec(two_temperatures, tmp_path, monkeyp
 
 @pytest.mark.parametrize("given, expected", [("auto", 1), ("2", 2)])
 def test_train_threads_follow_the_one_rule(monkeypatch, given, expected):
-    import logitnorm_plugin.training as training
+    import logitnorm_plugin.training.loop as training
 
     seen = []
 
@@ -100,7 +101,7 @@ def test_train_threads_follow_the_one_rule(monkeypatch, given, expected):
 
 
 def test_tune_t_threads_and_seed_lists(monkeypatch, tmp_path):
-    import logitnorm_plugin.tuning as tuning_module
+    import logitnorm_plugin.workflows.tune_t as tuning_module
 
     calls = []
     monkeypatch.setattr(tuning_module, "tune_t", lambda **kw: calls.append(kw))
@@ -171,7 +172,7 @@ def test_one_value_has_no_standard_deviation():
 
 
 def test_list_takes_the_pattern_positionally_and_shows_full_titles(capsys):
-    from logitnorm_plugin.registry import list_detectors
+    from logitnorm_plugin.registry.entry_points import list_detectors
 
     assert main(["list", "detectors", "m*"]) == 0
     out = capsys.readouterr().out
@@ -189,7 +190,7 @@ def test_list_takes_the_pattern_positionally_and_shows_full_titles(capsys):
 
 
 def test_report_defaults_to_results_like_export(monkeypatch):
-    import logitnorm_plugin.report as report
+    import logitnorm_plugin.reporting.report as report
 
     seen = []
 

@@ -10,10 +10,10 @@ import torch
 from host_detectors import Reads
 from pytorch_ood.benchmark import Benchmark
 
-from logitnorm_plugin.evaluation import evaluate
-from logitnorm_plugin.fit_cache import FOLDER, FitCache, pass_config
-from logitnorm_plugin.models import DigitsCNN
-from logitnorm_plugin.specs import ModelSpec, model_fingerprint
+from logitnorm_plugin.evaluation.engine import evaluate
+from logitnorm_plugin.evaluation.fit_cache import FOLDER, FitCache, pass_config
+from logitnorm_plugin.evaluation.specs import ModelSpec, model_fingerprint
+from logitnorm_plugin.registry.architectures import DigitsCNN
 
 FITTED = ["kl_matching", "mahalanobis", "react"]
 

@@ -7,8 +7,8 @@ from pytorch_ood.api import BenchmarkInfo, DetectorInfo, LossInfo
 from torch.utils.data import DataLoader, TensorDataset
 
 import logitnorm_plugin
-from logitnorm_plugin import registry
-from logitnorm_plugin.models import DigitsCNN
+from logitnorm_plugin.registry import entry_points as registry
+from logitnorm_plugin.registry.architectures import DigitsCNN
 
 CLASSES, SHAPE = 4, (1, 8, 8)
 
@@ -21,7 +21,7 @@ def _fit_data():
 
 
 def _tiny_model():
-    """A model that logitnorm_plugin.split understands completely (features, feature maps,
+    """A model that logitnorm_plugin.registry.split understands completely (features, feature maps,
     final Linear), with dropout so that MC dropout samples. Its head is the nearest class mean
     of the fit data, so that every class has correctly classified samples (SHE fits on those)."""
     torch.manual_seed(0)

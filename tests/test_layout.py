@@ -123,7 +123,7 @@ def test_public_surface_is_lazy_and_complete():
     code = (
         "import sys, logitnorm_plugin as lp\n"
         "assert 'torch' not in sys.modules\n"
-        "from logitnorm_plugin.errors import UserError\n"
+        "from logitnorm_plugin._core.errors import UserError\n"
         "assert lp.UserError is UserError\n"
         "print(sorted(lp.__all__))"
     )
@@ -133,7 +133,12 @@ def test_public_surface_is_lazy_and_complete():
     assert {"train", "evaluate", "tune_t", "load_trained", "TrainConfig", "ModelSpec",
             "ResultStore", "Recipe", "UserError", "LogitNormLoss", "LogitNormDetector",
             "create_detector", "create_loss"} <= names
-    from logitnorm_plugin import evaluation, recipes, specs, store, train_config, training
+    from logitnorm_plugin.evaluation import engine as evaluation
+    from logitnorm_plugin.evaluation import specs
+    from logitnorm_plugin.store import results as store
+    from logitnorm_plugin.training import config as train_config
+    from logitnorm_plugin.training import loop as training
+    from logitnorm_plugin.training import recipes
 
     assert logitnorm_plugin.train is training.train
     assert logitnorm_plugin.evaluate is evaluation.evaluate

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from logitnorm_plugin import provenance
-from logitnorm_plugin.benchmarks import CIFAR10OpenOODBenchmark
+from logitnorm_plugin._core import provenance
 from logitnorm_plugin.cli import main
+from logitnorm_plugin.data.benchmarks import CIFAR10OpenOODBenchmark
 from logitnorm_plugin.reporting import leaderboard
-from logitnorm_plugin.store import STORE_FILE, ResultStore
+from logitnorm_plugin.store.results import STORE_FILE, ResultStore
 
 #: the header of results/cifar10.csv on OpenOOD's `leaderboard` branch
 LIVE_HEADER = ["Training", "Postprocessor", "Near-OOD_AUROC", "Far-OOD_AUROC", "ID_Accuracy",

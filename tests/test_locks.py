@@ -9,12 +9,12 @@ import time
 
 import pytest
 
-from logitnorm_plugin import locks
-from logitnorm_plugin.errors import FolderBusyError, StorageError
+from logitnorm_plugin._core import locks
+from logitnorm_plugin._core.errors import FolderBusyError, StorageError
 
 HOLDER = """
 import sys
-from logitnorm_plugin import locks
+from logitnorm_plugin._core import locks
 with locks.hold(sys.argv[1]):
     print("holding", flush=True)
     sys.stdin.read()  # until the test closes stdin (or kills us)

@@ -15,12 +15,12 @@ import upstream_sdist
 
 from logitnorm_plugin.cli import main
 from logitnorm_plugin.reporting import hf_card, pytorch_ood_patch
-from logitnorm_plugin.store import STORE_FILE, ResultStore
+from logitnorm_plugin.store.results import STORE_FILE, ResultStore
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    from logitnorm_plugin.training import train
+    from logitnorm_plugin.training.loop import train
 
     out = tmp_path_factory.mktemp("runs") / "digits-logitnorm-s0"
     # one epoch in large batches: the weights only need to be real, not good
@@ -31,7 +31,7 @@ def run_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def results(run_dir, tmp_path_factory):
-    from logitnorm_plugin.evaluation import evaluate
+    from logitnorm_plugin.evaluation.engine import evaluate
 
     folder = tmp_path_factory.mktemp("results")
     evaluate([str(run_dir)], "digits", detectors=["msp", "logitnorm"],

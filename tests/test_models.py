@@ -4,8 +4,14 @@ import pytest
 import torch
 from torch import nn
 
-from logitnorm_plugin.errors import UnknownNameError
-from logitnorm_plugin.models import ARCHS, arch_spec, build_model, list_archs, resolve_class
+from logitnorm_plugin._core.errors import UnknownNameError
+from logitnorm_plugin.registry.architectures import (
+    ARCHS,
+    arch_spec,
+    build_model,
+    list_archs,
+    resolve_class,
+)
 
 # (in_channels, H, W) each architecture is tested with
 INPUTS = {"wrn-40-2": (3, 32, 32), "resnet18-32x32": (3, 32, 32), "digits-cnn": (1, 8, 8)}
@@ -105,7 +111,7 @@ def install_arch_distribution(root, monkeypatch, folder, name_line, module):
     beside it, ``root`` on ``sys.path``."""
     import sys
 
-    from logitnorm_plugin.models import ARCH_GROUP
+    from logitnorm_plugin.registry.architectures import ARCH_GROUP
 
     dist = root / folder
     dist.mkdir()
@@ -119,8 +125,8 @@ def install_arch_distribution(root, monkeypatch, folder, name_line, module):
 
 
 def test_only_the_closed_table_is_ever_built(tmp_path, monkeypatch):
-    from logitnorm_plugin.errors import UntrustedFileError
-    from logitnorm_plugin.models import build_arch, trusted_arch_classes
+    from logitnorm_plugin._core.errors import UntrustedFileError
+    from logitnorm_plugin.registry.architectures import build_arch, trusted_arch_classes
 
     for path in ("os.system", "builtins.eval", "subprocess.Popen", "torch.nn.Linear",
                  "pytorch_ood.model.registry.load_model", "torchvision.models.get_model"):
@@ -147,8 +153,8 @@ def test_only_the_closed_table_is_ever_built(tmp_path, monkeypatch):
 def test_a_damaged_distribution_declaring_an_architecture_breaks_nothing(tmp_path, monkeypatch):
     """A dist-info without a ``Name`` (a damaged install) that declares an architecture: the
     table is still built (its entry counts as third-party, as in the registry)."""
-    from logitnorm_plugin.errors import UntrustedFileError
-    from logitnorm_plugin.models import build_arch
+    from logitnorm_plugin._core.errors import UntrustedFileError
+    from logitnorm_plugin.registry.architectures import build_arch
 
     install_arch_distribution(tmp_path, monkeypatch, "nameless-1.0.dist-info", "",
                               "nameless_nets")

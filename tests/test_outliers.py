@@ -1,4 +1,4 @@
-"""Objectives trained with auxiliary outliers (``logitnorm_plugin.outliers``) and the outlier
+"""Objectives trained with auxiliary outliers (``logitnorm_plugin.objectives``) and the outlier
 sources (``logitnorm_plugin.data.outliers``): refusal without outliers, the published
 mixed-batch losses, the seeded stream and resume, the digits source's disjointness from every
 test OOD set, image folders and pytorch-ood's sets, and ``bench --losses``."""
@@ -17,7 +17,7 @@ from pytorch_ood.loss.crossentropy import cross_entropy
 from torch import nn
 from torch.nn import functional as F
 
-from logitnorm_plugin import bench
+from logitnorm_plugin._core.errors import MissingDataError, UnknownNameError, UserError
 from logitnorm_plugin.cli import main as cli
 from logitnorm_plugin.data.digits import (
     DIGITS_OOD,
@@ -35,11 +35,11 @@ from logitnorm_plugin.data.outliers import (
     outliers_for,
     resolve_outlier_source,
 )
-from logitnorm_plugin.errors import MissingDataError, UnknownNameError, UserError
-from logitnorm_plugin.outliers import OutlierStream, mixed_batch_loss, needs_outliers
-from logitnorm_plugin.runs import load_trained, read_config
-from logitnorm_plugin.train_config import OUTLIER_FIELDS, TrainConfig, resolve_config
-from logitnorm_plugin.training import train
+from logitnorm_plugin.objectives import OutlierStream, mixed_batch_loss, needs_outliers
+from logitnorm_plugin.training.config import OUTLIER_FIELDS, TrainConfig, resolve_config
+from logitnorm_plugin.training.loop import train
+from logitnorm_plugin.training.runs import load_trained, read_config
+from logitnorm_plugin.workflows import bench
 
 # a narrow digits CNN that learns something in 3 epochs (no warm-up, a larger lr)
 QUICK = dict(dataset="digits", arch_kwargs={"width": 8}, epochs=3, lr=0.2, warmup_epochs=0,
@@ -56,7 +56,7 @@ def _state(run):
 
 
 def test_needs_outliers_follows_loss_info_supervised():
-    from logitnorm_plugin.registry import get_loss_class
+    from logitnorm_plugin.registry.entry_points import get_loss_class
 
     need = {name: needs_outliers(get_loss_class(name)) for name in
             ("outlier_exposure", "energy_regularized", "entropic_open_set", "cross_entropy",
@@ -407,7 +407,7 @@ def test_pytorch_ood_sets_are_looked_up_never_downloaded(tmp_path):
 
 
 def test_bench_trains_outlier_exposure_with_the_digits_source(tmp_path):
-    from logitnorm_plugin.registry import get_loss_class
+    from logitnorm_plugin.registry.entry_points import get_loss_class
 
     assert bench.DEFAULTS["losses"] == ("cross_entropy", "logitnorm")  # the default is unchanged
     out = tmp_path / "out"

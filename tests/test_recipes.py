@@ -5,11 +5,11 @@ import json
 
 import pytest
 
-from logitnorm_plugin import recipes
-from logitnorm_plugin.errors import UnknownNameError, UserError
-from logitnorm_plugin.models import ARCHS
-from logitnorm_plugin.recipes import Recipe, get_recipe, list_recipes
-from logitnorm_plugin.train_config import resolve_config
+from logitnorm_plugin._core.errors import UnknownNameError, UserError
+from logitnorm_plugin.registry.architectures import ARCHS
+from logitnorm_plugin.training import recipes
+from logitnorm_plugin.training.config import resolve_config
+from logitnorm_plugin.training.recipes import Recipe, get_recipe, list_recipes
 
 
 def test_list_and_filter():
@@ -82,7 +82,7 @@ def test_resolve_config_fills_from_recipe_and_applies_overrides():
     assert config["epochs"] == 3 and config["momentum"] == 0.5
     assert config["lr"] == r.lr and config["batch_size"] == r.batch_size
     # the digits recipe carries the t that tune-t chose and the package ships
-    from logitnorm_plugin.recipes import recommended_digits_t
+    from logitnorm_plugin.training.recipes import recommended_digits_t
 
     tuned = recommended_digits_t()
     assert config["loss_kwargs"] == {"t": tuned} and config["t"] == tuned

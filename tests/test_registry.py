@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import logitnorm_plugin
-from logitnorm_plugin import registry
-from logitnorm_plugin.errors import UnknownNameError
-from logitnorm_plugin.registry import (
+from logitnorm_plugin._core.errors import UnknownNameError
+from logitnorm_plugin.registry import entry_points as registry
+from logitnorm_plugin.registry.entry_points import (
     AmbiguousNameError,
     EntryPointKindError,
     RegistryLoadError,
@@ -231,7 +231,7 @@ def test_build_index_takes_entry_points_directly():
 def test_listing_imports_nothing_heavy():
     code = (
         "import sys, logitnorm_plugin as lp; lp.list_detectors(); lp.list_losses(); "
-        "lp.list_benchmarks(); lp.registry.get_entry('detector', 'msp'); "
+        "lp.list_benchmarks(); lp.registry.entry_points.get_entry('detector', 'msp'); "
         "heavy = [m for m in ('torch', 'pytorch_ood', 'torchvision') if m in sys.modules]; "
         "print(heavy); sys.exit(1 if heavy else 0)"
     )
@@ -377,8 +377,8 @@ def test_entry_point_of_the_wrong_kind_is_refused_when_loaded(
 
 
 def test_wrong_kind_detector_in_the_engine_is_a_one_line_user_error(third_party):
-    from logitnorm_plugin.errors import UserError
-    from logitnorm_plugin.specs import parse_detectors
+    from logitnorm_plugin._core.errors import UserError
+    from logitnorm_plugin.evaluation.specs import parse_detectors
 
     with installed_plugin(
         third_party, "wrong-kinds", "0.2",

@@ -12,10 +12,11 @@ import parsers
 import pytest
 import torch
 
-from logitnorm_plugin import provenance, report
+from logitnorm_plugin._core import provenance
+from logitnorm_plugin._core.errors import IncompatibleResultsError
 from logitnorm_plugin.cli import main
-from logitnorm_plugin.errors import IncompatibleResultsError
-from logitnorm_plugin.store import ResultStore
+from logitnorm_plugin.reporting import report
+from logitnorm_plugin.store.results import ResultStore
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -96,7 +97,7 @@ def check_traces(folder, out):
                 elif kind == "seeds":
                     assert int(cell) == n
                 elif kind == "published":
-                    from logitnorm_plugin.bench import load_published
+                    from logitnorm_plugin.workflows.bench import load_published
 
                     published = spec["published"]
                     assert published in load_published()["entries"]
@@ -112,7 +113,7 @@ def check_traces(folder, out):
 
 @pytest.fixture(scope="module")
 def bench_folder(tmp_path_factory):
-    from logitnorm_plugin.bench import run
+    from logitnorm_plugin.workflows.bench import run
 
     out = tmp_path_factory.mktemp("bench") / "results"
     run(out=out, seeds=[0], epochs=1, detectors=["msp", "energy"], progress=False,

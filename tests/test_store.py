@@ -6,8 +6,8 @@ import sqlite3
 import pytest
 import torch
 
-from logitnorm_plugin.errors import IncompatibleResultsError, UserError
-from logitnorm_plugin.store import ResultStore, aggregate
+from logitnorm_plugin._core.errors import IncompatibleResultsError, UserError
+from logitnorm_plugin.store.results import ResultStore, aggregate
 
 
 def _row(model, loss, seed, detector, dataset, auroc, acc=0.9, **extra):

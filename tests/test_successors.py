@@ -24,9 +24,9 @@ from torch import nn
 from torch.nn import functional as F
 
 import logitnorm_plugin as lp
-from logitnorm_plugin.errors import MissingModelPartsError
-from logitnorm_plugin.models import DigitsCNN
-from logitnorm_plugin.split import build_loss, split_model, unwrap_model
+from logitnorm_plugin._core.errors import MissingModelPartsError
+from logitnorm_plugin.registry.architectures import DigitsCNN
+from logitnorm_plugin.registry.split import build_loss, split_model, unwrap_model
 from logitnorm_plugin.successors.elogitnorm import (
     ELogitNormLoss,
     class_distances,
@@ -341,8 +341,8 @@ def test_t2fnorm_eval_forward_divides_by_t_and_remove_restores():
 
 
 def test_t2fnorm_t_is_its_own_not_the_recipes(tmp_path):
-    from logitnorm_plugin.errors import UserError
-    from logitnorm_plugin.train_config import resolve_config
+    from logitnorm_plugin._core.errors import UserError
+    from logitnorm_plugin.training.config import resolve_config
 
     config, _ = resolve_config(loss="t2fnorm")
     assert config["loss_kwargs"] == {"t": PUBLISHED_T} and config["t"] is None
@@ -355,8 +355,8 @@ def test_t2fnorm_t_is_its_own_not_the_recipes(tmp_path):
 
 
 def test_a_trained_t2fnorm_run_loads_as_the_test_time_network(tmp_path):
-    from logitnorm_plugin.evaluation import evaluate
-    from logitnorm_plugin.runs import load_checkpoint, load_trained
+    from logitnorm_plugin.evaluation.engine import evaluate
+    from logitnorm_plugin.training.runs import load_checkpoint, load_trained
 
     out = tmp_path / "t2f"
     lp.train(loss="t2fnorm", loss_kwargs={"t": 0.2}, epochs=2, batch_size=256, out=out,
@@ -377,7 +377,7 @@ def test_a_trained_t2fnorm_run_loads_as_the_test_time_network(tmp_path):
     scores = {}
     evaluate({"t2f": str(out)}, "digits", ["msp"], progress=False, keep_scores=True,
              scores_out=scores)
-    from logitnorm_plugin.benchmarks import DigitsBenchmark
+    from logitnorm_plugin.data.benchmarks import DigitsBenchmark
 
     id_set = DigitsBenchmark(seed=0).test_sets(known=True, unknown=False)[0]
     images = torch.stack([id_set[i][0] for i in range(len(id_set))])
@@ -390,9 +390,9 @@ def test_a_trained_t2fnorm_run_loads_as_the_test_time_network(tmp_path):
 
 
 def test_tune_t_tunes_t2fnorms_temperature_by_the_same_protocol(tmp_path):
-    from logitnorm_plugin import tuning
-    from logitnorm_plugin.errors import UserError
-    from logitnorm_plugin.runs import read_config
+    from logitnorm_plugin._core.errors import UserError
+    from logitnorm_plugin.training.runs import read_config
+    from logitnorm_plugin.workflows import tune_t as tuning
 
     fast = dict(dataset="digits", epochs=1, seeds=[0], device="cpu", noise_n=200,
                 progress=False, stdout=False, arch_kwargs={"width": 4}, batch_size=256)
@@ -418,7 +418,7 @@ def test_torchrun_two_processes_train_the_successors(tmp_path, loss):
     import sys
     from pathlib import Path
 
-    from logitnorm_plugin.runs import load_trained
+    from logitnorm_plugin.training.runs import load_trained
 
     torchrun = Path(sys.executable).parent / "torchrun"
     out = tmp_path / "run"
@@ -440,7 +440,7 @@ def test_torchrun_two_processes_train_the_successors(tmp_path, loss):
 
 
 def test_listing_says_which_objectives_bind_model_parts():
-    from logitnorm_plugin import registry
+    from logitnorm_plugin.registry import entry_points as registry
 
     notes = {row["name"]: row["notes"] for row in registry.describe("loss")}
     assert notes["elogitnorm"] == notes["t2fnorm"] == "binds the model's head"
@@ -454,7 +454,7 @@ def test_the_training_step_with_a_successor_is_one_graph_with_no_host_sync(name)
     import torch._dynamo
 
     from logitnorm_plugin.data import ImageTensors
-    from logitnorm_plugin.train_step import TrainStep
+    from logitnorm_plugin.training.step import TrainStep
 
     torch.manual_seed(0)
     model = DigitsCNN(10, width=8)

@@ -13,17 +13,18 @@ from torch import nn
 from torch.nn import functional as F
 
 import logitnorm_plugin
-from logitnorm_plugin import atomic
-from logitnorm_plugin.cli import main as cli
-from logitnorm_plugin.cli._args import key_values as parse_loss_args
-from logitnorm_plugin.errors import (
+from logitnorm_plugin._core import atomic
+from logitnorm_plugin._core.errors import (
     ConfigMismatchError,
     ModelIntegrityError,
     TrainingDivergedError,
     UserError,
 )
-from logitnorm_plugin.recipes import DIGITS_T
-from logitnorm_plugin.runs import (
+from logitnorm_plugin.cli import main as cli
+from logitnorm_plugin.cli._args import key_values as parse_loss_args
+from logitnorm_plugin.training.loop import train
+from logitnorm_plugin.training.recipes import DIGITS_T
+from logitnorm_plugin.training.runs import (
     CHECKPOINT_FILE,
     load_trained,
     model_entry,
@@ -31,8 +32,7 @@ from logitnorm_plugin.runs import (
     read_metrics,
     sha256_file,
 )
-from logitnorm_plugin.train_step import TrainStep, _sync_free_loss
-from logitnorm_plugin.training import train
+from logitnorm_plugin.training.step import TrainStep, _sync_free_loss
 
 # small and quick: a narrow digits CNN, 3 epochs of the digits recipe
 SMALL = dict(dataset="digits", arch_kwargs={"width": 8}, epochs=3, progress=False)
@@ -131,7 +131,7 @@ def test_run_folder_contents_and_metrics(reference):
         assert 0 <= r["test_accuracy"] <= 1 and r["logit_norm_std"] >= 0
     # lr at each epoch start: the digits recipe's 3-epoch warm-up (20 steps per epoch) times
     # a cosine over the 3 epochs
-    from logitnorm_plugin.train_step import lr_factor as _lr_factor
+    from logitnorm_plugin.training.step import lr_factor as _lr_factor
 
     config = json.loads((out / "config.json").read_text())
     factor = _lr_factor(config, 20)
@@ -199,7 +199,7 @@ def test_tampered_model_file_is_refused(reference, tmp_path):
 
 
 def test_public_train_is_the_training_function():
-    import logitnorm_plugin.training as module
+    import logitnorm_plugin.training.loop as module
 
     assert logitnorm_plugin.train is module.train is train
     assert logitnorm_plugin.load_trained is load_trained
@@ -285,7 +285,7 @@ def test_train_step_accumulates_on_device_and_spots_nan():
 
 
 def test_lr_schedules_match_their_definitions():
-    from logitnorm_plugin.train_step import lr_factor as _lr_factor
+    from logitnorm_plugin.training.step import lr_factor as _lr_factor
 
     base = {"lr": 0.1, "epochs": 10, "gamma": 0.1, "milestones": [3, 6], "lr_min": 1e-6,
             "warmup_epochs": 0}
@@ -309,8 +309,8 @@ def test_lr_schedules_match_their_definitions():
 
 
 def test_fast_path_defaults():
-    from logitnorm_plugin.train_step import compile_mode as _compile_mode
-    from logitnorm_plugin.train_step import fast_path_defaults
+    from logitnorm_plugin.training.step import compile_mode as _compile_mode
+    from logitnorm_plugin.training.step import fast_path_defaults
 
     cpu = fast_path_defaults("cpu")
     assert cpu == {"amp_dtype": None, "channels_last": False, "compile_mode": None}

@@ -1,4 +1,4 @@
-"""Tests of ``logitnorm-ood tune-t`` (logitnorm_plugin.tuning, .t_selection): the rule as
+"""Tests of ``logitnorm-ood tune-t`` (logitnorm_plugin.workflows.tune_t, .t_selection): the rule as
 stated, validation data only (no test split, no test-time OOD set), resumable grid, the shipped
 digits result."""
 
@@ -8,17 +8,19 @@ import math
 
 import pytest
 
-from logitnorm_plugin import recipes, t_selection, tuning
-from logitnorm_plugin.errors import UserError
+from logitnorm_plugin._core.errors import UserError
 from logitnorm_plugin.metrics import PAPER_FPR_KEY
-from logitnorm_plugin.store import ResultStore
+from logitnorm_plugin.store.results import ResultStore
+from logitnorm_plugin.training import recipes
+from logitnorm_plugin.workflows import t_selection
+from logitnorm_plugin.workflows import tune_t as tuning
 
 FAST = dict(dataset="digits", epochs=1, seeds=[0], device="cpu", noise_n=200, progress=False,
             stdout=False)
 
 
 def _train_module():
-    return importlib.import_module("logitnorm_plugin.training")
+    return importlib.import_module("logitnorm_plugin.training.loop")
 
 
 # -- the rule, on numbers we choose ------------------------------------------------------------
@@ -82,7 +84,7 @@ def test_a_choice_at_the_edge_of_the_grid_is_flagged():
 
 
 def test_shortened_recipe_scales_milestones():
-    from logitnorm_plugin.recipes import get_recipe
+    from logitnorm_plugin.training.recipes import get_recipe
 
     assert tuning._shortened(get_recipe("paper"), 20) == {"milestones": (8, 14)}
     assert tuning._shortened(get_recipe("paper"), 200) == {}
@@ -260,7 +262,7 @@ def test_reading_the_shipped_t_is_light():
 
     assert tuning.PAPER_FPR_KEY == metrics.PAPER_FPR_KEY
     code = (
-        "import sys, logitnorm_plugin.recipes as r; r.recommended_digits_t(); "
+        "import sys, logitnorm_plugin.training.recipes as r; r.recommended_digits_t(); "
         "print(sorted(m for m in ('torch', 'pytorch_ood', 'numpy') if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -274,7 +276,7 @@ def test_shipped_digits_result_matches_the_current_recipe():
     record's command and copy its recommended_t.json to logitnorm_plugin/tuned_t.json)."""
     record = recipes.tuned_t_record()
     training = record["training"]
-    from logitnorm_plugin.train_config import resolve_config
+    from logitnorm_plugin.training.config import resolve_config
 
     config, _ = resolve_config(
         record["dataset"], record["arch"], "logitnorm", {"t": record["chosen_t"]},

@@ -1,7 +1,7 @@
 """The ``logitnorm-ood`` command line: one module per command, the only place argparse lives.
 
 Each command module provides ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args)``;
-this file wires them up and turns :class:`~logitnorm_plugin.errors.UserError` into a one-line
+this file wires them up and turns :class:`~logitnorm_plugin._core.errors.UserError` into a one-line
 message on stderr and exit status 2. A command's module is imported only when it runs, so
 ``logitnorm-ood list`` stays light.
 """
@@ -12,7 +12,7 @@ import sys
 import warnings
 from typing import List
 
-from logitnorm_plugin.errors import UserError
+from logitnorm_plugin._core.errors import UserError
 
 #: command -> module of this package that implements it
 COMMANDS = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 from typing import Any, Dict, List, Sequence
 
-from logitnorm_plugin.errors import UserError
+from logitnorm_plugin._core.errors import UserError
 
 __all__ = ["add_threads", "command_line", "key_values", "numbers", "seeds", "split", "threads"]
 
@@ -84,7 +84,7 @@ def threads(value: str) -> int | str:
 
 def add_threads(parser) -> None:
     """The ``--threads`` option of ``train``, ``bench`` and ``tune-t`` (one rule:
-    :func:`logitnorm_plugin.device.resolve_threads`)."""
+    :func:`logitnorm_plugin._core.device.resolve_threads`)."""
     parser.add_argument("--threads", default="auto",
                         help="torch CPU threads: a number, or auto (default): 1 for the digits "
                         "on the CPU (their tiny models gain little from a second thread and "

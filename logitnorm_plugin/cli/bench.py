@@ -1,12 +1,12 @@
 """``logitnorm-ood bench``: a comparison benchmark with one command
-(:func:`logitnorm_plugin.bench.run`)."""
+(:func:`logitnorm_plugin.workflows.bench.run`)."""
 
 import argparse
 from pathlib import Path
 
-from logitnorm_plugin.bench import DEFAULTS
-from logitnorm_plugin.bench_output import README_END, README_START
 from logitnorm_plugin.cli import _args
+from logitnorm_plugin.reporting.bench_output import README_END, README_START
+from logitnorm_plugin.workflows.bench import DEFAULTS
 
 HELP = "run a comparison benchmark (default: digits, offline)"
 
@@ -73,8 +73,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from logitnorm_plugin.bench import run as run_bench
-    from logitnorm_plugin.bench_output import readme_section, update_readme
+    from logitnorm_plugin.reporting.bench_output import readme_section, update_readme
+    from logitnorm_plugin.workflows.bench import run as run_bench
 
     if args.update_readme:
         # fail before the run, not after it

@@ -1,15 +1,16 @@
 """``logitnorm-ood export``: results in pytorch-ood's table layout or as OpenOOD leaderboard
-rows (:mod:`logitnorm_plugin.export`, :mod:`logitnorm_plugin.reporting.leaderboard`); trained
+rows (:mod:`logitnorm_plugin.reporting.export`, :mod:`logitnorm_plugin.reporting.leaderboard`);
+trained
 models as a ``ModelEntry`` for pytorch-ood's registry, a patch of that registry, or a Hugging
-Face model repository folder (:mod:`logitnorm_plugin.upstream`,
+Face model repository folder (:mod:`logitnorm_plugin.reporting.model_entry`,
 :mod:`logitnorm_plugin.reporting`)."""
 
 import argparse
 import sys
 from pathlib import Path
 
-from logitnorm_plugin.errors import UserError, closest_match
-from logitnorm_plugin.export import FORMATS
+from logitnorm_plugin._core.errors import UserError, closest_match
+from logitnorm_plugin.reporting.export import FORMATS
 
 HELP = "export results or a model entry for pytorch-ood"
 
@@ -61,8 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _models(args) -> int:
-    from logitnorm_plugin import upstream
-    from logitnorm_plugin.runs import read_card
+    from logitnorm_plugin.reporting import model_entry as upstream
+    from logitnorm_plugin.training.runs import read_card
 
     if args.results_dir is not None:
         raise UserError("give either RESULTS_DIR or --model RUN_DIR, not both")
@@ -87,7 +88,7 @@ def _models(args) -> int:
             print(f"{what}: {path}")
         return 0
     if args.pytorch_ood_patch:
-        from logitnorm_plugin.atomic import write_text
+        from logitnorm_plugin._core.atomic import write_text
         from logitnorm_plugin.reporting.pytorch_ood_patch import registry_patch
 
         diff = registry_patch(args.model, url_prefix=args.url_prefix,
@@ -110,7 +111,7 @@ def _models(args) -> int:
 
 
 def run(args) -> int:
-    from logitnorm_plugin import export
+    from logitnorm_plugin.reporting import export
 
     if args.model is not None:
         return _models(args)

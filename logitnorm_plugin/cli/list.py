@@ -1,8 +1,8 @@
 """``logitnorm-ood list``: the registered losses, detectors and benchmarks with their papers."""
 
-from logitnorm_plugin import registry
-from logitnorm_plugin.errors import UserError
-from logitnorm_plugin.tables import plain_table
+from logitnorm_plugin._core.errors import UserError
+from logitnorm_plugin._core.tables import plain_table
+from logitnorm_plugin.registry import entry_points as registry
 
 HELP = "list registered losses, detectors and benchmarks"
 

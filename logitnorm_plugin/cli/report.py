@@ -1,9 +1,9 @@
 """``logitnorm-ood report``: a Markdown report with figures from a results folder
-(:func:`logitnorm_plugin.report.write_report`)."""
+(:func:`logitnorm_plugin.reporting.report.write_report`)."""
 
 import argparse
 
-from logitnorm_plugin.report import BASELINE
+from logitnorm_plugin.reporting.report import BASELINE
 
 HELP = "write a Markdown report with plots"
 
@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from logitnorm_plugin.report import write_report
+    from logitnorm_plugin.reporting.report import write_report
 
     report = write_report(args.results_dir, out=args.out, runs=args.runs,
                           baseline=args.baseline, data_root=args.data_root, device=args.device,

@@ -61,8 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from logitnorm_plugin.device import resolve_threads, torch_threads
-    from logitnorm_plugin.training import train
+    from logitnorm_plugin._core.device import resolve_threads, torch_threads
+    from logitnorm_plugin.training.loop import train
 
     threads = resolve_threads(_args.threads(args.threads), args.device, args.dataset)
     with torch_threads(threads):

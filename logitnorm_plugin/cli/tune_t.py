@@ -4,10 +4,15 @@
 import argparse
 from pathlib import Path
 
+from logitnorm_plugin._core.conventions import PAPER_FPR_KEY
+from logitnorm_plugin._core.errors import UserError
 from logitnorm_plugin.cli import _args
-from logitnorm_plugin.conventions import PAPER_FPR_KEY
-from logitnorm_plugin.errors import UserError
-from logitnorm_plugin.t_selection import DEFAULT_GRID, METRICS, VALIDATION_NOISE_SEED, t_text
+from logitnorm_plugin.workflows.t_selection import (
+    DEFAULT_GRID,
+    METRICS,
+    VALIDATION_NOISE_SEED,
+    t_text,
+)
 
 HELP = "choose the LogitNorm temperature on Gaussian noise"
 
@@ -66,7 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from logitnorm_plugin.tuning import tune_t
+    from logitnorm_plugin.workflows.tune_t import tune_t
 
     tag = Path(str(args.dataset)).name.lower() or "dataset"
     out = args.out if args.out is not None else str(Path("tune-t") / tag)

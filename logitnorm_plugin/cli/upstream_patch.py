@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from logitnorm_plugin.errors import UserError
+    from logitnorm_plugin._core.errors import UserError
     from logitnorm_plugin.reporting.upstream_patch import SeriesRequest, write_series
 
     extra = {}

@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, Tuple
 
-from ..conventions import canonical_name
-from ..errors import UnknownNameError, closest_match
+from logitnorm_plugin._core.conventions import canonical_name
+from logitnorm_plugin._core.errors import UnknownNameError, closest_match
 
 __all__ = ["DATASETS", "OOD_SETS", "PAPER_OOD", "DatasetEntry", "OODEntry", "dataset_entry",
            "ood_entry"]

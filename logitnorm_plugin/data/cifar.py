@@ -11,8 +11,8 @@ download, and this module never switches that off: the CIFAR batches are Python 
 only a verified file is unpickled.
 
 When ``download=True`` and the download fails (no network, a proxy, a damaged archive), the
-:class:`~logitnorm_plugin.errors.MissingDataError` says so, names the URL and where to put the
-file by hand; only without ``download`` does it suggest passing ``download=True``.
+:class:`~logitnorm_plugin._core.errors.MissingDataError` says so, names the URL and where to put
+the file by hand; only without ``download`` does it suggest passing ``download=True``.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..errors import MissingDataError
-from .catalog import DATASETS
-from .tensors import ImageTensors
+from logitnorm_plugin._core.errors import MissingDataError
+from logitnorm_plugin.data.catalog import DATASETS
+from logitnorm_plugin.data.tensors import ImageTensors
 
 __all__ = ["load_cifar", "load_svhn"]
 

@@ -36,8 +36,8 @@ from typing import Sequence, Tuple
 import numpy as np
 import torch
 
-from .noise import NoiseDataset, quantize
-from .tensors import ImageTensors
+from logitnorm_plugin.data.noise import NoiseDataset, quantize
+from logitnorm_plugin.data.tensors import ImageTensors
 
 __all__ = [
     "DIGITS_LEVELS",

@@ -11,7 +11,7 @@ torchvision's ``Resize(min(size))`` (shorter side, bilinear with antialiasing) f
 (LSUN-Crop, LSUN-Resize and iSUN are published at 32 x 32) and resizes + crops any other.
 
 A file that PIL cannot decode (truncated, damaged, not an image) raises
-:class:`~logitnorm_plugin.errors.CorruptDataError` naming the file and saying to remove or
+:class:`~logitnorm_plugin._core.errors.CorruptDataError` naming the file and saying to remove or
 replace it, instead of PIL's own error, which names no file.
 
 Cache: the decoded tensor is stored (atomically) under ``<data root>/.logitnorm_decoded/``,
@@ -32,8 +32,8 @@ from typing import List, Sequence, Tuple
 import numpy as np
 import torch
 
-from ..errors import CorruptDataError, MissingDataError
-from .tensors import ImageTensors
+from logitnorm_plugin._core.errors import CorruptDataError, MissingDataError
+from logitnorm_plugin.data.tensors import ImageTensors
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -170,7 +170,7 @@ def decode_folder(
         list(pool.map(work, range(len(files))))
     images = torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
     if cache_file is not None:
-        from ..atomic import torch_save
+        from logitnorm_plugin._core.atomic import torch_save
 
         try:
             torch_save(images, cache_file)

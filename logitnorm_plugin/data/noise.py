@@ -24,8 +24,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ..rng import hash64
-from .tensors import ImageTensors
+from logitnorm_plugin._core.rng import hash64
+from logitnorm_plugin.data.tensors import ImageTensors
 
 __all__ = ["NOISE_KINDS", "NoiseDataset", "noise_image", "noise_images", "quantize"]
 

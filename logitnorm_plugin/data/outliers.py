@@ -9,7 +9,7 @@ Three kinds of source, named by ``train(..., outliers=...)`` / ``--outliers``:
     TinyImages of the Outlier Exposure authors) and ``TinyImageNet`` (its ``train`` images,
     ``<root>/tiny-imagenet-200/train/``), looked up under the data root; downloaded with
     pytorch-ood's own downloaders only with ``download=True`` (``--download``), else a
-    :class:`~logitnorm_plugin.errors.MissingDataError` says where they are expected.
+    :class:`~logitnorm_plugin._core.errors.MissingDataError` says where they are expected.
 an image folder (a path)
     Every image under it, flat or in class folders (class names are ignored), resized
     (shorter side) and center-cropped to the ID size, in the ID channels, decoded once and
@@ -57,11 +57,16 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 import torch
 
-from ..conventions import canonical_name
-from ..errors import MissingDataError, UnknownNameError, UserError, closest_match
-from ..rng import hash64
-from .catalog import OOD_SETS
-from .tensors import ImageTensors
+from logitnorm_plugin._core.conventions import canonical_name
+from logitnorm_plugin._core.errors import (
+    MissingDataError,
+    UnknownNameError,
+    UserError,
+    closest_match,
+)
+from logitnorm_plugin._core.rng import hash64
+from logitnorm_plugin.data.catalog import OOD_SETS
+from logitnorm_plugin.data.tensors import ImageTensors
 
 __all__ = ["DEFAULT_OUTLIERS", "DIGITS_JIGSAW_SIZE", "OUTLIER_SOURCES", "OutlierSource",
            "default_outlier_source", "digits_jigsaw", "jigsaw_plan", "list_outlier_sources",
@@ -135,7 +140,7 @@ def outliers_for(loss_cls: type, loss_name: str, dataset: str, outliers=None):
 
     :raises UserError: an objective needs outliers and the dataset has no named source
     """
-    from ..outliers import needs_outliers
+    from logitnorm_plugin.objectives import needs_outliers
 
     if not needs_outliers(loss_cls):
         return None
@@ -213,7 +218,7 @@ def jigsaw_plan(seed: int, index: int, pool: int, attempt: int = 0) -> Tuple[int
 
 @functools.lru_cache(maxsize=4)
 def _jigsaw_images(n: int, seed: int, split: str, split_seed: int) -> torch.Tensor:
-    from .digits import load_digits_split
+    from logitnorm_plugin.data.digits import load_digits_split
 
     pool = load_digits_split(split, split_seed).images[:, 0]  # P x 8 x 8 uint8
     flat = pool.reshape(len(pool), 64)
@@ -258,7 +263,7 @@ def digits_jigsaw(
     :param split: the training split the digits come from: ``"train_full"`` or ``"train"``
     :param split_seed: the seed of the ``train`` / ``val`` hold-out
     """
-    from .digits import DIGITS_MEAN, DIGITS_STD
+    from logitnorm_plugin.data.digits import DIGITS_MEAN, DIGITS_STD
 
     if split not in ("train", "train_full"):
         raise ValueError(f"digits_jigsaw uses a training split, not {split!r}")
@@ -276,7 +281,7 @@ def _fit(images: torch.Tensor, size, channels: int, levels: int) -> torch.Tensor
     (ITU-R 601 luma for grey) and grey levels, in chunks."""
     import torchvision.transforms.functional as TF
 
-    from .noise import quantize
+    from logitnorm_plugin.data.noise import quantize
 
     size = (int(size[0]), int(size[1]))
     parts = []
@@ -312,7 +317,7 @@ def _tinyimages300k(root: Path, download: bool) -> torch.Tensor:
 
 
 def _tinyimagenet(root: Path, download: bool, size, channels: int) -> torch.Tensor:
-    from .images import decode_folder
+    from logitnorm_plugin.data.images import decode_folder
 
     folder = root / "tiny-imagenet-200" / "train"
     if not folder.is_dir() and download:
@@ -349,8 +354,8 @@ def load_outliers(
     :raises MissingDataError: the data is not on disk (and ``download`` is false), or a folder
         holds no image
     """
-    from . import _root, dataset_meta
-    from .images import decode_folder, list_images
+    from logitnorm_plugin.data import _root, dataset_meta
+    from logitnorm_plugin.data.images import decode_folder, list_images
 
     meta = dataset_meta(dataset)
     size, channels = tuple(meta["size"]), int(meta["in_channels"])
@@ -379,12 +384,12 @@ def load_outliers(
 
 def outlier_stream(config, rank: int, world_size: int, device, root=None,
                    download: bool = False):
-    """The :class:`~logitnorm_plugin.outliers.OutlierStream` of a training run (its outlier
+    """The :class:`~logitnorm_plugin.objectives.OutlierStream` of a training run (its outlier
     set on ``device``), or ``None`` for a run without outliers.
 
-    :param config: the run's :class:`~logitnorm_plugin.train_config.TrainConfig`
+    :param config: the run's :class:`~logitnorm_plugin.training.config.TrainConfig`
     """
-    from ..outliers import OutlierStream
+    from logitnorm_plugin.objectives import OutlierStream
 
     if config.get("outliers") is None:
         return None

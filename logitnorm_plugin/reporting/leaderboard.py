@@ -36,10 +36,10 @@ from typing import Any
 
 import numpy as np
 
-from logitnorm_plugin.aggregation import detector_group_of
-from logitnorm_plugin.conventions import OPENOOD_FPR_KEY, canonical_name, safe_file_part
-from logitnorm_plugin.errors import IncompatibleResultsError, UserError
-from logitnorm_plugin.store import open_results
+from logitnorm_plugin._core.conventions import OPENOOD_FPR_KEY, canonical_name, safe_file_part
+from logitnorm_plugin._core.errors import IncompatibleResultsError, UserError
+from logitnorm_plugin.store.aggregation import detector_group_of
+from logitnorm_plugin.store.results import open_results
 
 __all__ = [
     "EVAL_OOD_COLUMNS",
@@ -259,7 +259,7 @@ def _group_row(config: Mapping[str, Any], cfg_id: str, models: Mapping[str, list
 
 def leaderboard_rows(store) -> list[LeaderboardRow]:
     """The rows of every (benchmark configuration, architecture, training objective, detector)
-    of an open :class:`~logitnorm_plugin.store.ResultStore`, in the store's order."""
+    of an open :class:`~logitnorm_plugin.store.results.ResultStore`, in the store's order."""
     out = []
     for cfg_id in store.config_ids():
         rows = store.rows(config_id=cfg_id, with_ids=True)
@@ -332,7 +332,7 @@ def eval_ood_table(row: LeaderboardRow) -> str:
 
 def _paper_link(alias: str, kind: str, name: str) -> str:
     """The paper of an alias: this package's table, else the registered class's ``info``."""
-    from logitnorm_plugin import registry
+    from logitnorm_plugin.registry import entry_points as registry
 
     if alias in _PAPER_LINKS:
         return _PAPER_LINKS[alias]
@@ -367,8 +367,8 @@ def write_leaderboard(results_dir, out=None, nonstandard: bool = False) -> dict[
     :raises NonStandardResultsError: for a store outside the v1.5 protocol without
         ``nonstandard``
     """
-    from logitnorm_plugin.atomic import write_text
-    from logitnorm_plugin.export import csv_provenance
+    from logitnorm_plugin._core.atomic import write_text
+    from logitnorm_plugin.reporting.export import csv_provenance
 
     with open_results(results_dir) as store:
         rows = leaderboard_rows(store)

@@ -5,7 +5,8 @@ the installed pytorch-ood's ``src/pytorch_ood/model/registry.py`` (paths ``a/src
 ``b/src/...``, so ``patch -p1`` or ``git apply`` applies it in a pytorch-ood checkout or source
 distribution) that adds one ``ModelEntry(...)`` per run to ``_ENTRIES``: after the last entry of
 the same architecture and dataset, else after the last of the same dataset, else at the end of
-the list. The entries are those of :func:`logitnorm_plugin.upstream.model_entry_snippet`
+the list. The entries are those of
+:func:`logitnorm_plugin.reporting.model_entry.model_entry_snippet`
 (checked against the run's card); ``url_prefix`` replaces the ``https://FILL-IN`` placeholder,
 so the URL is ``<url_prefix>/<key>/model-<sha256[:16]>.pt``, the layout ``--weights-out``
 writes.
@@ -23,8 +24,8 @@ import inspect
 from collections.abc import Sequence
 from pathlib import Path
 
-from logitnorm_plugin import upstream
-from logitnorm_plugin.errors import UsageError, UserError
+from logitnorm_plugin._core.errors import UsageError, UserError
+from logitnorm_plugin.reporting import model_entry as upstream
 
 __all__ = ["REGISTRY_PATH", "entry_lines", "installed_registry", "insert_entries",
            "registry_patch"]
@@ -68,8 +69,8 @@ def _keys(source: str) -> list[str]:
 
 
 def entry_lines(snippet: str) -> list[str]:
-    """A snippet of :func:`~logitnorm_plugin.upstream.model_entry_snippet` as list items:
-    indented by four spaces, the call followed by a comma."""
+    """A snippet of :func:`~logitnorm_plugin.reporting.model_entry.model_entry_snippet` as list
+    items: indented by four spaces, the call followed by a comma."""
     lines = snippet.rstrip("\n").split("\n")
     if lines[-1] != ")":
         raise ValueError("not a ModelEntry snippet: it does not end with ')'")
@@ -125,7 +126,7 @@ def registry_patch(run_dirs: Sequence, url_prefix: str | None = None,
     :param keys: registry keys instead of the derived ones (one per run, or ``None``)
     :return: the diff, with ``a/`` and ``b/`` paths relative to the repository root
     """
-    from logitnorm_plugin.runs import read_card
+    from logitnorm_plugin.training.runs import read_card
 
     _, source = installed_registry()
     keys = list(keys) if keys is not None else [None] * len(run_dirs)

@@ -33,7 +33,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from logitnorm_plugin.errors import MissingDataError, UserError
+from logitnorm_plugin._core.errors import MissingDataError, UserError
 from logitnorm_plugin.reporting import _upstream_sources as sources
 
 __all__ = ["SeriesRequest", "default_source", "sdist_cache_dir", "write_series"]

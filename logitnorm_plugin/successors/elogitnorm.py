@@ -51,7 +51,7 @@ from logitnorm_plugin.loss import (
     _masked_cross_entropy,
     _norm_floor,
 )
-from logitnorm_plugin.split import missing_parts_error
+from logitnorm_plugin.registry.split import missing_parts_error
 
 #: the smallest instance scale used: all-equal logits have scale 0 (LogitNorm's ``EPS``)
 SCALE_FLOOR = EPS
@@ -153,7 +153,7 @@ class ELogitNormLoss(nn.Module):
         supervised=False,
     )
 
-    #: what :func:`logitnorm_plugin.split.build_loss` binds: the final ``nn.Linear``
+    #: what :func:`logitnorm_plugin.registry.split.build_loss` binds: the final ``nn.Linear``
     model_parts = ("head",)
 
     def __init__(self, head: nn.Linear | None = None, reduction: str = "mean"):

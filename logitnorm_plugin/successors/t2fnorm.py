@@ -26,7 +26,7 @@ checkpoints, resume and DDP are those of the architecture.
 it writes to ``model.pt``, folds :math:`1/\\tau` into the final layer
 (:math:`W' = W / \\tau`): the run folder then loads, through the package's ordinary loaders,
 as the plain architecture whose forward is :math:`W' f(x) + b = W (f(x) / \\tau) + b`, the
-test-time network, and whose split (``logitnorm_plugin.split``) gives detectors the raw
+test-time network, and whose split (``logitnorm_plugin.registry.split``) gives detectors the raw
 penultimate features :math:`f(x)` with the final layer :math:`W'`, the linear map that gives
 the model's logits from them. (``checkpoint.pt`` keeps the unfolded weights, for resume.)
 
@@ -47,7 +47,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from logitnorm_plugin.loss import _REDUCTIONS, _check_inputs, _masked_cross_entropy
-from logitnorm_plugin.split import missing_parts_error
+from logitnorm_plugin.registry.split import missing_parts_error
 
 #: OpenOOD v1.5 ``configs/pipelines/train/train_t2fnorm.yml``: ``trainer_args.tau``
 PUBLISHED_T = 0.1
@@ -111,7 +111,7 @@ class T2FNormLoss(nn.Module):
         supervised=False,
     )
 
-    #: what :func:`logitnorm_plugin.split.build_loss` binds: the final ``nn.Linear``
+    #: what :func:`logitnorm_plugin.registry.split.build_loss` binds: the final ``nn.Linear``
     model_parts = ("head",)
 
     #: the recipes' LogitNorm temperature is not T2FNorm's: the default above stays

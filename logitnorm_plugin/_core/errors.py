@@ -1,0 +1,122 @@
+"""Errors a user can act on.
+
+Every exception here derives from :class:`UserError`: the command line prints its message and
+exits with status 2, without a traceback. Each also derives from the builtin a caller would
+expect (``ValueError`` for a bad name or value, ``FileNotFoundError`` for missing data), so
+library users can catch the usual types.
+"""
+
+
+class UserError(Exception):
+    """Base of errors caused by the input, with a message that says how to fix it."""
+
+
+class UnknownNameError(UserError, ValueError):
+    """A name that no registry, dataset table or architecture table knows.
+
+    :param kind: what was looked up, e.g. ``"detector"``
+    :param name: the name asked for
+    :param available: the names that exist
+    :param closest: the closest existing name, if any is close
+    """
+
+    def __init__(self, kind: str, name: str, available, closest=None):
+        self.kind, self.name = kind, name
+        self.available = sorted(available)
+        self.closest = closest
+        hint = f" Did you mean '{closest}'?" if closest else ""
+        listing = ", ".join(self.available) if self.available else "(none installed)"
+        plural = kind + ("es" if kind.endswith("s") else "s")
+        super().__init__(f"Unknown {kind} '{name}'.{hint} Available {plural}: {listing}")
+
+
+class MissingDataError(UserError, FileNotFoundError):
+    """A dataset is not on disk; the message names the path and how to get it."""
+
+
+class CorruptDataError(UserError, OSError):
+    """A data file exists but cannot be read (truncated, damaged, not what its name says); the
+    message names the file and how to replace it. An ``OSError``, as PIL's own errors are."""
+
+
+class ConfigMismatchError(UserError, ValueError):
+    """A run folder holds a run with another configuration than the one asked for."""
+
+
+class TrainingDivergedError(UserError, RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class ModelIntegrityError(UserError, ValueError):
+    """A model file whose SHA-256 differs from the one its model card records."""
+
+
+class IncompatibleResultsError(UserError, ValueError):
+    """A results folder is missing, empty, damaged, or written by an incompatible version."""
+
+
+class UntrustedFileError(UserError, ValueError):
+    """A file asks for something this package never does for a file: build a class outside
+    the closed table of architectures, unpickle Python objects, or write outside a folder."""
+
+
+class FolderBusyError(UserError, RuntimeError):
+    """Another process holds the lock of a folder this command writes to."""
+
+
+class StorageError(UserError, OSError):
+    """A file or folder cannot be written: permission denied, a file where a folder belongs,
+    or no space left on the device."""
+
+
+class UsageError(UserError, ValueError):
+    """Arguments that cannot work together as given (e.g. two models with one label)."""
+
+
+def one_line(text, limit: int = 400) -> str:
+    """``text`` on one line (whitespace runs collapsed), cut at ``limit`` characters: for
+    messages that quote another library's multi-line error."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+class DetectorFitError(UserError, RuntimeError):
+    """A detector could not be fitted on the benchmark's training split (e.g. SHE with a model
+    that predicts no training image of some class correctly).
+
+    :param key: the detector's store key in the evaluation
+    :param name: the detector's class name
+    :param cause: what its ``fit`` raised
+    """
+
+    def __init__(self, key: str, name: str, cause: BaseException):
+        self.key, self.name = key, name
+        super().__init__(
+            f"the detector {name} could not be fitted on the benchmark's training split "
+            f"({type(cause).__name__}: {one_line(str(cause), 200)}); leave it out, or give it "
+            "a better-trained model"
+        )
+
+
+def closest_match(name: str, candidates) -> "str | None":
+    """The candidate most similar to ``name`` (``None`` if nothing is reasonably close)."""
+    import difflib
+
+    matches = difflib.get_close_matches(name.lower(), [c.lower() for c in candidates], 1, 0.5)
+    if not matches:
+        return None
+    lowered = {c.lower(): c for c in candidates}
+    return lowered[matches[0]]
+
+
+class UnsupportedModelError(UserError, ValueError):
+    """A model that :func:`logitnorm_plugin.registry.split.split_model` cannot split into the
+    encoder,
+    head and backbone that feature-based detectors take; the message names what is missing and
+    the protocol that declares it."""
+
+
+class MissingModelPartsError(UserError, ValueError):
+    """A loss that declares ``model_parts`` (e.g. ELogitNorm's final layer) was built without
+    them; the message names the parts and how to pass them
+    (:func:`logitnorm_plugin.registry.split.build_loss`)."""

@@ -1,0 +1,290 @@
+"""How the evaluation engine feeds every detector from one pass per dataset.
+
+When some detector needs more than logits, the engine's one pass over a dataset goes through
+the model's split (:mod:`logitnorm_plugin.registry.split`, :class:`SplitForward`): the encoder
+gives the
+``B x D`` features ``z`` and the final Linear the logits ``head(z)``; with a detector on the
+``feature_maps`` layer the backbone gives the maps ``m`` once, and ``z`` is the final Linear's
+input while their head runs. Every detector is fed by its kind (:func:`plan`); the host class
+(the registered class itself) does all the scoring and fitting:
+
+============  ==========================================  ======================================
+kind          scored with                                 fitted with (the shared train pass)
+============  ==========================================  ======================================
+``logits``    ``predict_logits(logits)``                  ``fit_logits(logits, y)``
+``features``  ``predict_features(z)`` (built on the       ``fit_features(z, y)``
+              split's encoder)
+``backbone``  ``predict(out)``, the host built with an    ``fit_feature_maps(out, y)``
+              identity backbone and the split's head of
+              its layer; ``out`` is ``z`` as
+              ``B x D x 1 x 1`` (``penultimate``) or
+              ``m`` (``feature_maps``)
+``input``     ``predict(x)``: its own pass (input         ``fit_features(z, y)`` when built on
+              gradients, sampling, caller's instances,    the split's encoder, else its own
+              caller-given parts)                         ``fit(loader)``
+============  ==========================================  ======================================
+
+Fused ODIN is an ``input`` detector that the engine serves from the same pass (see
+:mod:`logitnorm_plugin.evaluation.engine`).
+"""
+
+from __future__ import annotations
+
+import inspect
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, List, Mapping, Tuple
+
+import torch
+from pytorch_ood.api import (
+    Detector,
+    FeatureMapsDetector,
+    FeaturesDetector,
+    GradientDetector,
+    LogitsDetector,
+)
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from logitnorm_plugin._core.errors import DetectorFitError, UnsupportedModelError, UserError
+from logitnorm_plugin.registry.split import published_defaults, split_model
+
+LOGITS, FEATURES, BACKBONE, INPUT = "logits", "features", "backbone", "input"
+#: what a shared train pass can hold besides the labels
+MAPS = "maps"
+#: the kinds the shared pass scores (besides logits detectors)
+SHARED = (FEATURES, BACKBONE)
+#: tolerance of the split check, on the logits of the first batch
+CHECK_TOLERANCE = 1e-4
+
+
+@dataclass(frozen=True)
+class Feed:
+    """How the engine feeds one detector.
+
+    :param kind: ``"logits"``, ``"features"``, ``"backbone"`` or ``"input"``
+    :param layer: of a ``backbone`` detector: ``"penultimate"`` or ``"feature_maps"``
+    :param fit_from: what its fit takes from the shared train pass (``"logits"``,
+        ``"features"`` or ``"maps"``), or ``None``: no fit, or its own ``fit(loader)``
+    """
+
+    kind: str
+    layer: str | None = None
+    fit_from: str | None = None
+
+    @property
+    def scored_from(self) -> str | None:
+        """What the scoring pass computes for it besides logits."""
+        if self.kind == FEATURES or (self.kind == BACKBONE and self.layer == "penultimate"):
+            return FEATURES
+        return MAPS if self.kind == BACKBONE else None
+
+
+def _overrides(cls: type, method: str, base: type) -> bool:
+    own = getattr(cls, method, None)
+    return callable(own) and own is not getattr(base, method, None)
+
+
+def plan(cls: type, kwargs: Mapping[str, Any]) -> Tuple[Feed, Dict[str, Any]]:
+    """The feed of a detector the engine builds as ``create_detector(cls, model, **kwargs)``,
+    and what to add to ``kwargs`` (an identity backbone for ``backbone`` detectors).
+
+    Parts given in ``kwargs`` (``encoder=``, ``backbone=``, ``head=``) are the caller's: such
+    a detector runs its own passes."""
+    fits = bool(getattr(cls, "requires_fit", False))
+    gradient = issubclass(cls, GradientDetector)
+    if issubclass(cls, LogitsDetector) and not gradient:
+        return Feed(LOGITS, fit_from=LOGITS if fits else None), {}
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        params = {}
+
+    def on_split(*names: str) -> bool:
+        return all(n in params and n not in kwargs for n in names)
+
+    if issubclass(cls, FeaturesDetector) and not gradient and on_split("encoder"):
+        fit = fits and _overrides(cls, "fit_features", FeaturesDetector)
+        return Feed(FEATURES, fit_from=FEATURES if fit else None), {}
+    if issubclass(cls, FeatureMapsDetector) and not gradient and on_split("backbone", "head"):
+        layer = kwargs.get("layer", published_defaults(cls).get("layer", "penultimate"))
+        source = FEATURES if layer == "penultimate" else MAPS
+        return Feed(BACKBONE, layer, source if fits else None), {"backbone": nn.Identity()}
+    fit = fits and on_split("encoder") and _overrides(cls, "fit_features", FeaturesDetector)
+    return Feed(INPUT, fit_from=FEATURES if fit else None), {}
+
+
+def instance_feed(detector: Detector) -> Feed:
+    """The feed of a caller's instance: logits detectors share the logits (as before), the
+    others run their own passes."""
+    if isinstance(detector, LogitsDetector) and not isinstance(detector, GradientDetector):
+        fits = getattr(detector, "requires_fit", False)
+        return Feed(LOGITS, fit_from=LOGITS if fits else None)
+    return Feed(INPUT)
+
+
+def uses_split(feeds: Iterable[Feed]) -> bool:
+    """Whether the passes must go through the split (some detector takes features or maps)."""
+    return any(f.kind in SHARED or f.fit_from in (FEATURES, MAPS) for f in feeds)
+
+
+class SplitForward:
+    """``model`` run through its split, one batch per call: returns the logits ``head(z)``
+    and keeps the batch's features ``z`` (and maps ``m`` when :attr:`maps` is set).
+
+    On its first batch it checks the split's invariant, the logits equal ``model(x)`` on the
+    same batch (one extra forward of that batch per model). With :attr:`keep` set, it keeps
+    every batch's ``z`` (on the device) and ``m`` (on the CPU) for :meth:`kept`.
+
+    :raises UnsupportedModelError: if the model cannot be split, has no feature maps when
+        they are needed, or its split's logits differ from ``model(x)``
+    """
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.parts = split_model(model)
+        self.maps = self.keep = self.checked = False
+        self.z: Tensor | None = None
+        self.m: Tensor | None = None
+        self._kept: Dict[str, List[Tensor]] = {FEATURES: [], MAPS: []}
+
+    def __call__(self, x: Tensor) -> Tensor:
+        parts, m = self.parts, None
+        if self.maps:
+            backbone, backbone_head = parts.layer("feature_maps")
+            m = backbone(x)
+            seen = []
+            hook = parts.head.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+            try:
+                backbone_head(m)
+            finally:
+                hook.remove()
+            z = seen[0] if len(seen) == 1 else parts.encoder(x)
+        else:
+            z = parts.encoder(x)
+        logits = parts.head(z)
+        if not self.checked:
+            self._check(x, logits)
+        self.z, self.m = z.detach(), None if m is None else m.detach()
+        if self.keep:
+            self._kept[FEATURES].append(self.z)
+            if m is not None:
+                self._kept[MAPS].append(self.m.to("cpu"))
+        return logits
+
+    def _check(self, x: Tensor, logits: Tensor) -> None:
+        with torch.no_grad():
+            expected = self.model(x.detach())
+        got = logits.detach()
+        tol = CHECK_TOLERANCE
+        if got.shape != expected.shape or not torch.allclose(got, expected, tol, tol):
+            path = "the feature_maps path" if self.maps else "head(encoder(x))"
+            raise UnsupportedModelError(
+                f"{path} differs from model(x) for {type(self.model).__name__} "
+                f"({self.parts.kind}): declare the split protocol")
+        self.checked = True
+
+    def kept(self) -> Dict[str, Tensor]:
+        """The kept ``features`` (and ``maps``) of every batch since :attr:`keep` was set;
+        clears them."""
+        out = {k: torch.cat(v) for k, v in self._kept.items() if v}
+        self._kept = {FEATURES: [], MAPS: []}
+        return out
+
+
+def _backbone_output(feed: Feed, z: Tensor, m: Tensor | None) -> Tensor:
+    return z[:, :, None, None] if feed.layer == "penultimate" else m
+
+
+def shared_scores(detectors: Mapping[str, Tuple[Detector, Feed]],
+                  split: SplitForward) -> Dict[str, Tensor]:
+    """Scores of ``features`` and ``backbone`` detectors on the batch ``split`` last ran."""
+    scores = {}
+    with torch.no_grad():
+        for key, (det, feed) in detectors.items():
+            if feed.kind == FEATURES:
+                scores[key] = det.predict_features(split.z)
+            else:
+                scores[key] = det.predict(_backbone_output(feed, split.z, split.m))
+    return scores
+
+
+def fit_shared(detector: Detector, feed: Feed, data: Mapping[str, Tensor],
+               batch_size: int) -> None:
+    """Fit ``detector`` on the shared train pass ``data`` (``labels``, ``logits``,
+    ``features``, ``maps``), as its host class fits from a loader of those samples.
+
+    The tensors go to the CPU first: pytorch-ood's own ``fit(loader)`` collects them in a CPU
+    ``TensorBuffer`` (``utils.extract_features``) and some fits rely on it (KNN calls
+    ``.numpy()``), so a fit on CUDA features would fail where the host's succeeds."""
+    data = {name: tensor.cpu() for name, tensor in data.items()}
+    y = data["labels"]
+    if feed.fit_from == LOGITS:
+        detector.fit_logits(data["logits"], y)
+    elif feed.kind == BACKBONE:
+        out = _backbone_output(feed, data.get(FEATURES), data.get(MAPS))
+        if _overrides(type(detector), "fit_feature_maps", FeatureMapsDetector):
+            detector.fit_feature_maps(out, y)
+        else:  # the identity backbone makes fit(loader) read the outputs as they are
+            detector.fit(DataLoader(TensorDataset(out, y), batch_size=batch_size))
+    else:
+        detector.fit_features(data[FEATURES], y)
+
+
+@contextmanager
+def keeping(split: SplitForward | None, maps: bool):
+    """``split`` keeps every batch's features (and maps, if ``maps``) inside the block."""
+    if split is None:
+        yield
+        return
+    split.maps, split.keep = maps, True
+    try:
+        yield
+    finally:
+        split.keep = False
+
+
+def pass_names(split: SplitForward | None, maps: bool) -> set:
+    """The tensors a training-split pass gives (see :func:`train_data`)."""
+    return {"labels", "logits"} | ({FEATURES} if split is not None else set()) | (
+        {MAPS} if maps else set())
+
+
+def train_data(logits: Tensor, labels: Tensor, split: SplitForward | None) -> Dict[str, Tensor]:
+    """A training-split pass as the fits take it: ``labels`` and ``logits`` on the device and
+    what ``split`` kept (``features`` on the device, ``maps`` on the CPU), ID samples only
+    (labels ``>= 0``, as pytorch-ood's ``fit(loader)`` extracts them)."""
+    data = {"labels": labels.to(logits.device), "logits": logits,
+            **(split.kept() if split is not None else {})}
+    known = data["labels"] >= 0
+    if not bool(known.all()):
+        data = {k: v[known.to(v.device)] for k, v in data.items()}
+    return data
+
+
+def fit_all(detectors: Mapping[str, Detector], feeds: Mapping[str, Feed], train_set,
+            train_pass, batch_size: int, num_workers: int = 0) -> None:
+    """Fit every detector that needs it: those fed from logits, features or maps from ONE
+    training-split pass ``train_pass(train, maps)`` (see :func:`train_data`), the others by
+    their own ``fit(loader)``.
+
+    :param train_set: returns the training split (called only if some detector fits)
+    :raises DetectorFitError: naming the detector whose ``fit`` failed
+    """
+    need = {k: d for k, d in detectors.items() if getattr(d, "requires_fit", False)}
+    if not need:
+        return
+    train = train_set()
+    wanted = {feeds[k].fit_from for k in need} - {None}
+    data = train_pass(train, MAPS in wanted) if wanted else {}
+    for key, det in need.items():
+        try:
+            if feeds[key].fit_from is not None:
+                fit_shared(det, feeds[key], data, batch_size)
+            else:
+                det.fit(DataLoader(train, batch_size=batch_size, shuffle=False,
+                                   num_workers=num_workers))
+        except UserError:
+            raise
+        except Exception as exc:  # the host's fit: any error of a detector's own making
+            raise DetectorFitError(key, type(det).__name__, exc) from exc

@@ -1,0 +1,551 @@
+"""Name lookup for losses, detectors and benchmarks through Python entry points.
+
+Three entry-point groups are read with :mod:`importlib.metadata`:
+
+========================  ==========================================================
+``pytorch_ood.losses``    training objectives, ``loss(logits, target) -> Tensor``
+``pytorch_ood.detectors`` OOD detectors (pytorch-ood ``Detector`` subclasses)
+``pytorch_ood.benchmarks`` benchmarks (pytorch-ood ``Benchmark`` subclasses)
+========================  ==========================================================
+
+Any installed distribution can add names, for example in its ``pyproject.toml``::
+
+    [project.entry-points."pytorch_ood.detectors"]
+    my_method = "my_package.detector:MyDetector"
+
+Rules:
+
+* Names are case-insensitive and ``-`` equals ``_`` (``Cross-Entropy`` finds ``cross_entropy``).
+* Listing reads entry-point metadata only: it imports and builds nothing. Only the entry that is
+  asked for is imported.
+* A class is accepted wherever a name is.
+* An entry point whose value is malformed, or whose import fails when listed with
+  ``verify=True`` (as ``logitnorm-ood list`` does), is reported by a warning that names its
+  distribution, and skipped; the other names keep working. Asking for such an entry by name
+  raises :class:`RegistryLoadError` with the cause. "Fails" includes a plugin module that calls
+  ``sys.exit()`` while it is imported (``SystemExit`` is caught and reported like any error);
+  ``KeyboardInterrupt`` is never caught, so Ctrl-C still stops the program.
+* What an entry point names is checked when it is loaded (see :data:`KIND_RULES`): a detector
+  must be a subclass of ``pytorch_ood.api.Detector``, a benchmark a subclass of
+  ``pytorch_ood.benchmark.Benchmark``, a loss a class whose instances are callable as
+  ``loss(logits, target)`` (normally a ``torch.nn.Module``). Anything else (a function, an
+  instance, an unrelated class) raises :class:`EntryPointKindError` naming the entry point, its
+  value, its distribution and what it should be, instead of failing later inside a benchmark;
+  listing with ``verify=True`` skips it with a warning.
+* A distribution whose metadata has no ``Name`` (a damaged install) is skipped with a warning
+  that names its folder: its entry points cannot be attributed, and the other names keep
+  working.
+* **Duplicates are never resolved silently.** When two distributions declare the same name,
+  listing warns and shows both; looking up the bare name raises
+  :class:`AmbiguousNameError` naming both distributions, and the qualified form
+  ``distribution:name`` (e.g. ``logitnorm-plugin:logitnorm``) selects one. Picking by
+  install order would make results depend on ``sys.path``. A qualified name whose
+  distribution does not declare the name raises :class:`UnknownDistributionError`, which lists
+  the distributions that do.
+* Setting the environment variable ``LOGITNORM_PLUGIN_NO_THIRD_PARTY=1`` ignores every
+  distribution except this one (which also declares pytorch-ood's built-ins), for runs that
+  must not depend on what else is installed.
+* Results are cached; call :func:`refresh` after installing a package or changing ``sys.path``
+  in a running process.
+"""
+
+import fnmatch
+import functools
+import importlib
+import os
+import re
+import warnings
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Dict, Iterable, List, Tuple, Union
+
+from logitnorm_plugin._core.conventions import canonical_name
+from logitnorm_plugin._core.errors import UnknownNameError, UserError, closest_match
+
+#: kind -> entry-point group
+GROUPS: Dict[str, str] = {
+    "loss": "pytorch_ood.losses",
+    "detector": "pytorch_ood.detectors",
+    "benchmark": "pytorch_ood.benchmarks",
+}
+
+#: the distribution that ships this module
+THIS_DISTRIBUTION = "logitnorm-plugin"
+
+#: environment variable that switches off third-party entry points
+NO_THIRD_PARTY_ENV = "LOGITNORM_PLUGIN_NO_THIRD_PARTY"
+
+_VALUE_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+class RegistryWarning(UserWarning):
+    """A broken or duplicate entry point was skipped or reported."""
+
+
+class RegistryLoadError(UserError, ImportError):
+    """The entry point for a name exists, but importing it failed (an exception or
+    ``sys.exit()`` in the plugin's module), or it names the wrong kind of object."""
+
+
+class EntryPointKindError(RegistryLoadError, TypeError):
+    """An entry point names something its group does not accept (see :data:`KIND_RULES`)."""
+
+
+class UnknownDistributionError(UnknownNameError):
+    """A qualified name ``distribution:name`` whose distribution does not declare ``name``.
+
+    :param kind: e.g. ``"detector"``
+    :param name: the canonical name asked for
+    :param distribution: the distribution asked for
+    :param declaring: the distributions that declare ``name``
+    """
+
+    def __init__(self, kind: str, name: str, distribution: str, declaring):
+        self.kind, self.name, self.distribution = kind, name, distribution
+        self.available = sorted(declaring)
+        self.closest = closest_match(distribution, self.available)
+        hint = f" Did you mean '{self.closest}:{name}'?" if self.closest else ""
+        UserError.__init__(
+            self,
+            f"No distribution '{distribution}' declares the {kind} '{name}'.{hint} "
+            f"Distributions that declare it: {', '.join(self.available)} "
+            f"(qualify it as '<distribution>:{name}', or use the bare name '{name}' when "
+            f"only one declares it)",
+        )
+
+
+class AmbiguousNameError(UserError, ValueError):
+    """Two distributions declare the same name; a qualified name selects one."""
+
+
+#: the canonical form of a name (:func:`logitnorm_plugin._core.conventions.canonical_name`)
+normalize = canonical_name
+
+
+def _normalize_distribution(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _distribution_name(dist) -> str | None:
+    """The normalised ``Name`` of a distribution's metadata; ``None`` when it has none (a
+    damaged install). ``.get`` never warns, where ``metadata["Name"]`` is deprecated for a
+    missing field on newer Pythons."""
+    name = dist.metadata.get("Name") if dist is not None else None
+    return _normalize_distribution(str(name)) if name else None
+
+
+def _distribution_path(dist) -> str:
+    """Where a distribution's metadata lives, for messages (its ``*.dist-info`` folder)."""
+    path = getattr(dist, "_path", None)  # PathDistribution; there is no public accessor
+    return str(path) if path is not None else str(dist.locate_file(""))
+
+
+def _describe_object(obj) -> str:
+    where = f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', '?')}"
+    if isinstance(obj, type):
+        return f"the class {where}"
+    if callable(obj) and hasattr(obj, "__qualname__"):
+        return f"the function {where}"
+    return f"a {type(obj).__name__} object"
+
+
+def _is_loss(obj) -> bool:
+    """A class whose instances are callable (``__call__`` defined below ``object``)."""
+    return isinstance(obj, type) and any(
+        "__call__" in vars(k) for k in obj.__mro__ if k is not object
+    )
+
+
+def _is_detector(obj) -> bool:
+    from pytorch_ood.api import Detector
+
+    return isinstance(obj, type) and issubclass(obj, Detector)
+
+
+def _is_benchmark(obj) -> bool:
+    from pytorch_ood.benchmark import Benchmark
+
+    return isinstance(obj, type) and issubclass(obj, Benchmark)
+
+
+#: kind -> (test of the loaded object, what an entry point of that kind must name). Checked
+#: when an entry is loaded, never when names are listed (that would import every plugin).
+KIND_RULES = {
+    "loss": (
+        _is_loss,
+        "a class whose instances are called as loss(logits, target), normally a "
+        "torch.nn.Module subclass (it is built as cls(**kwargs))",
+    ),
+    "detector": (
+        _is_detector,
+        "a subclass of pytorch_ood.api.Detector (it is built as cls(model, **kwargs))",
+    ),
+    "benchmark": (
+        _is_benchmark,
+        "a subclass of pytorch_ood.benchmark.Benchmark (it is built as cls(root=..., "
+        "download=..., seed=..., **kwargs))",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One registered name: where it points and which distribution supplied it."""
+
+    #: canonical name, e.g. ``"msp"``
+    name: str
+    #: kind, one of :data:`GROUPS`' keys
+    kind: str
+    #: ``"module:attribute"``
+    value: str
+    #: the supplying distribution's name, e.g. ``"logitnorm-plugin"``
+    distribution: str
+    #: its version
+    version: str
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.distribution}:{self.name}"
+
+    def load(self) -> type:
+        """Import and return the class the entry points to.
+
+        :raises RegistryLoadError: if the import raises (``SystemExit`` included; only
+            ``KeyboardInterrupt`` and other non-``Exception`` signals pass through)
+        :raises EntryPointKindError: if the object is not what the group requires
+            (:data:`KIND_RULES`)
+        """
+        module_name, _, attribute = self.value.partition(":")
+        try:
+            obj = importlib.import_module(module_name)
+            for part in attribute.split("."):
+                obj = getattr(obj, part)
+        except (Exception, SystemExit) as exc:  # any failure inside third-party code
+            raise RegistryLoadError(
+                f"{self.kind} '{self.name}' from distribution '{self.distribution}' "
+                f"({self.value}) failed to load: {type(exc).__name__}: {exc}"
+            ) from exc
+        accepts, expected = KIND_RULES[self.kind]
+        if not accepts(obj):
+            raise EntryPointKindError(
+                f"{self.kind} '{self.name}' from distribution '{self.distribution}' "
+                f"({self.value}) is {_describe_object(obj)}, but a {self.kind} entry point "
+                f"must name {expected}"
+            )
+        return obj
+
+
+@dataclass(frozen=True)
+class _Index:
+    #: canonical name -> entries declaring it (several only for duplicates)
+    by_name: Dict[str, Tuple[Entry, ...]]
+
+
+def build_index(kind: str, entry_points: Iterable[metadata.EntryPoint]) -> _Index:
+    """Index entry points of one kind by canonical name.
+
+    A pure function of its input (tests pass real :class:`importlib.metadata.EntryPoint`
+    objects). Malformed values are warned about and skipped; the same distribution listing
+    the same name twice (e.g. found twice on ``sys.path``) counts once. The entry points of a
+    distribution without a ``Name`` in its metadata are skipped with one warning naming its
+    folder.
+    """
+    by_name: Dict[str, List[Entry]] = {}
+    nameless: Dict[str, List[str]] = {}
+    for ep in entry_points:
+        dist = getattr(ep, "dist", None)
+        if dist is not None and _distribution_name(dist) is None:
+            nameless.setdefault(_distribution_path(dist), []).append(ep.name)
+            continue
+        dist_name = _distribution_name(dist) if dist is not None else "unknown"
+        version = str(dist.metadata.get("Version") or "unknown") if dist else "unknown"
+        if not _VALUE_PATTERN.match(ep.value.replace(" ", "")):
+            warnings.warn(
+                f"Skipping {kind} entry point '{ep.name} = {ep.value}' of distribution "
+                f"'{dist_name}': the value must look like 'package.module:Class'.",
+                RegistryWarning,
+                stacklevel=2,
+            )
+            continue
+        entry = Entry(normalize(ep.name), kind, ep.value.replace(" ", ""), dist_name, version)
+        same = by_name.setdefault(entry.name, [])
+        if not any(e.distribution == entry.distribution for e in same):
+            same.append(entry)
+    for path, names in nameless.items():
+        warnings.warn(
+            f"Skipping the distribution at {path}: its METADATA has no 'Name', so its {kind} "
+            f"entry points ({', '.join(names)}) cannot be attributed; reinstall or remove that "
+            f"package.",
+            RegistryWarning,
+            stacklevel=2,
+        )
+    return _Index({name: tuple(entries) for name, entries in by_name.items()})
+
+
+def _third_party_disabled() -> bool:
+    return os.environ.get(NO_THIRD_PARTY_ENV, "").strip().lower() not in ("", "0", "false")
+
+
+def group_entry_points(group: str) -> List[metadata.EntryPoint]:
+    """The entry points of ``group``: only this distribution's while :data:`NO_THIRD_PARTY_ENV`
+    is set (an entry point of a distribution without a ``Name`` counts as third-party)."""
+    eps = list(metadata.entry_points(group=group))
+    if _third_party_disabled():
+        eps = [ep for ep in eps if _distribution_name(ep.dist) == THIS_DISTRIBUTION]
+    return eps
+
+
+@functools.cache
+def _index(kind: str) -> _Index:
+    if kind not in GROUPS:
+        raise UnknownNameError("registry kind", kind, GROUPS, closest_match(kind, GROUPS))
+    index = build_index(kind, group_entry_points(GROUPS[kind]))
+    for name, entries in index.by_name.items():
+        if len(entries) > 1:
+            warnings.warn(
+                f"{kind} '{name}' is declared by several distributions: "
+                f"{', '.join(e.distribution for e in entries)}; use a qualified name such as "
+                f"'{entries[0].qualified_name}' to choose one.",
+                RegistryWarning,
+                stacklevel=3,
+            )
+    return index
+
+
+def refresh() -> None:
+    """Forget cached entry points, e.g. after installing a package or changing ``sys.path``."""
+    importlib.invalidate_caches()
+    _index.cache_clear()
+
+
+def entries(kind: str, pattern: str | None = None) -> List[Entry]:
+    """All entries of ``kind`` (duplicates included), optionally filtered by a wildcard pattern
+    (``fnmatch`` syntax, case-insensitive), sorted by name then distribution. Imports nothing."""
+    found = [e for group in _index(kind).by_name.values() for e in group]
+    if pattern is not None:
+        found = [e for e in found if fnmatch.fnmatchcase(e.name, normalize(pattern))]
+    return sorted(found, key=lambda e: (e.name, e.distribution))
+
+
+def _list(kind: str, pattern: str | None, verify: bool) -> List[str]:
+    names = []
+    for entry in entries(kind, pattern):
+        if verify:
+            try:
+                entry.load()
+            except RegistryLoadError as exc:
+                warnings.warn(f"Skipping: {exc}", RegistryWarning, stacklevel=3)
+                continue
+        if entry.name not in names:
+            names.append(entry.name)
+    return names
+
+
+def list_losses(pattern: str | None = None, verify: bool = False) -> List[str]:
+    """
+    Names of the registered training objectives.
+
+    :param pattern: optional wildcard filter, e.g. ``"*entropy*"``
+    :param verify: import each entry and skip (with a warning) those that fail to load
+    :return: sorted canonical names
+    """
+    return _list("loss", pattern, verify)
+
+
+def list_detectors(pattern: str | None = None, verify: bool = False) -> List[str]:
+    """
+    Names of the registered OOD detectors. See :func:`list_losses` for the parameters.
+    """
+    return _list("detector", pattern, verify)
+
+
+def list_benchmarks(pattern: str | None = None, verify: bool = False) -> List[str]:
+    """
+    Names of the registered benchmarks. See :func:`list_losses` for the parameters.
+    """
+    return _list("benchmark", pattern, verify)
+
+
+def get_entry(kind: str, name: str) -> Entry:
+    """
+    The entry registered for ``name`` (or ``distribution:name``), without importing it.
+
+    :raises UnknownNameError: listing the available names and the closest match
+    :raises UnknownDistributionError: for ``distribution:name`` when ``name`` exists but that
+        distribution does not declare it (lists the distributions that do)
+    :raises AmbiguousNameError: if several distributions declare the bare name
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"{kind} name must be a string or a class, got {type(name).__name__}")
+    distribution = None
+    if ":" in name:
+        distribution, _, name = name.rpartition(":")
+        distribution = _normalize_distribution(distribution.strip())
+    by_name = _index(kind).by_name
+    key = normalize(name)
+    candidates = by_name.get(key, ())
+    if distribution is not None and candidates:
+        declaring = [e.distribution for e in candidates]
+        candidates = tuple(e for e in candidates if e.distribution == distribution)
+        if not candidates:
+            raise UnknownDistributionError(kind, key, distribution, declaring)
+    if not candidates:
+        available = sorted(by_name)
+        raise UnknownNameError(kind, name, available, closest_match(key, available))
+    if len(candidates) > 1:
+        raise AmbiguousNameError(
+            f"{kind} '{key}' is declared by several distributions "
+            f"({', '.join(e.distribution for e in candidates)}); choose one with a qualified "
+            f"name: {', '.join(repr(e.qualified_name) for e in candidates)}"
+        )
+    return candidates[0]
+
+
+def _get_class(kind: str, name_or_class: Union[str, type]) -> type:
+    if isinstance(name_or_class, type):
+        return name_or_class
+    return get_entry(kind, name_or_class).load()
+
+
+def name_of(kind: str, cls: type) -> str:
+    """
+    The registered name of ``cls`` (its class name when no entry points to it). Only entries
+    whose attribute has the class's name are imported to compare.
+    """
+    for entry in entries(kind):
+        if entry.value == f"{cls.__module__}:{cls.__qualname__}":
+            return entry.name
+    # entries may name the public import path (pytorch_ood.detector:X, not ...softmax:X)
+    for entry in entries(kind):
+        if entry.value.rpartition(":")[2] == cls.__qualname__:
+            try:
+                if entry.load() is cls:
+                    return entry.name
+            except RegistryLoadError:  # a broken third-party entry must not stop us
+                continue
+    return cls.__name__
+
+
+def get_loss_class(name: Union[str, type]) -> type:
+    """
+    The training objective registered as ``name`` (a class is returned unchanged).
+
+    :raises UnknownNameError: for an unknown name (lists names and the closest match)
+    """
+    return _get_class("loss", name)
+
+
+def get_detector_class(name: Union[str, type]) -> type:
+    """
+    The detector registered as ``name`` (a class is returned unchanged).
+
+    :raises UnknownNameError: for an unknown name (lists names and the closest match)
+    """
+    return _get_class("detector", name)
+
+
+def get_benchmark_class(name: Union[str, type]) -> type:
+    """
+    The benchmark registered as ``name`` (a class is returned unchanged).
+
+    :raises UnknownNameError: for an unknown name (lists names and the closest match)
+    """
+    return _get_class("benchmark", name)
+
+
+def create_loss(name: Union[str, type], model=None, **kwargs):
+    """
+    Build the training objective registered as ``name``.
+
+    An objective that needs parts of the model (ELogitNorm: the final layer) declares them in
+    ``model_parts`` and gets them from ``model``'s split
+    (:func:`logitnorm_plugin.registry.split.build_loss`); every other objective ignores ``model``.
+
+    :param name: registered name (e.g. ``"logitnorm"``, ``"cross_entropy"``) or a class
+    :param model: the classifier being trained (DDP / ``torch.compile`` wrappers are unwrapped)
+    :param kwargs: constructor arguments, e.g. ``t=0.04``
+    :raises MissingModelPartsError: the objective needs model parts and ``model`` is ``None``
+    """
+    from logitnorm_plugin.registry.split import (
+        build_loss,  # lazy: listing names never imports torch
+    )
+
+    return build_loss(get_loss_class(name), model, **kwargs)
+
+
+def create_detector(name: Union[str, type], model, **kwargs):
+    """
+    Build the detector registered as ``name`` around ``model``.
+
+    :param name: registered name (e.g. ``"msp"``, ``"logitnorm"``) or a class
+    :param model: the classifier, passed as the detector's first argument; for feature-based
+        detectors (``encoder``/``backbone`` parameters) split by
+        :mod:`logitnorm_plugin.registry.split`
+    :param kwargs: further constructor arguments, e.g. ``t=0.04``
+    """
+    from logitnorm_plugin.registry.split import build_detector
+
+    return build_detector(get_detector_class(name), model, **kwargs)
+
+
+def get_benchmark(name: Union[str, type], **kwargs):
+    """
+    Build the benchmark registered as ``name``.
+
+    :param name: registered name (e.g. ``"digits"``, ``"cifar10"``) or a class
+    :param kwargs: constructor arguments, e.g. ``root="data/"``, ``download=True``
+    """
+    return get_benchmark_class(name)(**kwargs)
+
+
+# --- what ``logitnorm-ood list`` shows ------------------------------------------------------
+
+
+def describe(kind: str, pattern: str | None = None) -> List[Dict[str, str]]:
+    """
+    One row per entry of ``kind`` for display: name, class, distribution, paper, notes.
+    Imports each class to read its ``info`` (never instantiates); entries that fail to load
+    are skipped with a warning.
+    """
+    rows = []
+    for entry in entries(kind, pattern):
+        try:
+            cls = entry.load()
+        except RegistryLoadError as exc:
+            warnings.warn(f"Skipping: {exc}", RegistryWarning, stacklevel=2)
+            continue
+        info = getattr(cls, "info", None)
+        paper = getattr(info, "paper", None)
+        rows.append(
+            {
+                "name": entry.name,
+                "class": f"{getattr(cls, '__module__', '?')}.{getattr(cls, '__qualname__', '?')}",
+                "distribution": f"{entry.distribution} {entry.version}",
+                "paper": f"{paper.title} ({paper.venue} {paper.year})" if paper else "-",
+                "notes": _notes(kind, cls),
+            }
+        )
+    return rows
+
+
+def _notes(kind: str, cls: type) -> str:
+    if kind == "loss":
+        from logitnorm_plugin.objectives import needs_outliers, objective_values
+        from logitnorm_plugin.registry.split import loss_parts
+
+        parts = loss_parts(cls)
+        notes = [f"binds the model's {' and '.join(parts)}"] if parts else []
+        if needs_outliers(cls):
+            ratio = objective_values(cls).ratio
+            notes.append(f"needs outliers (--outliers), {ratio:g} per ID image")
+        return ", ".join(notes)
+    if kind != "detector":
+        return ""
+    from pytorch_ood.api import GradientDetector
+
+    notes = []
+    if getattr(cls, "requires_fit", False):
+        notes.append("needs fit")
+    if isinstance(cls, type) and issubclass(cls, GradientDetector):
+        notes.append("gradients")
+    return ", ".join(notes)

@@ -1,0 +1,2 @@
+"""Results in SQLite keyed by full configuration, their aggregation and the published reference
+numbers."""

@@ -1,0 +1,544 @@
+"""Results in SQLite: one row per (model, detector, dataset) cell, resumable, aggregatable.
+
+A cell is keyed by the model's stable identity (a pytorch-ood registry key with its weights'
+hash, or the SHA-256 of the weights), the benchmark + protocol configuration (its
+:func:`~logitnorm_plugin._core.conventions.config_hash`) and the detector's full configuration
+(:meth:`DetectorSpec.key <logitnorm_plugin.evaluation.specs.DetectorSpec.key>`: registry name,
+class with
+its module, supplying distribution and every constructor argument, including those filled in
+from the model such as the training ``t``). Each cell is committed as soon as it is computed,
+so a run that is killed keeps every finished cell, and the next run computes only the missing
+ones.
+
+Aggregation never mixes detector configurations: each cell also records its detector group
+(:meth:`DetectorSpec.group <logitnorm_plugin.evaluation.specs.DetectorSpec.group>`: the
+configuration
+without the model's part, with its table label), :func:`aggregate` groups by it, and two
+configurations of one name get distinct labels (``logitnorm`` and ``logitnorm(t=1)``; two
+classes under one label also show their distribution). ``logitnorm-ood bench`` aggregates
+exactly the configurations it asked for (``detector_ids=``).
+
+Schema version 2 (this one) added the detector group and the full configuration key. A store
+of another version is refused with a one-line error; ``ResultStore(path,
+replace_incompatible=True)`` (``logitnorm-ood bench --force``) moves it aside as
+``results.sqlite.schema-<v>.bak`` (a damaged one as ``results.sqlite.damaged.bak``) and
+starts a new one. SQLite errors (a damaged page, a full disk, a lock held too long) become
+one-line :class:`~logitnorm_plugin._core.errors.UserError` messages naming the file.
+
+Every call of :func:`~logitnorm_plugin.evaluate` with a store records its provenance
+(:func:`logitnorm_plugin._core.provenance.collect`: versions, git commit, device, time) once in the
+``runs`` table; each cell refers to the run that computed it.
+
+Tables: ``meta`` (schema version), ``runs``, ``configs`` (benchmark + protocol, OOD groups),
+``cells`` (the metrics of each cell as JSON) and ``scores`` (per-sample scores, only where asked
+for, e.g. for histograms).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import math
+import os
+import sqlite3
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from logitnorm_plugin._core.conventions import AGGREGATE_METRICS
+from logitnorm_plugin._core.errors import IncompatibleResultsError
+from logitnorm_plugin._core.locks import make_folder
+from logitnorm_plugin.store.aggregation import (
+    aggregate,
+    detector_group_of,
+    distinct_labels,
+    group_label,
+)
+from logitnorm_plugin.store.database import Connection
+
+__all__ = [
+    "AGGREGATE_METRICS",
+    "SCHEMA_VERSION",
+    "STORE_FILE",
+    "ResultStore",
+    "aggregate",
+    "open_results",
+]
+
+SCHEMA_VERSION = 2
+
+#: the result store inside a results folder (written by ``logitnorm-ood bench``)
+STORE_FILE = "results.sqlite"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    created_utc TEXT NOT NULL,
+    provenance TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS configs (
+    config_id TEXT PRIMARY KEY,
+    config TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cells (
+    model_id TEXT NOT NULL,
+    config_id TEXT NOT NULL,
+    detector_id TEXT NOT NULL,
+    dataset TEXT NOT NULL,
+    model TEXT,
+    loss TEXT,
+    seed INTEGER,
+    detector TEXT,
+    detector_group TEXT,
+    run_id INTEGER REFERENCES runs(run_id),
+    created_utc TEXT NOT NULL,
+    row TEXT NOT NULL,
+    PRIMARY KEY (model_id, config_id, detector_id, dataset)
+);
+CREATE TABLE IF NOT EXISTS scores (
+    model_id TEXT NOT NULL,
+    config_id TEXT NOT NULL,
+    detector_id TEXT NOT NULL,
+    dataset TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (model_id, config_id, detector_id, dataset)
+);
+"""
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _json_value(value):
+    # NaN / inf are not JSON; keep them as strings that float() reads back
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    return value
+
+
+def _from_json_value(value):
+    if value in ("nan", "inf", "-inf"):
+        return float(value)
+    return value
+
+
+class ResultStore:
+    """A SQLite file of evaluation cells.
+
+    :param path: the database file (created with its folder if missing)
+    :param replace_incompatible: a store of another schema version, or a damaged one, is moved
+        aside (``<name>.schema-<v>.bak``, ``<name>.damaged.bak``) and a new one started,
+        instead of raising
+    :raises IncompatibleResultsError: if the file is not a result store of this schema version
+        or is damaged
+    """
+
+    def __init__(self, path: str | Path, replace_incompatible: bool = False):
+        self.path = Path(path)
+        make_folder(self.path.parent, "results folder")
+        self._db = Connection(self.path)
+        try:
+            version = self._version(check=replace_incompatible)
+        except IncompatibleResultsError:
+            if not replace_incompatible:
+                self._db.close()
+                raise
+            version = self._move_aside("damaged")
+        if version is not None and version != str(SCHEMA_VERSION):
+            if not replace_incompatible:
+                self._db.close()
+                raise IncompatibleResultsError(
+                    f"{self.path} is a result store of schema version {version}; this version "
+                    f"reads {SCHEMA_VERSION}. Run the same command with --force "
+                    f"(`logitnorm-ood bench --force`, `tune-t --force`) to start a new store "
+                    f"(the old file is kept as {self.path.name}.schema-{version}.bak), or use "
+                    "another --out folder"
+                )
+            self._move_aside(f"schema-{version}")
+        try:
+            self._db.executescript(_SCHEMA)
+            row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            if row is None:
+                with self._db:
+                    self._db.execute(
+                        "INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+                    )
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _version(self, check: bool) -> str | None:
+        """The stored schema version (``None`` for a new file); with ``check``, a damaged
+        file raises."""
+        if check:
+            found = self._db.execute("PRAGMA quick_check").fetchone()
+            if not found or found[0] != "ok":
+                raise IncompatibleResultsError(f"{self.path} is damaged ({found})")
+        has_meta = self._db.execute(
+            "SELECT name FROM sqlite_master WHERE type='table' AND name='meta'"
+        ).fetchone()
+        if has_meta is None:
+            return None
+        row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        return None if row is None else str(row[0])
+
+    def _move_aside(self, why: str) -> None:
+        """Rename the file to ``<name>.<why>.bak`` (never over another) and open a new one."""
+        self._db.close()
+        target = self.path.with_name(f"{self.path.name}.{why}.bak")
+        n = 1
+        while target.exists():
+            n += 1
+            target = self.path.with_name(f"{self.path.name}.{why}.{n}.bak")
+        os.replace(self.path, target)
+        for suffix in ("-journal", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(f"{self.path}{suffix}", f"{target}{suffix}")
+        self._db = Connection(self.path)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> ResultStore:
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.close()
+        return False
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def start_run(self, provenance: Mapping[str, Any]) -> int:
+        """Record a run's provenance; its id goes on every cell the run computes."""
+        with self._db:
+            cursor = self._db.execute(
+                "INSERT INTO runs (created_utc, provenance) VALUES (?, ?)",
+                (_now(), json.dumps(provenance, sort_keys=True, default=repr)),
+            )
+        return int(cursor.lastrowid)
+
+    def register_config(self, config_id: str, config: Mapping[str, Any]) -> None:
+        """Remember what a configuration id stands for (first registration wins)."""
+        with self._db:
+            self._db.execute(
+                "INSERT OR IGNORE INTO configs VALUES (?, ?)",
+                (config_id, json.dumps(config, sort_keys=True, default=repr)),
+            )
+
+    def put(
+        self,
+        row: Mapping[str, Any],
+        *,
+        model_id: str,
+        config_id: str,
+        detector_id: str,
+        run_id: int | None = None,
+        detector_group: str | None = None,
+    ) -> None:
+        """Store (or replace) one cell and commit it.
+
+        :param detector_group: the detector's group (JSON with its ``label``, see
+            :meth:`DetectorSpec.group <logitnorm_plugin.evaluation.specs.DetectorSpec.group>`); the
+            stored row's ``Detector`` becomes that label
+        """
+        data = {k: _json_value(v) for k, v in row.items()}
+        if detector_group is not None:
+            data["Detector"] = group_label(detector_group) or data.get("Detector")
+        with self._db:
+            self._db.execute(
+                "INSERT OR REPLACE INTO cells (model_id, config_id, detector_id, dataset, model, "
+                "loss, seed, detector, detector_group, run_id, created_utc, row) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    model_id, config_id, detector_id, str(row["Dataset"]), row.get("Model"),
+                    row.get("Loss"), row.get("Seed"), data.get("Detector"), detector_group,
+                    run_id, _now(), json.dumps(data, sort_keys=False),
+                ),
+            )
+
+    def put_scores(self, model_id: str, config_id: str, detector_id: str, dataset: str, scores):
+        """Store per-sample scores (float32) of one (model, detector, dataset)."""
+        import torch
+
+        values = torch.as_tensor(scores).detach().to("cpu", torch.float32).contiguous()
+        with self._db:
+            self._db.execute(
+                "INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    model_id, config_id, detector_id, dataset, values.numel(),
+                    values.numpy().tobytes(),
+                ),
+            )
+
+    def delete(self, model_id: str | None = None, config_id: str | None = None) -> int:
+        """Remove cells (and scores) of a model and/or configuration; returns cells removed."""
+        where, args = self._where(model_id=model_id, config_id=config_id)
+        with self._db:
+            n = self._db.execute(f"DELETE FROM cells{where}", args).rowcount
+            self._db.execute(f"DELETE FROM scores{where}", args)
+        return n
+
+    # -- reading ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _where(**filters) -> tuple:
+        parts, args = [], []
+        for column, value in filters.items():
+            if value is None:
+                continue
+            if isinstance(value, (list, tuple, set, frozenset)):
+                value = list(value)
+                parts.append(f"{column} IN ({', '.join('?' * len(value))})")
+                args.extend(value)
+            else:
+                parts.append(f"{column} = ?")
+                args.append(value)
+        return (" WHERE " + " AND ".join(parts) if parts else ""), args
+
+    def cells(self, model_id: str, config_id: str) -> dict:
+        """The finished cells of a model under a configuration: ``(detector_id, dataset) ->
+        row``."""
+        cursor = self._db.execute(
+            "SELECT detector_id, dataset, row FROM cells WHERE model_id = ? AND config_id = ?",
+            (model_id, config_id),
+        )
+        return {(d, s): self._row(text) for d, s, text in cursor}
+
+    @staticmethod
+    def _row(text: str) -> dict:
+        return {k: _from_json_value(v) for k, v in json.loads(text).items()}
+
+    def rows(
+        self,
+        config_id: str | None = None,
+        model_ids: Iterable[str] | None = None,
+        with_ids: bool = False,
+        detectors: Iterable[str] | None = None,
+        detector_ids: Iterable[str] | None = None,
+    ) -> list[dict]:
+        """Stored rows, in insertion order; ``with_ids`` adds ``model_id``, ``config_id``,
+        ``detector_id``, ``detector_group`` and ``run_id``.
+
+        :param config_id: only this configuration
+        :param model_ids: only these models
+        :param with_ids: add the key columns to each row
+        :param detectors: only these detector labels (the rows' ``Detector``)
+        :param detector_ids: only these detector configurations (``detector_id``: exact)
+        """
+        ids = list(model_ids) if model_ids is not None else None
+        names = list(detectors) if detectors is not None else None
+        det_ids = list(detector_ids) if detector_ids is not None else None
+        where, args = self._where(config_id=config_id, model_id=ids, detector=names,
+                                  detector_id=det_ids)
+        cursor = self._db.execute(
+            "SELECT model_id, config_id, detector_id, detector_group, run_id, row FROM cells"
+            f"{where} ORDER BY rowid",
+            args,
+        )
+        out, groups = [], []
+        for model_id, cfg, det_id, group, run_id, text in cursor:
+            row = self._row(text)
+            if with_ids:
+                row.update(model_id=model_id, config_id=cfg, detector_id=det_id,
+                           detector_group=group, run_id=run_id)
+            out.append(row)
+            groups.append(detector_group_of({"detector_group": group, **row}))
+        # two detector groups under one label (e.g. two classes named alike) get distinct ones
+        labels = distinct_labels({g: row.get("Detector") for g, row in zip(groups, out)})
+        for group, row in zip(groups, out):
+            row["Detector"] = labels[group]
+        return out
+
+    def count(self, config_id: str | None = None) -> int:
+        where, args = self._where(config_id=config_id)
+        return int(self._db.execute(f"SELECT COUNT(*) FROM cells{where}", args).fetchone()[0])
+
+    def scores(self, model_id: str, config_id: str, detector_id: str, dataset: str):
+        """Stored scores as a float32 tensor, or ``None``."""
+        import torch
+
+        found = self._db.execute(
+            "SELECT data FROM scores WHERE model_id = ? AND config_id = ? AND detector_id = ? "
+            "AND dataset = ?",
+            (model_id, config_id, detector_id, dataset),
+        ).fetchone()
+        if found is None:
+            return None
+        return torch.frombuffer(bytearray(found[0]), dtype=torch.float32)
+
+    def config(self, config_id: str) -> dict | None:
+        found = self._db.execute(
+            "SELECT config FROM configs WHERE config_id = ?", (config_id,)
+        ).fetchone()
+        return json.loads(found[0]) if found else None
+
+    def provenance(self, run_id: int) -> dict | None:
+        found = self._db.execute(
+            "SELECT provenance FROM runs WHERE run_id = ?", (run_id,)
+        ).fetchone()
+        return json.loads(found[0]) if found else None
+
+    def runs(self) -> list[dict]:
+        cursor = self._db.execute("SELECT run_id, created_utc, provenance FROM runs")
+        return [
+            {"run_id": r, "created_utc": c, "provenance": json.loads(p)} for r, c, p in cursor
+        ]
+
+    def config_ids(self) -> list[str]:
+        """The benchmark configurations of the store, in the order their first cell was
+        stored."""
+        cursor = self._db.execute("SELECT config_id FROM cells ORDER BY rowid")
+        return list(dict.fromkeys(row[0] for row in cursor))
+
+    def results_config(self, config_id: str, rows: Sequence[Mapping[str, Any]] | None = None
+                       ) -> dict:
+        """The stored configuration of ``config_id`` (benchmark, protocol, OOD names and
+        groups), completed from its rows where an older store lacks a field."""
+        if rows is None:
+            rows = self.rows(config_id=config_id, with_ids=True)
+        config = dict(self.config(config_id) or {})
+        if not rows:
+            return config
+        config.setdefault("benchmark", rows[0].get("Benchmark"))
+        config.setdefault("protocol", rows[0].get("Protocol"))
+        if not config.get("ood_names"):
+            config["ood_names"] = list(dict.fromkeys(r["Dataset"] for r in rows))
+        config.setdefault("groups", {})
+        return config
+
+    def provenance_summary(self, rows: Sequence[Mapping[str, Any]] | None = None) -> dict:
+        """Where the numbers of ``rows`` (default: all cells) came from, merged over the runs
+        that computed them: package versions, git commits, devices, commands, seeds and dates;
+        plus when and with which versions this summary was made."""
+        from logitnorm_plugin._core import provenance
+
+        rows = list(rows) if rows is not None else self.rows(with_ids=True)
+        run_ids = sorted({r["run_id"] for r in rows if r.get("run_id") is not None})
+        records = [self.provenance(i) or {} for i in run_ids]
+        packages: dict[str, list] = {}
+        for rec in records:
+            for name, version in (rec.get("versions") or {}).items():
+                values = packages.setdefault(name, [])
+                if version is not None and version not in values:
+                    values.append(version)
+        dates = sorted(d for d in (rec.get("created_utc") for rec in records) if d)
+        seeds = sorted({r["Seed"] for r in rows if r.get("Seed") is not None})
+        exporter = provenance.collect()
+
+        def distinct(values):
+            return [v for v in dict.fromkeys(values) if v is not None]
+
+        return {
+            "versions": packages,
+            "git_commits": distinct(rec.get("git_commit") for rec in records),
+            "devices": distinct(rec.get("device") for rec in records),
+            "commands": distinct((rec.get("config") or {}).get("command") for rec in records),
+            "seeds": seeds,
+            "computed_utc": [dates[0], dates[-1]] if dates else [],
+            "runs": run_ids,
+            "exported_utc": exporter["created_utc"],
+            "exported_with": {
+                "versions": exporter["versions"],
+                "git_commit": exporter["git_commit"],
+            },
+        }
+
+    def aggregate(
+        self,
+        config_id: str,
+        model_ids: Iterable[str] | None = None,
+        by: Sequence[str] = ("Loss", "Detector"),
+        per_dataset: bool = False,
+        detectors: Iterable[str] | None = None,
+        detector_ids: Iterable[str] | None = None,
+    ) -> list[dict]:
+        """:func:`aggregate` over the stored cells of one configuration, with its OOD groups
+        (optionally only of some models, detector labels or exact detector configurations)."""
+        config = self.config(config_id) or {}
+        rows = self.rows(config_id=config_id, model_ids=model_ids, with_ids=True,
+                         detectors=detectors, detector_ids=detector_ids)
+        return aggregate(
+            rows, groups=config.get("groups") or {}, by=by, per_dataset=per_dataset
+        )
+
+
+# -- opening a results folder for reading --------------------------------------------------------
+
+
+def _store_path(path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise IncompatibleResultsError(
+            f"results folder {str(path)!r} does not exist; write one with "
+            f"`logitnorm-ood bench --out {path}`"
+        )
+    if path.is_dir():
+        store = path / STORE_FILE
+        if not store.is_file():
+            raise IncompatibleResultsError(
+                f"{str(path)!r} holds no {STORE_FILE}: it is not a results folder of "
+                f"`logitnorm-ood bench` (or the run was stopped before its first result)"
+            )
+        return store
+    return path
+
+
+def _check_schema(path: Path) -> None:
+    """Read-only check that ``path`` is a result store of the version this package reads,
+    before :class:`ResultStore` opens it (which would add its tables to any SQLite file)."""
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise IncompatibleResultsError(f"cannot open {str(path)!r}: {exc}") from exc
+    try:
+        try:
+            found = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        except sqlite3.DatabaseError as exc:
+            if path.stat().st_size == 0:
+                raise IncompatibleResultsError(
+                    f"{str(path)!r} is empty: the bench run stored no results"
+                ) from exc
+            raise IncompatibleResultsError(
+                f"{str(path)!r} is not a result store of logitnorm-plugin ({exc})"
+            ) from exc
+        if found is None:
+            raise IncompatibleResultsError(
+                f"{str(path)!r} has no schema version: not a result store of logitnorm-plugin"
+            )
+        if str(found[0]) != str(SCHEMA_VERSION):
+            raise IncompatibleResultsError(
+                f"{str(path)!r} is a result store of schema version {found[0]}, written by "
+                f"another version of logitnorm-plugin; this version reads schema "
+                f"{SCHEMA_VERSION}. Re-run the `logitnorm-ood bench` command with --force and "
+                "this version (the old file is kept beside it), or read it with the version "
+                "that wrote it"
+            )
+    finally:
+        db.close()
+
+
+def open_results(path) -> ResultStore:
+    """Open the result store of a results folder (or the store file itself) for reading.
+
+    :param path: a folder written by ``logitnorm-ood bench`` (holding ``results.sqlite``) or
+        the ``.sqlite`` file
+    :return: an open :class:`ResultStore` holding at least one cell
+    :raises IncompatibleResultsError: if the folder is missing, is not a results folder, holds
+        an empty store, or a store of another schema version
+    """
+    store_path = _store_path(path)
+    _check_schema(store_path)
+    store = ResultStore(store_path)
+    if store.count() == 0:
+        store.close()
+        raise IncompatibleResultsError(
+            f"{str(store_path)!r} holds no results (the store is empty); run "
+            "`logitnorm-ood bench` to fill it"
+        )
+    return store

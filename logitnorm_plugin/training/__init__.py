@@ -1,0 +1,2 @@
+"""Training: the run configuration, recipes, the step, the loop, augmentation, distributed
+helpers, checkpoints and run folders."""

@@ -1,0 +1,349 @@
+"""The configuration of a training run: one frozen, validated :class:`TrainConfig`.
+
+:func:`resolve_config` builds it once from a named recipe
+(:mod:`logitnorm_plugin.training.recipes`)
+and the caller's overrides, checking every name and value before any data is read or any folder
+is written: unknown names, conflicting temperatures (``--loss-arg t=...`` with ``--t-from``),
+a ``recommended_t.json`` of another origin or dataset, arguments a loss or an architecture
+rejects, an objective that needs auxiliary outliers without them or one that takes none with
+them (:mod:`logitnorm_plugin.objectives`). The trainer writes it in full to ``config.json``, so
+a run can be reproduced from that file alone, and compares it with the folder's on
+``--resume``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+from logitnorm_plugin._core.conventions import canonical_name, dataset_tag
+from logitnorm_plugin._core.errors import UserError
+from logitnorm_plugin.training import recipes
+
+__all__ = ["CONFIG_FORMAT", "OUTLIER_FIELDS", "TrainConfig", "default_run_dir",
+           "resolve_config"]
+
+CONFIG_FORMAT = 1
+
+#: largest seed numpy accepts
+_MAX_SEED = 2**32 - 1
+
+#: the configuration keys of auxiliary outliers (absent from a run without outliers)
+OUTLIER_FIELDS = ("outliers", "outlier_ratio", "outlier_batch_size", "outlier_seed")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Every value a training run uses, except where and how fast it runs.
+
+    Read a value as ``config.epochs`` or, as in ``config.json``, ``config["epochs"]``.
+    Build it with :func:`resolve_config`; :meth:`to_dict` is what ``config.json`` holds.
+    """
+
+    dataset: str
+    num_classes: int
+    in_channels: int
+    preprocessing: Dict[str, List[float]]
+    arch: str
+    arch_class: str
+    arch_kwargs: Dict[str, Any]
+    loss: str
+    loss_class: str
+    loss_kwargs: Dict[str, Any]
+    t: float | None
+    t_source: str
+    t_from: str | None
+    recipe: str
+    recipe_description: str
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    nesterov: bool
+    schedule: str
+    milestones: List[int]
+    gamma: float
+    lr_min: float
+    warmup_epochs: float
+    crop_padding: int
+    flip: bool
+    drop_last: bool
+    train_split: str
+    keep: str
+    split_seed: int
+    seed: int
+    amp: str | None
+    eval_split: str = "test"
+    #: auxiliary outliers (objectives with ``LossInfo.supervised``): the source (a name of
+    #: :data:`~logitnorm_plugin.data.outliers.OUTLIER_SOURCES` or a folder), outliers per ID
+    #: image, outlier images per step (global) and the seed of the source and its stream;
+    #: all ``None`` for a run without outliers, and then left out of ``config.json``, so such
+    #: a run's file is what it always was (a config without them means "no outliers")
+    outliers: str | None = None
+    outlier_ratio: float | None = None
+    outlier_batch_size: int | None = None
+    outlier_seed: int | None = None
+    format: int = CONFIG_FORMAT
+
+    def __post_init__(self):
+        if self.epochs < 1:
+            raise UserError(f"the number of epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise UserError(f"the batch size must be >= 1, got {self.batch_size}")
+        if not self.lr > 0:
+            raise UserError(f"the learning rate must be > 0, got {self.lr}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not (
+            0 <= self.seed <= _MAX_SEED
+        ):
+            raise UserError(f"the seed must be an integer in 0..{_MAX_SEED}, got {self.seed!r}")
+        if self.eval_split not in ("test", "val"):
+            raise UserError(f"eval_split must be 'test' or 'val', got {self.eval_split!r}")
+        if self.eval_split == "val" and self.train_split != "train":
+            raise UserError(
+                "eval_split='val' needs train_split='train' (the val split is held out)"
+            )
+        if self.keep == "best_val" and self.train_split != "train":
+            raise UserError(
+                "keep='best_val' needs train_split='train' (the val split is held out)"
+            )
+        _check_outlier_fields(self)
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._names():
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key) if key in self._names() else default
+
+    @classmethod
+    def _names(cls) -> frozenset:
+        return frozenset(f.name for f in dataclasses.fields(cls))
+
+    def run_name(self) -> str:
+        """What the run is called in progress output: ``train <loss>[ t=<t>] s<seed>``."""
+        t = (self.loss_kwargs or {}).get("t")
+        t_part = f" t={t:g}" if isinstance(t, (int, float)) else ""
+        return f"train {self.loss}{t_part} s{self.seed}"
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The configuration as plain JSON types, ``format`` first (``config.json``)."""
+        values = dataclasses.asdict(self)
+        if values["outliers"] is None:
+            for key in OUTLIER_FIELDS:
+                del values[key]
+        return {"format": values.pop("format"), **values}
+
+
+def _dataset_key(dataset: str) -> str:
+    """The dataset as recorded in the config: a known name in canonical form, else the path."""
+    from logitnorm_plugin.data import DATASETS
+
+    key = canonical_name(dataset)
+    return key if key in DATASETS else str(dataset)
+
+
+def _loss_identity(loss) -> Tuple[str, type]:
+    """``(name recorded in the config, class)`` of a loss name or class."""
+    from logitnorm_plugin.registry import entry_points as registry
+
+    cls = registry.get_loss_class(loss)
+    if isinstance(loss, str):
+        return canonical_name(loss.rpartition(":")[2]), cls
+    return f"{cls.__module__}:{cls.__qualname__}", cls
+
+
+def default_run_dir(config: TrainConfig) -> Path:
+    """``runs/<dataset>-<arch>-<loss>-s<seed>``: where a run goes when no folder is named."""
+    loss = config.loss.rpartition(":")[2].lower()
+    return Path("runs") / f"{dataset_tag(config.dataset)}-{config.arch}-{loss}-s{config.seed}"
+
+
+def resolve_config(
+    dataset: str = "digits",
+    arch: str | None = None,
+    loss="logitnorm",
+    loss_kwargs: Dict[str, Any] | None = None,
+    recipe=None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    seed: int = 0,
+    t_from=None,
+    arch_kwargs: Dict[str, Any] | None = None,
+    amp: str | None = None,
+    eval_split: str = "test",
+    outliers=None,
+    outlier_ratio: float | None = None,
+    outlier_seed: int | None = None,
+    **overrides,
+) -> Tuple[TrainConfig, type]:
+    """The configuration of a run and the loss class, every name and value checked.
+
+    Values left ``None`` come from the recipe (default: ``digits`` for the digits, ``paper``
+    otherwise). The temperature follows :func:`logitnorm_plugin.training.recipes.resolve_t`.
+
+    :param amp: autocast dtype name recorded in the config (``"bf16"``, ``"fp16"``, ``None``)
+    :param outliers: auxiliary outlier source (a name or an image folder) for an objective
+        that needs outliers; the published ratio and loss weights are filled in (see
+        :mod:`logitnorm_plugin.objectives`)
+    :param outlier_ratio: outliers per ID image (default: the objective's published ratio)
+    :param outlier_seed: seed of the outlier source and stream (default: ``seed``)
+    :param overrides: other recipe fields, e.g. ``momentum=0.0``
+    :raises UnknownNameError: unknown recipe, loss, architecture, dataset or outlier source
+    :raises UserError: conflicting or invalid arguments, an objective that needs outliers
+        without ``outliers`` or one that takes none with them
+    """
+    from logitnorm_plugin.data import dataset_meta
+    from logitnorm_plugin.registry.architectures import arch_display_name, arch_spec, resolve_class
+
+    rec = recipes.get_recipe(recipe if recipe is not None else recipes.default_recipe_for(dataset))
+    fields = {f.name for f in dataclasses.fields(recipes.Recipe)} - {
+        "name", "description", "arch", "arch_kwargs", "t", "source"
+    }
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise UserError(f"unknown training option(s) {unknown}; recipe fields: {sorted(fields)}")
+    loss_name, loss_cls = _loss_identity(loss)
+    published = _outlier_objective(loss_cls, loss_name, outliers, outlier_ratio, outlier_seed)
+    meta = dataset_meta(dataset)
+    arch_name = arch_display_name(arch or rec.arch)
+    kwargs = dict(rec.arch_kwargs) if arch_name == rec.arch else {}
+    kwargs.update(arch_kwargs or {})
+    arch_class, resolved_arch_kwargs = arch_spec(
+        arch_name, meta["num_classes"], meta["in_channels"], **kwargs
+    )
+    try:
+        inspect.signature(resolve_class(arch_class)).bind(**resolved_arch_kwargs)
+    except TypeError as exc:
+        raise UserError(
+            f"architecture '{arch_name}' rejects the arguments {resolved_arch_kwargs}: {exc}"
+        ) from exc
+
+    loss_kwargs = dict(loss_kwargs or {})
+    if published is not None:  # the published loss weights, unless given
+        loss_kwargs = {**dict(published.loss_kwargs), **loss_kwargs}
+    choice = recipes.resolve_t(loss_cls, loss_name, loss_kwargs, t_from, rec,
+                               dataset_tag(dataset))
+    if choice.t is not None:
+        loss_kwargs["t"] = choice.t
+    elif recipes.own_t(loss_cls) and "t" not in loss_kwargs:  # recorded, not implied
+        loss_kwargs["t"] = float(inspect.signature(loss_cls).parameters["t"].default)
+    # build it once now: bad arguments fail here with a clear message (an objective that needs
+    # model parts gets them from a stand-in Linear with the dataset's number of classes)
+    from torch import nn  # lazy, like data and models above: this module stays torch-free
+
+    from logitnorm_plugin.registry.split import build_loss, loss_parts
+
+    try:
+        stand_in = None
+        if loss_parts(loss_cls):
+            stand_in = nn.Sequential(nn.Flatten(), nn.Linear(1, int(meta["num_classes"])))
+        build_loss(loss_cls, stand_in, **loss_kwargs)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"loss '{loss_name}' rejects the arguments {loss_kwargs}: {exc}") from exc
+
+    values = rec.to_dict()
+    values.update(overrides)
+    for key, given in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr)):
+        if given is not None:
+            values[key] = given
+    config = TrainConfig(
+        dataset=_dataset_key(dataset),
+        num_classes=int(meta["num_classes"]),
+        in_channels=int(meta["in_channels"]),
+        preprocessing={
+            "mean": [float(v) for v in meta["mean"]],
+            "std": [float(v) for v in meta["std"]],
+            "size": [int(v) for v in meta["size"]],
+        },
+        arch=arch_name,
+        arch_class=arch_class,
+        arch_kwargs=resolved_arch_kwargs,
+        loss=loss_name,
+        loss_class=f"{loss_cls.__module__}.{loss_cls.__qualname__}",
+        loss_kwargs=loss_kwargs,
+        t=choice.t,
+        t_source=choice.source,
+        t_from=choice.path,
+        recipe=rec.name,
+        recipe_description=rec.description,
+        epochs=int(values["epochs"]),
+        batch_size=int(values["batch_size"]),
+        lr=float(values["lr"]),
+        momentum=float(values["momentum"]),
+        weight_decay=float(values["weight_decay"]),
+        nesterov=bool(values["nesterov"]),
+        schedule=values["schedule"],
+        milestones=[int(m) for m in values["milestones"]],
+        gamma=float(values["gamma"]),
+        lr_min=float(values["lr_min"]),
+        warmup_epochs=float(values["warmup_epochs"]),
+        crop_padding=int(values["crop_padding"]),
+        flip=bool(values["flip"]),
+        drop_last=bool(values["drop_last"]),
+        train_split=values["train_split"],
+        keep=values["keep"],
+        split_seed=0,
+        seed=seed if isinstance(seed, bool) else int(seed),
+        amp=amp,
+        eval_split=eval_split,
+        **_outlier_values(published, outliers, outlier_ratio, outlier_seed, dataset,
+                          int(values["batch_size"]), seed),
+    )
+    return config, loss_cls
+
+
+# -- auxiliary outliers --------------------------------------------------------------------------
+
+
+def _outlier_objective(loss_cls, loss_name, outliers, ratio, outlier_seed):
+    """The objective's published outlier values when it needs outliers (``None`` when it
+    takes none); refuses a mismatch before anything is read."""
+    from logitnorm_plugin.objectives import needs_outliers, objective_values
+
+    if needs_outliers(loss_cls):
+        if outliers is None:
+            raise UserError(
+                f"loss '{loss_name}' is trained with auxiliary outliers (LossInfo.supervised) "
+                "and none were given: pass --outliers NAME|FOLDER (the digits: --outliers "
+                "digits_jigsaw; see `logitnorm-ood list losses`)"
+            )
+        return objective_values(loss_cls)
+    if outliers is not None or ratio is not None or outlier_seed is not None:
+        raise UserError(
+            f"loss '{loss_name}' takes no outliers (LossInfo.supervised is false); drop "
+            "--outliers, or train an objective that uses them (e.g. outlier_exposure)"
+        )
+    return None
+
+
+def _outlier_values(published, outliers, ratio, outlier_seed, dataset, batch_size, seed):
+    if published is None:
+        return {}
+    from logitnorm_plugin.data.outliers import resolve_outlier_source
+
+    ratio = published.ratio if ratio is None else ratio
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio > 0:
+        raise UserError(f"the outlier ratio must be a number > 0, got {ratio!r}")
+    return {
+        "outliers": resolve_outlier_source(outliers, dataset),
+        "outlier_ratio": float(ratio),
+        "outlier_batch_size": max(1, int(round(float(ratio) * batch_size))),
+        "outlier_seed": seed if outlier_seed is None else outlier_seed,
+    }
+
+
+def _check_outlier_fields(config: TrainConfig) -> None:
+    if config.outliers is None:
+        if any(getattr(config, k) is not None for k in OUTLIER_FIELDS):
+            raise UserError("outlier settings without an outlier source")
+        return
+    seed = config.outlier_seed
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= _MAX_SEED:
+        raise UserError(f"the outlier seed must be an integer in 0..{_MAX_SEED}, got {seed!r}")
+    if not (config.outlier_ratio or 0) > 0 or not (config.outlier_batch_size or 0) >= 1:
+        raise UserError("the outlier ratio must be > 0 and the outlier batch size >= 1")

@@ -1,0 +1,1 @@
+"""Commands that combine the layers: bench and tune-t."""
