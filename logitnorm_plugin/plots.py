@@ -1,17 +1,23 @@
 """Plots as PNG files (matplotlib, Agg canvas: no display and no global backend switch).
 
-A plain module of functions, one per figure; each takes data or run folders and a target path
-and returns the path it wrote.
+A plain module of functions, one per figure; each takes data (never a folder to read) and a
+target path and returns the path it wrote. Below the training layer: the trainer draws its
+run's logit-norm curve with it.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import List, Sequence, Union
+from typing import Mapping, Sequence, Union
 
+import numpy as np
+import torch
+
+from logitnorm_plugin._core.atomic import atomic_write
+from logitnorm_plugin._core.conventions import PAPER_FPR_KEY
 from logitnorm_plugin._core.tables import is_missing, plural
+from logitnorm_plugin.metrics import expected_calibration_error
 
 __all__ = ["plot_logit_norms", "run_label"]
 
@@ -34,18 +40,12 @@ def _bar(std) -> float:
 
 
 def _save(fig, path: PathLike) -> Path:
-    from logitnorm_plugin._core.atomic import atomic_write
-
     fig.tight_layout()
     return atomic_write(path, lambda f: fig.savefig(f, format="png"))
 
 
-def run_label(run_dir: PathLike) -> str:
-    """A short legend label of a run folder: loss, temperature and seed from its config."""
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        return Path(run_dir).name
-    config = json.loads(path.read_text(encoding="utf-8"))
+def run_label(config: Mapping) -> str:
+    """A short legend label of a run from its ``config.json`` record: loss, temperature, seed."""
     loss = str(config.get("loss", "?")).rpartition(":")[2]
     t = config.get("t")
     label = f"{loss} (t={t:g})" if isinstance(t, (int, float)) else loss
@@ -53,7 +53,7 @@ def run_label(run_dir: PathLike) -> str:
 
 
 def plot_logit_norms(
-    run_dirs: Sequence[PathLike],
+    histories: Sequence[Sequence[Mapping]],
     out: PathLike,
     labels: Sequence[str] | None = None,
     title: str | None = None,
@@ -66,30 +66,28 @@ def plot_logit_norms(
     so nothing drives it up; its level is set by the first steps and weight decay (on the
     digits it settles higher than cross-entropy's, and stays flat).
 
-    :param run_dirs: run folders written by :func:`logitnorm_plugin.train` (each with a
-        ``metrics.jsonl``)
+    The per-epoch records come in as data (the trainer has them in memory; a report reads them
+    with :func:`logitnorm_plugin.training.runs.read_metrics`), so drawing never reads a folder.
+
+    :param histories: per run, its per-epoch records (``epoch``, ``logit_norm_mean``,
+        ``logit_norm_std``), as in a run folder's ``metrics.jsonl``
     :param out: the PNG to write
-    :param labels: legend labels (default: loss, t and seed of each run's config)
-    :param title: figure title (default: the dataset of the first run)
+    :param labels: legend labels (default: ``run 1``, ``run 2``, ...)
+    :param title: figure title
     :param band: shade mean +- one standard deviation over the test images
     :return: the written path
     """
-    from logitnorm_plugin.training.runs import read_metrics
-
-    run_dirs = [Path(r) for r in run_dirs]
-    if not run_dirs:
-        raise ValueError("plot_logit_norms needs at least one run folder")
-    if labels is not None and len(labels) != len(run_dirs):
-        raise ValueError(f"{len(labels)} labels for {len(run_dirs)} runs")
+    if not histories:
+        raise ValueError("plot_logit_norms needs at least one run")
+    if labels is not None and len(labels) != len(histories):
+        raise ValueError(f"{len(labels)} labels for {len(histories)} runs")
     fig = _figure()
     ax = fig.add_subplot(1, 1, 1)
-    dataset = None
-    for i, run in enumerate(run_dirs):
-        records: List[dict] = read_metrics(run)
+    for i, records in enumerate(histories):
         epochs = [r["epoch"] for r in records]
         mean = [r["logit_norm_mean"] for r in records]
         std = [r["logit_norm_std"] for r in records]
-        label = labels[i] if labels is not None else run_label(run)
+        label = labels[i] if labels is not None else f"run {i + 1}"
         (line,) = ax.plot(epochs, mean, marker="o" if len(epochs) <= 30 else None,
                           markersize=3, label=label)
         if band:
@@ -97,12 +95,9 @@ def plot_logit_norms(
                 epochs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
                 color=line.get_color(), alpha=0.15, linewidth=0,
             )
-        if dataset is None and (run / "config.json").is_file():
-            dataset = json.loads((run / "config.json").read_text(encoding="utf-8")).get("dataset")
     ax.set_xlabel("epoch")
     ax.set_ylabel("mean logit L2 norm (ID test set)")
-    ax.set_title(title or (f"Logit norm during training ({dataset})" if dataset else
-                           "Logit norm during training"))
+    ax.set_title(title or "Logit norm during training")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     return _save(fig, out)
@@ -134,7 +129,6 @@ def score_histograms(
     :param id_name: key of the ID scores in each panel
     :return: the written path
     """
-    import numpy as np
 
     if not panels:
         raise ValueError("score_histograms needs at least one panel")
@@ -187,9 +181,7 @@ def reliability_diagram(
     :param title: figure title
     :return: the written path
     """
-    import torch
 
-    from logitnorm_plugin.metrics import expected_calibration_error
 
     if not curves:
         raise ValueError("reliability_diagram needs at least one model")
@@ -237,7 +229,6 @@ def plot_t_tuning(record, out: PathLike, title: str | None = None) -> Path:
     :param title: figure title (default: dataset, architecture and chosen t)
     :return: the written path
     """
-    from logitnorm_plugin._core.conventions import PAPER_FPR_KEY
 
     ok = [r for r in record["results"] if r.get("status") == "ok"]
     if not ok:

@@ -442,13 +442,16 @@ def test_openood_recipe_keeps_best_validation_epoch_on_fake_cifar(tmp_path):
 
 def test_plot_overlays_runs(reference, tmp_path):
     from logitnorm_plugin.plots import plot_logit_norms, run_label
+    from logitnorm_plugin.training.runs import read_config, read_metrics
 
-    assert run_label(reference.run_dir) == f"logitnorm (t={DIGITS_T:g}), s0"
-    png = plot_logit_norms([reference.run_dir, reference.run_dir], tmp_path / "n.png",
-                           labels=["a", "b"])
+    assert run_label(read_config(reference.run_dir)) == f"logitnorm (t={DIGITS_T:g}), s0"
+    history = read_metrics(reference.run_dir)
+    png = plot_logit_norms([history, history], tmp_path / "n.png", labels=["a", "b"])
     assert png.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="labels"):
-        plot_logit_norms([reference.run_dir], tmp_path / "x.png", labels=["a", "b"])
+        plot_logit_norms([history], tmp_path / "x.png", labels=["a", "b"])
+    with pytest.raises(ValueError, match="at least one run"):
+        plot_logit_norms([], tmp_path / "y.png")
 
 
 def test_eval_split_val_keeps_the_test_split_unseen(tmp_path):

@@ -15,6 +15,8 @@ from pathlib import Path
 from logitnorm_plugin._core.conventions import ID_DATASET
 from logitnorm_plugin._core.errors import UserError
 from logitnorm_plugin._core.tables import is_missing, mean_std
+from logitnorm_plugin.plots import plot_logit_norms, run_label
+from logitnorm_plugin.training.runs import read_config, read_metrics
 
 __all__ = ["find_runs", "histograms", "logit_norms", "match_runs", "reliability"]
 
@@ -183,16 +185,14 @@ def reliability(cfg, runs: Mapping[str, Path], out: Path, data_root, device: str
 
 def logit_norms(cfg, runs: Mapping[str, Path], out: Path,
                  notes: list[str]) -> tuple[Path | None, str | None]:
-    from logitnorm_plugin.plots import plot_logit_norms, run_label
-    from logitnorm_plugin.training.runs import read_metrics
-
     ordered = [(m, runs[i]) for m in cfg.models for i in cfg.model_ids(m) if i in runs]
     if not ordered:
         notes.append(f"{cfg.benchmark}: no logit-norm curves: no run folder of the stored "
                      "models was found (pass them with --runs)")
         return None, None
     path = out / f"logit_norm_{_safe(cfg.cfg_id)}.png"
-    plot_logit_norms([r for _, r in ordered], path, labels=[run_label(r) for _, r in ordered],
+    plot_logit_norms([read_metrics(r) for _, r in ordered], path,
+                     labels=[run_label(read_config(r)) for _, r in ordered],
                      title=f"{cfg.benchmark}: mean logit L2 norm on the ID test set")
     rows = ["| Model | Runs | Epochs | first epoch | last epoch |", "|---|---|---|---|---|"]
     for m in cfg.models:

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from logitnorm_plugin._core import atomic, locks, rng
 from logitnorm_plugin._core.errors import TrainingDivergedError, UserError
 from logitnorm_plugin.registry.split import build_loss
+from logitnorm_plugin.plots import plot_logit_norms, run_label
 from logitnorm_plugin.training import checkpoints, distributed, runs
 from logitnorm_plugin.training.config import default_run_dir, resolve_config
 from logitnorm_plugin.training.step import (
@@ -399,10 +400,11 @@ class _Run:
             runtime=self.runtime, wall_time_s=self.train_seconds,
             session_wall_time_s=time.perf_counter() - wall_start, device=self.device,
         )
+        config = self.config.to_dict()
         try:
-            from logitnorm_plugin.plots import plot_logit_norms
-
-            plot_logit_norms([self.out], self.out / runs.PLOT_FILE)
+            plot_logit_norms([self.history], self.out / runs.PLOT_FILE,
+                             labels=[run_label(config)],
+                             title=f"Logit norm during training ({config['dataset']})")
         except ImportError as exc:  # matplotlib is a dependency; never lose a run over a plot
             warnings.warn(f"logit-norm plot skipped: {exc}", RuntimeWarning, stacklevel=2)
         checkpoints.discard_previous(self.out)
