@@ -43,6 +43,15 @@ from logitnorm_plugin.data.catalog import (
     dataset_entry,
     ood_entry,
 )
+from logitnorm_plugin.data.cifar import load_cifar, load_svhn
+from logitnorm_plugin.data.digits import digits_ood, load_digits_split
+from logitnorm_plugin.data.images import (
+    folder_dataset_meta,
+    load_folder_dataset,
+    load_ood_folder,
+    resize_tensors,
+)
+from logitnorm_plugin.data.noise import NoiseDataset
 from logitnorm_plugin.data.tensors import ImageTensors
 
 __all__ = [
@@ -89,7 +98,6 @@ def dataset_meta(name: str) -> dict:
     decodes them; the decoded tensors are cached next to the data).
     """
     if _is_folder_dataset(name):
-        from logitnorm_plugin.data.images import folder_dataset_meta
 
         return folder_dataset_meta(Path(str(name)).expanduser())
     e = dataset_entry(name)
@@ -153,7 +161,6 @@ def load_split(
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}, expected one of {SPLITS}")
     if _is_folder_dataset(name):
-        from logitnorm_plugin.data.images import load_folder_dataset
 
         path = Path(str(name)).expanduser()
         if split == "test":
@@ -161,10 +168,8 @@ def load_split(
         return _split_of(load_folder_dataset(path, "train"), split, seed)
     entry = dataset_entry(name)
     if entry.name == "digits":
-        from logitnorm_plugin.data.digits import load_digits_split
 
         return load_digits_split(split, seed)
-    from logitnorm_plugin.data.cifar import load_cifar
 
     if split == "test":
         return load_cifar(entry.name, train=False, root=_root(root), download=download)
@@ -213,11 +218,9 @@ def load_ood(
     if entry.family == "digits":
         if size != (8, 8) or channels != 1:
             raise ValueError(f"OOD set {entry.name!r} exists only as 1x8x8 (digits)")
-        from logitnorm_plugin.data.digits import digits_ood
 
         return digits_ood(entry.name, seed=seed, mean=mean, std=std, n=n)
     if entry.family == "noise":
-        from logitnorm_plugin.data.noise import NoiseDataset
 
         if n is None:
             n = DATASETS[canonical_name(like)].test_size if not _is_folder_dataset(like) else 1000
@@ -227,22 +230,18 @@ def load_ood(
 
     root = _root(root)
     if entry.family == "cifar":
-        from logitnorm_plugin.data.cifar import load_cifar
 
         ds = load_cifar(entry.name, train=False, root=root, download=download)
         ds = ds.with_normalization(mean, std)
     elif entry.family == "svhn":
-        from logitnorm_plugin.data.cifar import load_svhn
 
         ds = load_svhn(root, download=download, mean=mean, std=std)
     else:
-        from logitnorm_plugin.data.images import load_ood_folder
 
         ds = load_ood_folder(entry, root, download=download, size=size, mean=mean, std=std)
     if ds.shape[0] != channels:
         ds = _to_channels(ds, channels)
     if tuple(ds.shape[1:]) != size:
-        from logitnorm_plugin.data.images import resize_tensors
 
         ds = resize_tensors(ds, size)
     ds = ds.as_ood(entry.name)

@@ -47,6 +47,8 @@ from logitnorm_plugin.data import (
     paper_ood_size,
     subsample_ood,
 )
+from logitnorm_plugin.data.cifar import _cifar_class
+from logitnorm_plugin.data.images import _find_folder, decode_folder, decode_image
 from logitnorm_plugin.loss import PAPER
 
 __all__ = [
@@ -244,8 +246,6 @@ class _PaperCIFARBenchmark(TensorBenchmark):
             self.id_test_set()
             self.ood_sets()
             return
-        from logitnorm_plugin.data.cifar import _cifar_class
-        from logitnorm_plugin.data.images import _find_folder
 
         folder = self.root / _cifar_class(self.dataset).base_folder
         if not folder.is_dir():
@@ -420,7 +420,6 @@ class _OpenOODBenchmark(TensorBenchmark):
     def _decode(self, ds, key: str, ood: bool) -> ImageTensors:
         import torch
 
-        from logitnorm_plugin.data.images import decode_folder
 
         files = [Path(f) for f in ds.files]
         images = decode_folder(
@@ -528,7 +527,6 @@ class _LazyImageList(Dataset):
     def __getitem__(self, index: int):
         import torch
 
-        from logitnorm_plugin.data.images import decode_image
 
         arr = decode_image(Path(self.files[index]), self.size, "resize_crop", 3, self.resize)
         x = torch.from_numpy(arr).permute(2, 0, 1).contiguous()

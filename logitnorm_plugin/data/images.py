@@ -32,6 +32,7 @@ from typing import List, Sequence, Tuple
 import numpy as np
 import torch
 
+from logitnorm_plugin._core.atomic import torch_save
 from logitnorm_plugin._core.errors import CorruptDataError, MissingDataError
 from logitnorm_plugin.data.tensors import ImageTensors
 
@@ -170,7 +171,6 @@ def decode_folder(
         list(pool.map(work, range(len(files))))
     images = torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
     if cache_file is not None:
-        from logitnorm_plugin._core.atomic import torch_save
 
         try:
             torch_save(images, cache_file)

@@ -65,8 +65,13 @@ from logitnorm_plugin._core.errors import (
     closest_match,
 )
 from logitnorm_plugin._core.rng import hash64
+from logitnorm_plugin.data import _root, dataset_meta
 from logitnorm_plugin.data.catalog import OOD_SETS
+from logitnorm_plugin.data.digits import DIGITS_MEAN, DIGITS_STD, load_digits_split
+from logitnorm_plugin.data.images import decode_folder, list_images
+from logitnorm_plugin.data.noise import quantize
 from logitnorm_plugin.data.tensors import ImageTensors
+from logitnorm_plugin.objectives import OutlierStream, needs_outliers
 
 __all__ = ["DEFAULT_OUTLIERS", "DIGITS_JIGSAW_SIZE", "OUTLIER_SOURCES", "OutlierSource",
            "default_outlier_source", "digits_jigsaw", "jigsaw_plan", "list_outlier_sources",
@@ -140,7 +145,6 @@ def outliers_for(loss_cls: type, loss_name: str, dataset: str, outliers=None):
 
     :raises UserError: an objective needs outliers and the dataset has no named source
     """
-    from logitnorm_plugin.objectives import needs_outliers
 
     if not needs_outliers(loss_cls):
         return None
@@ -218,7 +222,6 @@ def jigsaw_plan(seed: int, index: int, pool: int, attempt: int = 0) -> Tuple[int
 
 @functools.lru_cache(maxsize=4)
 def _jigsaw_images(n: int, seed: int, split: str, split_seed: int) -> torch.Tensor:
-    from logitnorm_plugin.data.digits import load_digits_split
 
     pool = load_digits_split(split, split_seed).images[:, 0]  # P x 8 x 8 uint8
     flat = pool.reshape(len(pool), 64)
@@ -263,7 +266,6 @@ def digits_jigsaw(
     :param split: the training split the digits come from: ``"train_full"`` or ``"train"``
     :param split_seed: the seed of the ``train`` / ``val`` hold-out
     """
-    from logitnorm_plugin.data.digits import DIGITS_MEAN, DIGITS_STD
 
     if split not in ("train", "train_full"):
         raise ValueError(f"digits_jigsaw uses a training split, not {split!r}")
@@ -281,7 +283,6 @@ def _fit(images: torch.Tensor, size, channels: int, levels: int) -> torch.Tensor
     (ITU-R 601 luma for grey) and grey levels, in chunks."""
     import torchvision.transforms.functional as TF
 
-    from logitnorm_plugin.data.noise import quantize
 
     size = (int(size[0]), int(size[1]))
     parts = []
@@ -317,7 +318,6 @@ def _tinyimages300k(root: Path, download: bool) -> torch.Tensor:
 
 
 def _tinyimagenet(root: Path, download: bool, size, channels: int) -> torch.Tensor:
-    from logitnorm_plugin.data.images import decode_folder
 
     folder = root / "tiny-imagenet-200" / "train"
     if not folder.is_dir() and download:
@@ -354,8 +354,6 @@ def load_outliers(
     :raises MissingDataError: the data is not on disk (and ``download`` is false), or a folder
         holds no image
     """
-    from logitnorm_plugin.data import _root, dataset_meta
-    from logitnorm_plugin.data.images import decode_folder, list_images
 
     meta = dataset_meta(dataset)
     size, channels = tuple(meta["size"]), int(meta["in_channels"])
@@ -389,7 +387,6 @@ def outlier_stream(config, rank: int, world_size: int, device, root=None,
 
     :param config: the run's :class:`~logitnorm_plugin.training.config.TrainConfig`
     """
-    from logitnorm_plugin.objectives import OutlierStream
 
     if config.get("outliers") is None:
         return None

@@ -49,6 +49,7 @@ from pytorch_ood.detector import ODIN
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from logitnorm_plugin._core import provenance as provenance_module
 from logitnorm_plugin._core.conventions import ID_DATASET, config_hash
 from logitnorm_plugin._core.device import resolve_device
 from logitnorm_plugin.evaluation import feeds
@@ -66,6 +67,8 @@ from logitnorm_plugin.evaluation.specs import (
     resolve_models,
 )
 from logitnorm_plugin.metrics import accuracy, expected_calibration_error
+from logitnorm_plugin.registry.entry_points import create_detector
+from logitnorm_plugin.store.results import ResultStore
 
 __all__ = ["evaluate"]
 
@@ -341,7 +344,6 @@ def evaluate(
     run_config = evaluation_config(bench, protocol, repetitions, seed)
     own_store = False
     if store is not None and not hasattr(store, "put"):
-        from logitnorm_plugin.store.results import ResultStore
 
         store, own_store = ResultStore(store), True
     try:
@@ -353,7 +355,6 @@ def evaluate(
             fit_cache=FitCache(cache_dir) if cache_dir is not None else None,
         )
         if store is not None:
-            from logitnorm_plugin._core import provenance as provenance_module
 
             store.register_config(job.config_id, {**run_config, "groups": bench.groups})
             record = dict(provenance) if provenance is not None else provenance_module.collect(
@@ -513,7 +514,6 @@ class _ModelWork:
         return results
 
     def _build(self, net: nn.Module, needed: set) -> Dict[str, Detector]:
-        from logitnorm_plugin.registry.entry_points import create_detector
 
         detectors: Dict[str, Detector] = {}
         self.feed_of: Dict[str, feeds.Feed] = {}

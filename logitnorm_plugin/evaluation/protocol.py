@@ -12,6 +12,7 @@ from typing import Dict, List
 import torch
 from torch import Tensor
 
+from logitnorm_plugin.data import paper_ood_size, subsample_ood
 from logitnorm_plugin.metrics import ood_metrics
 
 __all__ = ["paper_subsample_indices", "protocol_metrics"]
@@ -26,7 +27,6 @@ def paper_subsample_indices(
 
     :return: one int64 index tensor per repetition
     """
-    from logitnorm_plugin.data import paper_ood_size, subsample_ood
 
     k = max(1, paper_ood_size(n_id))
     return [torch.from_numpy(i) for i in subsample_ood(n_ood, k, repeats=repetitions, seed=seed)]

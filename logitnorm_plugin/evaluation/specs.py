@@ -38,6 +38,14 @@ from logitnorm_plugin._core.errors import (
     UsageError,
 )
 from logitnorm_plugin.registry import hub
+from logitnorm_plugin.registry.entry_points import (
+    RegistryLoadError,
+    entries,
+    get_benchmark_class,
+    get_entry,
+    name_of,
+)
+from logitnorm_plugin.training.runs import load_trained
 
 __all__ = [
     "DEFAULT_DETECTORS",
@@ -158,7 +166,6 @@ def _registry_spec(key: str, download: bool = False) -> ModelSpec:
 def _run_spec(path: str) -> ModelSpec:
     """A run folder of :func:`logitnorm_plugin.train`: the model and its card's loss,
     seed, architecture, preprocessing and LogitNorm temperature."""
-    from logitnorm_plugin.training.runs import load_trained
 
     model, card = load_trained(path, return_card=True)
     pre = card.get("preprocessing") or {}
@@ -366,7 +373,6 @@ def resolve_benchmark(
         return benchmark
     name = None
     if isinstance(benchmark, (str, type)):
-        from logitnorm_plugin.registry.entry_points import get_benchmark_class
 
         cls = get_benchmark_class(benchmark)
         name = canonical_name(benchmark) if isinstance(benchmark, str) else cls.__name__
@@ -503,7 +509,6 @@ class DetectorSpec:
 
 def _registered(cls: type) -> Tuple[str, str | None]:
     """``(registered name, supplying distribution or None)`` of a detector class."""
-    from logitnorm_plugin.registry.entry_points import RegistryLoadError, entries, name_of
 
     name = name_of("detector", cls)
     for entry in entries("detector"):
@@ -524,7 +529,6 @@ def parse_detectors(detectors) -> List[DetectorSpec]:
     :raises UnknownNameError: for an unknown name (lists the names and the closest match)
     :raises UsageError: for no detector, or a configuration given twice
     """
-    from logitnorm_plugin.registry.entry_points import get_entry
 
     if isinstance(detectors, (str, Detector, type)):
         detectors = [detectors]

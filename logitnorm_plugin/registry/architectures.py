@@ -54,6 +54,7 @@ from logitnorm_plugin._core.errors import (
     closest_match,
 )
 from logitnorm_plugin.models import DigitsCNN, ResNet18CIFAR
+from logitnorm_plugin.registry.entry_points import group_entry_points
 
 __all__ = [
     "ARCHS",
@@ -167,7 +168,6 @@ def _torchvision_builders() -> Dict[str, Callable]:
 
 
 def _entry_point_classes() -> Dict[str, Callable]:
-    from logitnorm_plugin.registry.entry_points import group_entry_points
 
     found = {}
     for ep in group_entry_points(ARCH_GROUP):

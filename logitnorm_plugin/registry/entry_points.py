@@ -483,6 +483,7 @@ def create_detector(name: Union[str, type], model, **kwargs):
         :mod:`logitnorm_plugin.registry.split`
     :param kwargs: further constructor arguments, e.g. ``t=0.04``
     """
+    # lazy: listing and name look-ups stay torch-free; the split needs torch
     from logitnorm_plugin.registry.split import build_detector
 
     return build_detector(get_detector_class(name), model, **kwargs)
@@ -530,6 +531,7 @@ def describe(kind: str, pattern: str | None = None) -> List[Dict[str, str]]:
 
 def _notes(kind: str, cls: type) -> str:
     if kind == "loss":
+        # lazy: `list` stays torch-free; these notes are only read for a loss that is shown
         from logitnorm_plugin.objectives import needs_outliers, objective_values
         from logitnorm_plugin.registry.split import loss_parts
 

@@ -34,6 +34,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from logitnorm_plugin._core.atomic import write_text
 from logitnorm_plugin._core.errors import UserError
 from logitnorm_plugin._core.provenance import provenance_text
 from logitnorm_plugin._core.tables import finite_json, is_missing, markdown_table, rst_grid_table
@@ -322,7 +323,6 @@ def export_results(results_dir, out=None, formats: Sequence[str] = FORMATS,
         :func:`provenance_path`)
     :raises IncompatibleResultsError: for a missing, empty or incompatible results folder
     """
-    from logitnorm_plugin._core.atomic import write_text
 
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:

@@ -15,8 +15,16 @@ from pathlib import Path
 from logitnorm_plugin._core.conventions import ID_DATASET
 from logitnorm_plugin._core.errors import UserError
 from logitnorm_plugin._core.tables import is_missing, mean_std
-from logitnorm_plugin.plots import plot_logit_norms, run_label
-from logitnorm_plugin.training.runs import read_config, read_metrics
+from logitnorm_plugin.evaluation.specs import model_fingerprint, resolve_benchmark, resolve_model
+from logitnorm_plugin.metrics import expected_calibration_error
+from logitnorm_plugin.plots import (
+    plot_logit_norms,
+    reliability_diagram,
+    run_label,
+    score_histograms,
+)
+from logitnorm_plugin.registry.hub import registry_weights_path
+from logitnorm_plugin.training.runs import load_trained, read_config, read_metrics
 
 __all__ = ["find_runs", "histograms", "logit_norms", "match_runs", "reliability"]
 
@@ -38,8 +46,6 @@ def find_runs(results_dir, extra: Sequence = ()) -> list[Path]:
 
 def match_runs(runs: Sequence[Path], model_ids: set[str], notes: list[str]) -> dict[str, Path]:
     """Stored model id -> run folder, by the fingerprint of the run's weights."""
-    from logitnorm_plugin.evaluation.specs import model_fingerprint
-    from logitnorm_plugin.training.runs import load_trained
 
     matched = {}
     for run in runs:
@@ -55,7 +61,6 @@ def match_runs(runs: Sequence[Path], model_ids: set[str], notes: list[str]) -> d
 
 
 def histograms(store, cfg, out: Path, notes: list[str]) -> list[tuple[str, Path]]:
-    from logitnorm_plugin.plots import score_histograms
 
     detector_ids = {(r["model_id"], r["Detector"]): r["detector_id"] for r in cfg.rows}
     figures = []
@@ -105,7 +110,6 @@ def _registry_model(model_id: str):
     key = model_id.split(":")[1]
     from pytorch_ood.model import registry
 
-    from logitnorm_plugin.registry.hub import registry_weights_path
 
     try:
         entry = registry.get_model_info(key)
@@ -136,9 +140,6 @@ def reliability(cfg, runs: Mapping[str, Path], out: Path, data_root, device: str
     """Reliability diagram of the first seed of each objective, from ID logits recomputed with
     the stored model on the benchmark's ID test set; the recomputed ECE is checked against the
     stored one."""
-    from logitnorm_plugin.evaluation.specs import resolve_benchmark, resolve_model
-    from logitnorm_plugin.metrics import expected_calibration_error
-    from logitnorm_plugin.plots import reliability_diagram
 
     chosen = []
     for m in cfg.models:

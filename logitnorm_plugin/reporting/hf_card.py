@@ -27,9 +27,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from logitnorm_plugin._core.atomic import atomic_write, write_text
 from logitnorm_plugin._core.conventions import PAPER_FPR_KEY
 from logitnorm_plugin._core.errors import ModelIntegrityError, UserError
+from logitnorm_plugin.evaluation.specs import resolve_model
 from logitnorm_plugin.reporting import model_entry as upstream
+from logitnorm_plugin.store.results import open_results
 from logitnorm_plugin.training import runs
 
 __all__ = ["CARD_METRICS", "hf_weights_name", "model_index", "write_hf_card"]
@@ -72,8 +75,6 @@ def hf_weights_name(key: str, sha256: str) -> str:
 def _store_values(results, run_dir) -> tuple[list[dict], dict]:
     """The stored rows of this run's model (by its weights' fingerprint) and the store's
     provenance summary of them."""
-    from logitnorm_plugin.evaluation.specs import resolve_model
-    from logitnorm_plugin.store.results import open_results
 
     model_id = resolve_model(str(run_dir)).model_id()
     with open_results(results) as store:
@@ -179,7 +180,6 @@ def write_hf_card(run_dir, out_dir, results=None, key: str | None = None) -> dic
     :raises ModelIntegrityError: if the weights do not match the run's card
     :raises UserError: without ``huggingface_hub``, or if ``results`` holds nothing of this model
     """
-    from logitnorm_plugin._core.atomic import atomic_write, write_text
 
     hub = _hub()
     weights, card = runs.verified_weights(run_dir)

@@ -36,8 +36,11 @@ from typing import Any
 
 import numpy as np
 
+from logitnorm_plugin._core.atomic import write_text
 from logitnorm_plugin._core.conventions import OPENOOD_FPR_KEY, canonical_name, safe_file_part
 from logitnorm_plugin._core.errors import IncompatibleResultsError, UserError
+from logitnorm_plugin.registry import entry_points as registry
+from logitnorm_plugin.reporting.export import csv_provenance
 from logitnorm_plugin.store.aggregation import detector_group_of
 from logitnorm_plugin.store.results import open_results
 
@@ -332,7 +335,6 @@ def eval_ood_table(row: LeaderboardRow) -> str:
 
 def _paper_link(alias: str, kind: str, name: str) -> str:
     """The paper of an alias: this package's table, else the registered class's ``info``."""
-    from logitnorm_plugin.registry import entry_points as registry
 
     if alias in _PAPER_LINKS:
         return _PAPER_LINKS[alias]
@@ -367,8 +369,6 @@ def write_leaderboard(results_dir, out=None, nonstandard: bool = False) -> dict[
     :raises NonStandardResultsError: for a store outside the v1.5 protocol without
         ``nonstandard``
     """
-    from logitnorm_plugin._core.atomic import write_text
-    from logitnorm_plugin.reporting.export import csv_provenance
 
     with open_results(results_dir) as store:
         rows = leaderboard_rows(store)

@@ -25,8 +25,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from logitnorm_plugin._core.atomic import atomic_write
 from logitnorm_plugin._core.conventions import REGISTRY_LOSS_NAMES
 from logitnorm_plugin._core.errors import ModelIntegrityError, UntrustedFileError
+from logitnorm_plugin.registry.architectures import resolve_class
 from logitnorm_plugin.training import runs
 
 __all__ = [
@@ -151,7 +153,6 @@ def model_entry_snippet(run_dir, key: str | None = None, url: str | None = None)
     :return: the snippet (a Python expression, with comments)
     :raises ModelIntegrityError: if ``model.pt`` does not match the card's hash
     """
-    from logitnorm_plugin.registry.architectures import resolve_class
 
     path = Path(run_dir)
     card_dir = path if path.is_dir() else path.parent
@@ -273,7 +274,6 @@ def check_entry(entry, run_dir) -> None:
 def copy_weights(run_dir, dest, key: str | None = None) -> Path:
     """Copy a run's ``model.pt`` to ``dest/<key>/model-<sha256[:16]>.pt``, the upload layout
     that the placeholder URL of :func:`model_entry_snippet` assumes."""
-    from logitnorm_plugin._core.atomic import atomic_write
 
     source, card = runs.verified_weights(run_dir)
     key = check_key(key) if key else upstream_key(card)

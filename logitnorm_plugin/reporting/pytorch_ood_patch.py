@@ -26,6 +26,7 @@ from pathlib import Path
 
 from logitnorm_plugin._core.errors import UsageError, UserError
 from logitnorm_plugin.reporting import model_entry as upstream
+from logitnorm_plugin.training.runs import read_card
 
 __all__ = ["REGISTRY_PATH", "entry_lines", "installed_registry", "insert_entries",
            "registry_patch"]
@@ -126,7 +127,6 @@ def registry_patch(run_dirs: Sequence, url_prefix: str | None = None,
     :param keys: registry keys instead of the derived ones (one per run, or ``None``)
     :return: the diff, with ``a/`` and ``b/`` paths relative to the repository root
     """
-    from logitnorm_plugin.training.runs import read_card
 
     _, source = installed_registry()
     keys = list(keys) if keys is not None else [None] * len(run_dirs)

@@ -38,7 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from logitnorm_plugin._core.atomic import write_json, write_text
 from logitnorm_plugin._core.conventions import canonical_name
+from logitnorm_plugin._core.device import resolve_device
 from logitnorm_plugin._core.provenance import provenance_text
 from logitnorm_plugin._core.tables import finite_json, is_missing, pct
 from logitnorm_plugin.reporting import figures as report_figures
@@ -390,8 +392,6 @@ def write_report(
     :param figures: draw the PNGs (tables only when false)
     :raises IncompatibleResultsError: for a missing, empty or incompatible results folder
     """
-    from logitnorm_plugin._core.atomic import write_json, write_text
-    from logitnorm_plugin._core.device import resolve_device
 
     device = str(resolve_device(device))
     base = Path(results_dir)

@@ -46,6 +46,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from logitnorm_plugin._core import provenance
 from logitnorm_plugin._core.conventions import AGGREGATE_METRICS
 from logitnorm_plugin._core.errors import IncompatibleResultsError
 from logitnorm_plugin._core.locks import make_folder
@@ -416,7 +417,6 @@ class ResultStore:
         """Where the numbers of ``rows`` (default: all cells) came from, merged over the runs
         that computed them: package versions, git commits, devices, commands, seeds and dates;
         plus when and with which versions this summary was made."""
-        from logitnorm_plugin._core import provenance
 
         rows = list(rows) if rows is not None else self.rows(with_ids=True)
         run_ids = sorted({r["run_id"] for r in rows if r.get("run_id") is not None})

@@ -20,6 +20,12 @@ from typing import Any, Dict, List, Tuple
 
 from logitnorm_plugin._core.conventions import canonical_name, dataset_tag
 from logitnorm_plugin._core.errors import UserError
+from logitnorm_plugin.data import DATASETS, dataset_meta
+from logitnorm_plugin.data.outliers import resolve_outlier_source
+from logitnorm_plugin.objectives import needs_outliers, objective_values
+from logitnorm_plugin.registry import entry_points as registry
+from logitnorm_plugin.registry.architectures import arch_display_name, arch_spec, resolve_class
+from logitnorm_plugin.registry.split import build_loss, loss_parts
 from logitnorm_plugin.training import recipes
 
 __all__ = ["CONFIG_FORMAT", "OUTLIER_FIELDS", "TrainConfig", "default_run_dir",
@@ -140,7 +146,6 @@ class TrainConfig:
 
 def _dataset_key(dataset: str) -> str:
     """The dataset as recorded in the config: a known name in canonical form, else the path."""
-    from logitnorm_plugin.data import DATASETS
 
     key = canonical_name(dataset)
     return key if key in DATASETS else str(dataset)
@@ -148,7 +153,6 @@ def _dataset_key(dataset: str) -> str:
 
 def _loss_identity(loss) -> Tuple[str, type]:
     """``(name recorded in the config, class)`` of a loss name or class."""
-    from logitnorm_plugin.registry import entry_points as registry
 
     cls = registry.get_loss_class(loss)
     if isinstance(loss, str):
@@ -197,8 +201,6 @@ def resolve_config(
     :raises UserError: conflicting or invalid arguments, an objective that needs outliers
         without ``outliers`` or one that takes none with them
     """
-    from logitnorm_plugin.data import dataset_meta
-    from logitnorm_plugin.registry.architectures import arch_display_name, arch_spec, resolve_class
 
     rec = recipes.get_recipe(recipe if recipe is not None else recipes.default_recipe_for(dataset))
     fields = {f.name for f in dataclasses.fields(recipes.Recipe)} - {
@@ -236,7 +238,6 @@ def resolve_config(
     # model parts gets them from a stand-in Linear with the dataset's number of classes)
     from torch import nn  # lazy, like data and models above: this module stays torch-free
 
-    from logitnorm_plugin.registry.split import build_loss, loss_parts
 
     try:
         stand_in = None
@@ -303,7 +304,6 @@ def resolve_config(
 def _outlier_objective(loss_cls, loss_name, outliers, ratio, outlier_seed):
     """The objective's published outlier values when it needs outliers (``None`` when it
     takes none); refuses a mismatch before anything is read."""
-    from logitnorm_plugin.objectives import needs_outliers, objective_values
 
     if needs_outliers(loss_cls):
         if outliers is None:
@@ -324,7 +324,6 @@ def _outlier_objective(loss_cls, loss_name, outliers, ratio, outlier_seed):
 def _outlier_values(published, outliers, ratio, outlier_seed, dataset, batch_size, seed):
     if published is None:
         return {}
-    from logitnorm_plugin.data.outliers import resolve_outlier_source
 
     ratio = published.ratio if ratio is None else ratio
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio > 0:

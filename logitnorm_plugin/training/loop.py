@@ -35,9 +35,13 @@ from torch import Tensor, nn
 
 from logitnorm_plugin._core import atomic, locks, rng
 from logitnorm_plugin._core.errors import TrainingDivergedError, UserError
-from logitnorm_plugin.registry.split import build_loss
+from logitnorm_plugin.data import load_split
+from logitnorm_plugin.data.outliers import outlier_stream
 from logitnorm_plugin.plots import plot_logit_norms, run_label
+from logitnorm_plugin.registry.architectures import resolve_class
+from logitnorm_plugin.registry.split import build_loss
 from logitnorm_plugin.training import checkpoints, distributed, runs
+from logitnorm_plugin.training.augment import DeviceAugment
 from logitnorm_plugin.training.config import default_run_dir, resolve_config
 from logitnorm_plugin.training.step import (
     TrainStep,
@@ -79,8 +83,6 @@ class _Run:
     # -- set-up -------------------------------------------------------------------------------
 
     def load_data(self, data_root, download: bool) -> None:
-        from logitnorm_plugin.data import load_split
-        from logitnorm_plugin.data.outliers import outlier_stream
 
         c = self.config
         # auxiliary outliers (None without): a missing set fails before the ID data is read
@@ -133,8 +135,6 @@ class _Run:
         self.val = shard(val)
 
     def build(self) -> None:
-        from logitnorm_plugin.registry.architectures import resolve_class
-        from logitnorm_plugin.training.augment import DeviceAugment
 
         c, rt = self.config, self.runtime
         torch.manual_seed(c["seed"])

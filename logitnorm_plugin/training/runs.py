@@ -39,7 +39,8 @@ import re
 from pathlib import Path
 from typing import Any, Dict, List, Union
 
-from logitnorm_plugin._core import atomic
+from logitnorm_plugin._core import atomic, provenance
+from logitnorm_plugin._core.conventions import dataset_tag
 from logitnorm_plugin._core.digests import json_sha256, sha256_file
 from logitnorm_plugin._core.errors import (
     ConfigMismatchError,
@@ -49,6 +50,7 @@ from logitnorm_plugin._core.errors import (
     UserError,
     one_line,
 )
+from logitnorm_plugin.registry.architectures import build_arch
 from logitnorm_plugin.training import checkpoints
 from logitnorm_plugin.training.checkpoints import CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE
 
@@ -318,8 +320,6 @@ def write_model(run_dir: PathLike, state: Dict[str, Any], config: Dict[str, Any]
 
     :return: the card
     """
-    from logitnorm_plugin._core import provenance
-    from logitnorm_plugin._core.conventions import dataset_tag
 
     run_dir = Path(run_dir)
     atomic.torch_save(state, run_dir / MODEL_FILE)
@@ -509,7 +509,6 @@ def load_trained(path: PathLike, map_location="cpu", return_card: bool = False):
     """
     import torch
 
-    from logitnorm_plugin.registry.architectures import build_arch
 
     weights, card = verified_weights(path)
     card_path = str(_card_path(path))

@@ -38,13 +38,40 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from logitnorm_plugin._core import locks
+from logitnorm_plugin._core import locks, provenance
 from logitnorm_plugin._core.atomic import remove_stale_temporaries, write_json, write_text
-from logitnorm_plugin._core.conventions import canonical_name, config_hash, safe_file_part
+from logitnorm_plugin._core.conventions import (
+    ID_DATASET,
+    canonical_name,
+    config_hash,
+    safe_file_part,
+)
+from logitnorm_plugin._core.device import resolve_device, resolve_threads, torch_threads
 from logitnorm_plugin._core.errors import DetectorFitError, UserError
 from logitnorm_plugin._core.tables import finite_json, plural
+from logitnorm_plugin.data.outliers import outliers_for
+from logitnorm_plugin.evaluation.engine import evaluate
+from logitnorm_plugin.evaluation.specs import (
+    evaluation_config,
+    parse_detectors,
+    resolve_benchmark,
+    resolve_model,
+)
+from logitnorm_plugin.plots import score_histograms
+from logitnorm_plugin.registry.entry_points import (
+    RegistryLoadError,
+    RegistryWarning,
+    create_detector,
+    entries,
+    get_loss_class,
+)
 from logitnorm_plugin.reporting.bench_output import format_per_dataset, format_table, rows_csv
 from logitnorm_plugin.store.published import load_published, match_published
+from logitnorm_plugin.store.results import STORE_FILE, ResultStore
+from logitnorm_plugin.training.config import resolve_config
+from logitnorm_plugin.training.loop import train
+from logitnorm_plugin.training.runs import CARD_FILE
+from logitnorm_plugin.workflows.model_labels import model_specs
 
 __all__ = ["ALL_DETECTORS", "DEFAULTS", "run"]
 
@@ -85,9 +112,6 @@ class _TrainRequest:
     @classmethod
     def resolve(cls, loss, seed, dataset, out: Path, recipe, epochs, t, t_from, data_root,
                 download, progress, device: str, outliers=None) -> _TrainRequest:
-        from logitnorm_plugin.data.outliers import outliers_for
-        from logitnorm_plugin.registry.entry_points import get_loss_class
-        from logitnorm_plugin.training.config import resolve_config
 
         # --t and --t-from concern the LogitNorm models only
         loss_kwargs = {"t": t} if t is not None and loss == "logitnorm" else None
@@ -121,9 +145,6 @@ class _TrainRequest:
         reused as it is (nothing is rewritten); an unfinished one is resumed; one trained with
         other settings is an error (:class:`~logitnorm_plugin._core.errors.ConfigMismatchError`):
         the trainer's ``resume="auto"`` compares every configuration recorded there."""
-        from logitnorm_plugin.evaluation.specs import resolve_model
-        from logitnorm_plugin.training.loop import train
-        from logitnorm_plugin.training.runs import CARD_FILE
 
         request_path = self.run_dir / REQUEST_FILE
         reuse = (
@@ -189,7 +210,6 @@ def run(
         same, with a pointer to ``table.md`` instead of more than :data:`README_MAX_ROWS`
         per-OOD-set rows), ``config_id``, ``out``, ``seconds`` and ``plots``
     """
-    from logitnorm_plugin._core.device import resolve_device, resolve_threads, torch_threads
 
     device = str(resolve_device(device))
     with torch_threads(resolve_threads(threads, device, benchmark)):
@@ -211,7 +231,6 @@ class _Comparison:
     def __init__(self, benchmark, models, losses, detectors, seeds, device, out, data_root,
                  download, force, batch_size, protocol, recipe, epochs, t, t_from, progress,
                  plots, num_workers, command, outliers=None):
-        from logitnorm_plugin.evaluation.specs import parse_detectors, resolve_benchmark
 
         if batch_size < 1:
             raise UserError(f"the batch size must be >= 1, got {batch_size}")
@@ -238,9 +257,6 @@ class _Comparison:
         ]
 
     def run(self, stdout) -> dict:
-        from logitnorm_plugin._core import provenance
-        from logitnorm_plugin.evaluation.specs import evaluation_config
-        from logitnorm_plugin.workflows.model_labels import model_specs
 
         stdout = stdout or sys.stdout
         if self.models:
@@ -266,7 +282,6 @@ class _Comparison:
     def _keep_constructible(self, specs) -> None:
         """``--detectors all``: keep the detectors that every model can build (a feature
         detector needs a model the split understands, ...); say which are left out and why."""
-        from logitnorm_plugin.registry.entry_points import create_detector
 
         kept = []
         for request in self.requests:
@@ -303,8 +318,6 @@ class _Comparison:
 
     def _evaluate(self, specs, record, cfg):
         """Evaluate into the store; aggregate this run's models and detectors from it."""
-        from logitnorm_plugin.evaluation.engine import evaluate
-        from logitnorm_plugin.store.results import STORE_FILE, ResultStore
 
         # models that arch, loss and seed do not tell apart get a table row each
         self.by_model = len({(s.arch, s.loss, s.seed) for s in specs}) < len(specs)
@@ -381,7 +394,6 @@ class _Comparison:
 
     def _reuse_line(self, specs, cells_before: int) -> str:
         """What this run reuses and what it still computes (one line, before evaluation)."""
-        from logitnorm_plugin.store.results import STORE_FILE
 
         cells = len(specs) * len(self.requests) * len(self.bench.ood_names)
         if self.models:
@@ -397,8 +409,6 @@ class _Comparison:
     def _write(self, specs, rows, summary, per_dataset, cells_before, hist, record, cfg,
                stdout) -> dict:
         """Print the table; write table.md, results.csv and results.json."""
-        from logitnorm_plugin._core import provenance
-        from logitnorm_plugin.evaluation.specs import evaluation_config
 
         bench, by = self.bench, self.by
         published = load_published()
@@ -486,7 +496,6 @@ def _means_all(detectors) -> bool:
 def _every_detector() -> list[str]:
     """Every registered detector that imports (a broken entry is skipped with a warning), by
     its name, or ``distribution:name`` where two distributions declare one name."""
-    from logitnorm_plugin.registry.entry_points import RegistryLoadError, RegistryWarning, entries
 
     found = entries("detector")
     names = []
@@ -531,8 +540,6 @@ def _ordered(entries, specs, detectors, by, datasets=()):
 def _histograms(store, chosen, requests, bench, cfg, out: Path) -> list[Path]:
     """One PNG per detector: ID vs OOD scores of the ``chosen`` models (the first seed of each
     loss), side by side."""
-    from logitnorm_plugin._core.conventions import ID_DATASET
-    from logitnorm_plugin.plots import score_histograms
 
     paths = []
     for request in requests:

@@ -47,17 +47,24 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Sequence, Tuple
 
+from logitnorm_plugin import data
 from logitnorm_plugin._core import atomic, locks, provenance
 from logitnorm_plugin._core.conventions import PAPER_FPR_KEY, canonical_name, config_hash
 from logitnorm_plugin._core.device import resolve_device, resolve_threads, torch_threads
 from logitnorm_plugin._core.errors import TrainingDivergedError, UserError
 from logitnorm_plugin._core.tables import finite_json
+from logitnorm_plugin.evaluation.engine import evaluate
+from logitnorm_plugin.evaluation.specs import BenchmarkData, ModelSpec
+from logitnorm_plugin.plots import plot_t_tuning
 from logitnorm_plugin.registry import entry_points as registry
-from logitnorm_plugin.store.results import STORE_FILE
+from logitnorm_plugin.store.results import STORE_FILE, ResultStore
 from logitnorm_plugin.training import recipes
+from logitnorm_plugin.training.config import resolve_config
+from logitnorm_plugin.training.loop import train
 from logitnorm_plugin.training.recipes import RECOMMENDED_T_FILE as RESULT_FILE
 from logitnorm_plugin.training.recipes import RECOMMENDED_T_FORMAT as FORMAT
 from logitnorm_plugin.training.recipes import RECOMMENDED_T_VERSION as FORMAT_VERSION
+from logitnorm_plugin.training.runs import load_trained
 from logitnorm_plugin.workflows.t_selection import (
     DEFAULT_GRID,
     SUMMARY_METRICS,
@@ -111,7 +118,6 @@ class _ValidationSets:
 
 def _load_validation(dataset: str, split_seed: int, noise_n: int | None, noise_seed: int,
                      data_root, download: bool):
-    from logitnorm_plugin import data
 
     meta = data.dataset_meta(dataset)
     val = data.load_split(dataset, "val", data_root, download, split_seed)
@@ -141,7 +147,6 @@ def _shortened(recipe, epochs: int | None) -> Dict[str, Any]:
 
 def _train_point(kwargs: Dict[str, Any]) -> str:
     """Train one grid point (also the worker function of ``jobs > 1``); returns the run folder."""
-    from logitnorm_plugin.training.loop import train
 
     return os.fspath(train(**kwargs))
 
@@ -310,7 +315,6 @@ class _Tuning:
 
     def __init__(self, out: Path, grid, seeds, train_args, amp, device, force: bool,
                  loss: str = "logitnorm"):
-        from logitnorm_plugin.training.config import resolve_config
 
         self.out, self.train_args, self.amp, self.device = out, train_args, amp, device
         self.force, self.loss = force, loss
@@ -326,7 +330,6 @@ class _Tuning:
         self.split_seed = int(self.first.get("split_seed", 0))
 
     def set_validation(self, val, noise, noise_seed: int, rule, recipe: str, overrides) -> None:
-        from logitnorm_plugin.evaluation.specs import BenchmarkData
 
         first = self.first
         self.val = val
@@ -379,7 +382,6 @@ class _Tuning:
 
     def run(self, jobs: int, progress: bool, callback, threads: int | None = None):
         """Train and score every point that the store does not hold yet."""
-        from logitnorm_plugin.store.results import ResultStore
 
         self.out.mkdir(parents=True, exist_ok=True)
         self.points: Dict[Tuple[float, int], Dict[str, Any]] = {}
@@ -414,9 +416,6 @@ class _Tuning:
 
     def finish_point(self, t: float, seed: int, folder, error=None) -> None:
         """Score a trained point on the validation data (or record its divergence)."""
-        from logitnorm_plugin.evaluation.engine import evaluate
-        from logitnorm_plugin.evaluation.specs import ModelSpec
-        from logitnorm_plugin.training.runs import load_trained
 
         pid = self.point_id(t, seed)
         label = f"{self.loss}(t={t_text(t)})/s{seed}"
@@ -444,7 +443,6 @@ class _Tuning:
 
 
 def _write_outputs(record: Dict[str, Any], out: Path, stdout) -> None:
-    from logitnorm_plugin.plots import plot_t_tuning
 
     table = format_table(record)
     atomic.write_text(out / TABLE_FILE, table)
