@@ -2,6 +2,7 @@
 public surface that loads no torch."""
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,21 +13,21 @@ import logitnorm_plugin
 
 PACKAGE = Path(logitnorm_plugin.__file__).resolve().parent
 
-#: module -> floor; a module may import only from its own floor or below (CONTRIBUTING.md)
-FLOORS = {
-    "conventions": 0, "errors": 0, "tables": 0,
-    "loss": 1, "detector": 1, "metrics": 1, "atomic": 1, "provenance": 1, "device": 1,
-    "augment": 1, "distributed": 1, "rng": 1, "train_step": 1, "split": 1, "outliers": 1,
-    "locks": 1, "digests": 1, "store_db": 1, "aggregation": 1, "hub": 1, "checkpoints": 2,
-    "registry": 2, "store": 2, "runs": 2, "models": 2, "data": 2, "benchmarks": 2,
-    "recipes": 2, "published": 2, "plots": 2, "train_config": 2, "t_selection": 2, "specs": 2,
-    "model_labels": 2, "feeds": 2, "fit_cache": 2, "protocol": 2,
-    "training": 3, "evaluation": 3,
-    "bench_output": 2, "successors": 2,
-    "tuning": 4, "bench": 4, "export": 4, "upstream": 4, "report": 4, "report_figures": 4,
-    "reporting": 4,
-    "cli": 5,
-}
+ROOT = Path(__file__).resolve().parent.parent
+CONTRIBUTING = ROOT / "CONTRIBUTING.md"
+
+
+def _layers() -> dict:
+    """layer name -> its row in CONTRIBUTING.md's table (lowest first)."""
+    text = CONTRIBUTING.read_text(encoding="utf-8")
+    table = text.split("<!-- layers:", 1)[1].split("\n\n", 1)[0]
+    rows = re.findall(r"^\| (\d+) \| `([a-z_]+)/?` \|", table, flags=re.M)
+    assert rows, "no layer table in CONTRIBUTING.md"
+    assert [int(n) for n, _ in rows] == list(range(len(rows))), "rows must be numbered 0, 1, ..."
+    return {name: int(n) for n, name in rows}
+
+
+LAYERS = _layers()
 
 
 def _modules():
@@ -70,18 +71,27 @@ def _imports(module: str, path: Path):
                     yield candidate
 
 
+def test_every_layer_is_in_the_table_and_every_row_exists():
+    on_disk = {_top(module) for module, _ in _modules() if module}
+    assert on_disk == set(LAYERS), (
+        f"CONTRIBUTING.md's layer table and the package differ: only on disk "
+        f"{sorted(on_disk - set(LAYERS))}, only in the table {sorted(set(LAYERS) - on_disk)}"
+    )
+
+
 @pytest.mark.parametrize("module, path", list(_modules()), ids=lambda x: str(x))
-def test_module_imports_only_from_its_floor_or_below(module, path):
+def test_module_imports_only_from_earlier_layers(module, path):
     if not module:
         return  # the package's __init__: lazy attribute table only
-    assert _top(module) in FLOORS, f"{module} has no floor: add it to FLOORS and CONTRIBUTING.md"
-    floor = FLOORS[_top(module)]
+    layer = LAYERS[_top(module)]
     for target in _imports(module, path):
-        if not target:
+        if not target or _top(target) == _top(module):
             continue
-        assert _top(target) in FLOORS, f"{module} imports unknown {target}"
-        assert FLOORS[_top(target)] <= floor, (
-            f"{module} (floor {floor}) imports {target} (floor {FLOORS[_top(target)]})"
+        assert _top(target) in LAYERS, f"{module} imports unknown {target}"
+        assert LAYERS[_top(target)] < layer, (
+            f"{module} (layer {layer}, {_top(module)}) imports {target} "
+            f"(layer {LAYERS[_top(target)]}, {_top(target)}): a layer imports only from "
+            "earlier rows of CONTRIBUTING.md's table"
         )
 
 
