@@ -7,18 +7,21 @@ and the run folders they train). A second command on the same folder:
 - **train fails at once** (:class:`~logitnorm_plugin._core.errors.FolderBusyError`, naming the
   holder's pid and command): two trainings of one run folder are never what was meant, and
   the first one's configuration owns the folder anyway;
-- **bench and tune-t wait** (saying so once on stderr, naming the holder) until the first
-  one ends, then run against what it left: the same request reuses its models and cells,
-  another configuration of a run folder is refused. No waiting run ever reports another
-  run's numbers. ``--lock-timeout SECONDS`` (``lock_timeout=`` in Python) bounds the wait;
-  0 fails at once.
+- **bench and tune-t wait** (saying so once, naming the holder) until the first one ends, then
+  run against what it left: the same request reuses its models and cells, another
+  configuration of a run folder is refused. No waiting run ever reports another run's
+  numbers. ``--lock-timeout SECONDS`` (``lock_timeout=`` in Python) bounds the wait; 0 fails
+  at once.
 
-The lock is ``<folder>/.lock``, held with ``fcntl.flock``. The kernel releases it when its
-process ends in any way (SIGKILL included), so a lock never outlives its holder and there is
-no stale lock to break. The file holds the holder's pid, host, command and start time, for the
-message a second process prints; it is removed on release (a killed holder leaves the file,
-which the next holder simply locks again). Locks are advisory, on local file systems (on
-network file systems ``flock`` is as good as the server's lock support).
+The lock itself is :class:`filelock.FileLock` on ``<folder>/.lock`` (``flock`` on POSIX: the
+kernel releases it when its holder ends in any way, SIGKILL included, so there is no stale lock
+to break; filelock also re-tries when it locked an inode a releasing holder had just unlinked).
+What this module adds, and filelock does not do: the holder's record (pid, host, command,
+start time) written into the lock file on acquisition, for the one-line message a second
+process prints; the distinction between failing at once and waiting with one announcement;
+refusing re-entry from the same process; and leaving the folder as it was found (a folder
+this call created and left empty is removed, with the lock file). Locks are advisory, on local
+file systems (on network file systems ``flock`` is as good as the server's lock support).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
+import logging
 import os
 import socket
 import sys
@@ -33,12 +37,9 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator, Union
 
-from logitnorm_plugin._core.errors import FolderBusyError, StorageError
+from filelock import FileLock, Timeout
 
-try:  # POSIX
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None
+from logitnorm_plugin._core.errors import FolderBusyError, StorageError
 
 __all__ = ["LOCK_FILE", "busy", "check_free", "hold", "make_folder"]
 
@@ -49,6 +50,8 @@ PathLike = Union[str, os.PathLike]
 
 # seconds a "fail at once" acquisition retries before it fails
 _GRACE = 0.3
+
+_log = logging.getLogger(__name__)
 
 # folders this process holds (a second acquisition here would wait for itself)
 _HELD: set = set()
@@ -105,65 +108,32 @@ def _record() -> bytes:
     }).encode("utf-8")
 
 
-def _try_lock(fd: int, block: bool) -> bool:
-    if fcntl is None:  # pragma: no cover - Windows: msvcrt locks one byte, never blocks
-        import msvcrt
-
-        try:
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-            return True
-        except OSError:
-            return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
-        return True
-    except BlockingIOError:
-        return False
+def _write_record(fd: int) -> None:
+    """filelock's ``on_acquired``: the holder's record, for the message of a second process."""
+    os.ftruncate(fd, 0)
+    os.write(fd, _record())
 
 
-def _same_file(fd: int, path: Path) -> bool:
-    """The locked descriptor is still the file at ``path`` (a releasing holder unlinks it)."""
-    try:
-        now = os.stat(path)
-    except FileNotFoundError:
-        return False
-    mine = os.fstat(fd)
-    return (now.st_ino, now.st_dev) == (mine.st_ino, mine.st_dev)
-
-
-def _open(path: Path, what: str, folder: Path) -> int:
-    try:
-        return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    except PermissionError as exc:
-        raise StorageError(
-            f"cannot write to the {what} {str(folder)!r}: permission denied; choose a folder "
-            "you can write to"
-        ) from exc
-    except OSError as exc:
-        raise StorageError(
-            f"cannot write to the {what} {str(folder)!r}: {exc.strerror or exc}"
-        ) from exc
+def _lock(path: Path) -> FileLock:
+    # thread_local=False: the hold belongs to the process (the ``with`` may cross threads)
+    return FileLock(path, thread_local=False, on_acquired=_write_record)
 
 
 def busy(folder: PathLike) -> str | None:
     """Who holds the lock of ``folder`` (pid, host, command, since), or ``None`` when nobody
-    does. Creates nothing; for a quick answer before :func:`hold` (which decides)."""
+    does. Creates no folder; for a quick answer before :func:`hold` (which decides)."""
     path = Path(folder) / LOCK_FILE
-    if fcntl is None or os.path.realpath(folder) in _HELD:
+    if os.path.realpath(folder) in _HELD or not path.is_file():
         return None
+    probe = FileLock(path, thread_local=False)
     try:
-        fd = os.open(path, os.O_RDONLY)
+        probe.acquire(timeout=0)
+    except Timeout:
+        return _holder_text(path)
     except OSError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return _holder_text(path)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
+        return None  # cannot even open it: nobody we could wait for either
+    probe.release()
+    return None
 
 
 #: what to do when a folder is busy, unless the caller says otherwise
@@ -189,8 +159,8 @@ def check_free(folder: PathLike, what: str = "folder", advice: str = _ADVICE) ->
         raise _busy_error(Path(folder), what, holder, advice)
 
 
-def _stderr(message: str) -> None:
-    print(f"logitnorm-ood: {message}", file=sys.stderr, flush=True)
+def _announce(message: str) -> None:
+    _log.warning(message)
 
 
 @contextlib.contextmanager
@@ -199,7 +169,7 @@ def hold(
     timeout: float | None = 0,
     what: str = "folder",
     advice: str = _ADVICE,
-    say: Callable[[str], None] | None = _stderr,
+    say: Callable[[str], None] | None = _announce,
 ) -> Iterator[Path]:
     """Hold the lock of ``folder`` (created if missing) for the ``with`` block.
 
@@ -211,7 +181,8 @@ def hold(
         it takes; a number: wait up to that many seconds
     :param what: what the folder is, for messages (``"run folder"``, ``"results folder"``)
     :param advice: what to do when it is busy, for the error message
-    :param say: called once with a line when this call starts waiting (``None``: silent)
+    :param say: called once with a line when this call starts waiting (default: a warning on
+        the ``logitnorm_plugin`` logger; ``None``: silent)
     :raises FolderBusyError: another process holds it (after ``timeout`` seconds)
     :raises StorageError: the folder or its lock file cannot be created
     """
@@ -221,50 +192,11 @@ def hold(
     key = os.path.realpath(folder)
     if key in _HELD:
         raise FolderBusyError(f"the {what} {str(folder)!r} is already in use by this process")
-    # "at once" still rides out another process's momentary look (:func:`busy`)
-    grace = _GRACE if timeout is not None and float(timeout) < _GRACE else None
-    deadline = None if timeout is None else time.monotonic() + max(_GRACE, float(timeout))
-    announced = False
-    fd = -1
+    lock = _lock(path)
     try:
-        while True:
-            # the previous holder removes a folder it created and left empty: make it again
-            created = make_folder(folder, what) or created
-            try:
-                fd = _open(path, what, folder)
-            except StorageError:
-                if not folder.is_dir():
-                    continue  # removed between the two calls
-                raise
-            got = _try_lock(fd, block=False)
-            if not got:
-                holder = _holder_text(path)
-                if deadline is not None and time.monotonic() >= deadline:
-                    waited = "" if grace else f" after waiting {float(timeout):g} s"
-                    raise _busy_error(folder, what, holder, advice, waited)
-                if not announced and say is not None and grace is None:
-                    say(f"waiting for the {what} {str(folder)!r}: in use by {holder}")
-                    announced = True
-                if deadline is None and fcntl is not None:
-                    got = _try_lock(fd, block=True)
-                else:
-                    while not got and time.monotonic() < deadline:
-                        time.sleep(0.1)
-                        got = _try_lock(fd, block=False)
-                if not got:
-                    os.close(fd)
-                    fd = -1
-                    continue  # the deadline check above raises
-            if fcntl is None or _same_file(fd, path):
-                break
-            os.close(fd)  # the previous holder removed the file it held: lock the new one
-            fd = -1
-        os.ftruncate(fd, 0)
-        os.write(fd, _record())
+        created = _acquire(lock, folder, timeout, what, advice, say) or created
         _HELD.add(key)
     except BaseException:
-        if fd >= 0:
-            os.close(fd)
         if created:
             with contextlib.suppress(OSError):
                 os.rmdir(folder)
@@ -273,10 +205,49 @@ def hold(
         yield folder
     finally:
         _HELD.discard(key)
-        if fcntl is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(path)  # still ours: remove it before the lock goes
-        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(path)  # still ours: a waiter on this inode sees it unlinked and re-tries
+        lock.release()
         if created:
             with contextlib.suppress(OSError):
                 os.rmdir(folder)  # only if empty: a command that wrote nothing leaves nothing
+
+
+def _acquire(lock: FileLock, folder: Path, timeout, what: str, advice: str, say) -> bool:
+    """Acquire ``lock``; ``True`` if the folder had to be made again while waiting."""
+    path = Path(lock.lock_file)
+    deadline = None if timeout is None else time.monotonic() + max(_GRACE, float(timeout))
+    announced = remade = False
+    try:
+        while True:
+            try:
+                # the first try, even "at once", rides out another process's momentary look
+                # (:func:`busy`); then wait as long as the caller allows
+                first = _GRACE if not announced else None
+                left = -1 if deadline is None else max(0.0, deadline - time.monotonic())
+                lock.acquire(timeout=first if first is not None else left)
+                return remade
+            except FileNotFoundError:
+                # the previous holder removed the folder it created and left empty: make it
+                # again and go on waiting
+                remade = make_folder(folder, what) or remade
+            except Timeout:
+                holder = _holder_text(path)
+                if deadline is not None and time.monotonic() >= deadline:
+                    waited = "" if float(timeout) <= _GRACE else (
+                        f" after waiting {float(timeout):g} s")
+                    raise _busy_error(folder, what, holder, advice, waited) from None
+                if not announced and say is not None:
+                    say(f"waiting for the {what} {str(folder)!r}: in use by {holder}")
+                announced = True
+    except FolderBusyError:
+        raise
+    except PermissionError as exc:
+        raise StorageError(
+            f"cannot write to the {what} {str(folder)!r}: permission denied; choose a folder "
+            "you can write to"
+        ) from exc
+    except OSError as exc:
+        raise StorageError(
+            f"cannot write to the {what} {str(folder)!r}: {exc.strerror or exc}"
+        ) from exc

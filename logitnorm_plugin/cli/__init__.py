@@ -8,6 +8,7 @@ message on stderr and exit status 2. A command's module is imported only when it
 
 import argparse
 import importlib
+import logging
 import sys
 import warnings
 from typing import List
@@ -85,6 +86,12 @@ def main(argv: List[str] | None = None) -> int:
         f"logitnorm-ood: warning: {message}\n"
     )
     warnings.showwarning = _once_per_message(warnings.showwarning)
+    # the package's diagnostics (logging) as one line each on stderr; stdout stays for results
+    handler = _log_handler()
+    logger = logging.getLogger("logitnorm_plugin")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
     try:
         return int(module.run(args) or 0)
     except UserError as exc:
@@ -95,3 +102,21 @@ def main(argv: List[str] | None = None) -> int:
         return 130
     finally:
         warnings.showwarning, warnings.formatwarning = shown
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def _log_handler() -> logging.Handler:
+    # sys.stderr looked up when a record is written (pytest's capsys swaps it)
+    class Stderr(logging.StreamHandler):
+        @property
+        def stream(self):
+            return sys.stderr
+
+        @stream.setter
+        def stream(self, value):
+            pass
+
+    handler = Stderr()
+    handler.setFormatter(logging.Formatter("logitnorm-ood: %(message)s"))
+    return handler
