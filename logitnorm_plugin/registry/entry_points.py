@@ -2,11 +2,11 @@
 
 Three entry-point groups are read with :mod:`importlib.metadata`:
 
-========================  ==========================================================
-``pytorch_ood.losses``    training objectives, ``loss(logits, target) -> Tensor``
-``pytorch_ood.detectors`` OOD detectors (pytorch-ood ``Detector`` subclasses)
-``pytorch_ood.benchmarks`` benchmarks (pytorch-ood ``Benchmark`` subclasses)
-========================  ==========================================================
+==========================  ========================================================
+``pytorch_ood.losses``      training objectives, ``loss(logits, target) -> Tensor``
+``pytorch_ood.detectors``   OOD detectors (pytorch-ood ``Detector`` subclasses)
+``pytorch_ood.benchmarks``  benchmarks (pytorch-ood ``Benchmark`` subclasses)
+==========================  ========================================================
 
 Any installed distribution can add names, for example in its ``pyproject.toml``::
 
