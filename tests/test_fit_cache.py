@@ -10,9 +10,10 @@ import torch
 from host_detectors import Reads
 from pytorch_ood.benchmark import Benchmark
 
+from logitnorm_plugin._core.digests import state_dict_sha256
 from logitnorm_plugin.evaluation.engine import evaluate
 from logitnorm_plugin.evaluation.fit_cache import FOLDER, FitCache, pass_config
-from logitnorm_plugin.evaluation.specs import ModelSpec, model_fingerprint
+from logitnorm_plugin.evaluation.specs import ModelSpec
 from logitnorm_plugin.registry.architectures import DigitsCNN
 
 FITTED = ["kl_matching", "mahalanobis", "react"]
@@ -59,7 +60,7 @@ def test_rerun_with_another_detector_reads_no_training_sample(model, tmp_path):
     assert bench.train.reads == 60
     (data,) = (tmp_path / FOLDER).glob("*.pt")
     meta = json.loads(data.with_suffix(".json").read_text())
-    assert meta["config"]["weights"] == model_fingerprint(model)
+    assert meta["config"]["weights"] == state_dict_sha256(model)
     assert set(meta["tensors"]) == {"labels", "logits", "features"}
     assert meta["tensors"]["features"]["shape"] == [60, 16]
 

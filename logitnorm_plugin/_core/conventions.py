@@ -7,7 +7,6 @@ reading results and formatting tables stay light.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Any
 
@@ -24,7 +23,6 @@ __all__ = [
     "ROW_ID_KEYS",
     "ROW_KEYS",
     "canonical_name",
-    "config_hash",
     "dataset_tag",
     "detector_label",
     "safe_file_part",
@@ -97,13 +95,6 @@ def dataset_tag(dataset: Any) -> str:
     if "/" in text or "\\" in text:
         return text.rstrip("/\\").replace("\\", "/").rpartition("/")[2]
     return canonical_name(text)
-
-
-def config_hash(config: Any, length: int = 16) -> str:
-    """Short stable SHA-256 of a JSON-like configuration (keys sorted; other objects by
-    ``repr``). The one hash behind configuration ids, store keys and run-folder suffixes."""
-    text = json.dumps(config, sort_keys=True, default=repr)
-    return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
 def _short_value(value: Any) -> str:

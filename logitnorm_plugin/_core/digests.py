@@ -21,9 +21,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Any, Union
+from typing import Any, Iterable, Union
 
-__all__ = ["content_sha256", "json_sha256", "sha256_file"]
+__all__ = [
+    "bytes_sha256", "config_hash", "content_sha256", "json_sha256", "parts_sha256",
+    "sha256_file", "state_dict_sha256",
+]
 
 PathLike = Union[str, os.PathLike]
 
@@ -34,6 +37,43 @@ def sha256_file(path: PathLike) -> str:
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
+    return digest.hexdigest()
+
+
+def bytes_sha256(data: bytes) -> str:
+    """Hex SHA-256 of bytes in memory."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def parts_sha256(parts: Iterable[str]) -> str:
+    """Hex SHA-256 of text parts in order (the same as of their concatenation)."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part.encode())
+    return digest.hexdigest()
+
+
+def config_hash(config: Any, length: int = 16) -> str:
+    """Short stable SHA-256 of a JSON-like configuration (keys sorted; other objects by
+    ``repr``). The one hash behind configuration ids, store keys and run-folder suffixes."""
+    text = json.dumps(config, sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def state_dict_sha256(model) -> str:
+    """SHA-256 of a model's class and state dict (names, dtypes, shapes and bytes): the
+    identity of a model given as an object, in store keys and the fit cache."""
+    import torch  # lazy: this module stays torch-free for the commands that only hash files
+
+    digest = hashlib.sha256()
+    cls = type(model)
+    digest.update(f"{cls.__module__}.{cls.__qualname__}".encode())
+    state = model.state_dict()
+    for name in sorted(state):
+        tensor = state[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        if tensor.numel():
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 

@@ -23,7 +23,6 @@ folder inside for a class.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -33,6 +32,7 @@ import numpy as np
 import torch
 
 from logitnorm_plugin._core.atomic import torch_save
+from logitnorm_plugin._core.digests import parts_sha256
 from logitnorm_plugin._core.errors import CorruptDataError, MissingDataError
 from logitnorm_plugin.data.tensors import ImageTensors
 
@@ -115,12 +115,10 @@ def decode_image(
 
 
 def _fingerprint(folder: Path, files: Sequence[Path], size, mode, channels) -> str:
-    h = hashlib.sha256()
-    h.update(f"v{_CACHE_VERSION}|{folder.resolve()}|{size}|{mode}|{channels}".encode())
-    for f in files:
-        st = f.stat()
-        h.update(f"|{f.relative_to(folder)}|{st.st_size}|{st.st_mtime_ns}".encode())
-    return h.hexdigest()[:20]
+    head = f"v{_CACHE_VERSION}|{folder.resolve()}|{size}|{mode}|{channels}"
+    stats = ((f.relative_to(folder), f.stat()) for f in files)
+    parts = (f"|{rel}|{st.st_size}|{st.st_mtime_ns}" for rel, st in stats)
+    return parts_sha256([head, *parts])[:20]
 
 
 def decode_folder(

@@ -50,8 +50,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from logitnorm_plugin._core import provenance as provenance_module
-from logitnorm_plugin._core.conventions import ID_DATASET, config_hash
+from logitnorm_plugin._core.conventions import ID_DATASET
 from logitnorm_plugin._core.device import resolve_device
+from logitnorm_plugin._core.digests import config_hash, state_dict_sha256
 from logitnorm_plugin.evaluation import feeds
 from logitnorm_plugin.evaluation.fit_cache import FitCache, pass_config
 from logitnorm_plugin.evaluation.protocol import paper_subsample_indices, protocol_metrics
@@ -61,7 +62,6 @@ from logitnorm_plugin.evaluation.specs import (
     DetectorSpec,
     ModelSpec,
     evaluation_config,
-    model_fingerprint,
     parse_detectors,
     resolve_benchmark,
     resolve_models,
@@ -543,7 +543,7 @@ class _ModelWork:
 
         if job.fit_cache is None:
             return compute()
-        config = pass_config(model_fingerprint(net), job.bench.config, self.spec.mean,
+        config = pass_config(state_dict_sha256(net), job.bench.config, self.spec.mean,
                              self.spec.std, len(train) if hasattr(train, "__len__") else None,
                              "model" if split is None else split.parts.kind, job.device)
         return job.fit_cache.fetch(config, feeds.pass_names(split, maps), compute, job.device)

@@ -22,7 +22,6 @@ is recomputed silently. Cached tensors never choose a detector, a class or any c
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import warnings
@@ -33,7 +32,7 @@ import torch
 from torch import Tensor
 
 from logitnorm_plugin._core.atomic import torch_save, write_json
-from logitnorm_plugin._core.conventions import config_hash
+from logitnorm_plugin._core.digests import bytes_sha256, config_hash, sha256_file
 
 __all__ = ["FOLDER", "FORMAT", "FitCache", "pass_config"]
 
@@ -48,7 +47,7 @@ def pass_config(weights: str, bench_config: Mapping[str, Any], mean, std, size: 
     """What identifies a training-split pass.
 
     :param weights: SHA-256 of the model's weights
-        (:func:`~logitnorm_plugin.evaluation.specs.model_fingerprint`)
+        (:func:`~logitnorm_plugin._core.digests.state_dict_sha256`)
     :param bench_config: the benchmark's configuration (its OOD set names do not matter)
     :param mean: normalisation mean the split was read with (``None``: the benchmark's own)
     :param std: normalisation std, likewise
@@ -99,7 +98,7 @@ class FitCache:
             if not set(need) <= set(recorded):
                 return None  # computed again with more
             payload = data_path.read_bytes()
-            if hashlib.sha256(payload).hexdigest() != meta["sha256"]:
+            if bytes_sha256(payload) != meta["sha256"]:
                 return self._refuse(data_path, "does not match the SHA-256 in " + meta_path.name)
             tensors = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
         except Exception as exc:  # any file that cannot be read is recomputed
@@ -134,7 +133,7 @@ class FitCache:
         data_path, meta_path = self.paths(config)
         cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
         torch_save(cpu, data_path)
-        digest = hashlib.sha256(data_path.read_bytes()).hexdigest()
+        digest = sha256_file(data_path)
         write_json(meta_path, {
             "format": FORMAT,
             "config": _normalised(config),

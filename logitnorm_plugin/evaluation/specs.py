@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import os
@@ -22,7 +21,6 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Tuple
 
-import torch
 from pytorch_ood.api import Detector
 from torch import nn
 from torch.utils.data import Dataset
@@ -34,6 +32,7 @@ from logitnorm_plugin._core.conventions import (
     canonical_name,
     detector_label,
 )
+from logitnorm_plugin._core.digests import state_dict_sha256
 from logitnorm_plugin._core.errors import (
     UsageError,
 )
@@ -55,7 +54,6 @@ __all__ = [
     "ModelSpec",
     "check_unique_labels",
     "evaluation_config",
-    "model_fingerprint",
     "parse_detectors",
     "resolve_benchmark",
     "resolve_model",
@@ -112,22 +110,8 @@ class ModelSpec:
     def model_id(self) -> str:
         """The store key: ``identity`` if given, else a fingerprint of the weights."""
         if self.identity is None:
-            self.identity = "weights:" + model_fingerprint(self.get_model())
+            self.identity = "weights:" + state_dict_sha256(self.get_model())
         return self.identity
-
-
-def model_fingerprint(model: nn.Module) -> str:
-    """SHA-256 of a model's class and state dict (names, dtypes, shapes and bytes)."""
-    digest = hashlib.sha256()
-    cls = type(model)
-    digest.update(f"{cls.__module__}.{cls.__qualname__}".encode())
-    state = model.state_dict()
-    for name in sorted(state):
-        tensor = state[name].detach().to("cpu").contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
-        if tensor.numel():
-            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def _seed_number(seed) -> int | None:

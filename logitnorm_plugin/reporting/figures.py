@@ -13,9 +13,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from logitnorm_plugin._core.conventions import ID_DATASET
+from logitnorm_plugin._core.digests import state_dict_sha256
 from logitnorm_plugin._core.errors import UserError
 from logitnorm_plugin._core.tables import is_missing, mean_std
-from logitnorm_plugin.evaluation.specs import model_fingerprint, resolve_benchmark, resolve_model
+from logitnorm_plugin.evaluation.specs import resolve_benchmark, resolve_model
 from logitnorm_plugin.metrics import expected_calibration_error
 from logitnorm_plugin.plots import (
     plot_logit_norms,
@@ -54,7 +55,7 @@ def match_runs(runs: Sequence[Path], model_ids: set[str], notes: list[str]) -> d
         except UserError as exc:
             notes.append(f"run folder {run} skipped: {exc}")
             continue
-        model_id = "weights:" + model_fingerprint(model)
+        model_id = "weights:" + state_dict_sha256(model)
         if model_id in model_ids:
             matched[model_id] = run
     return matched

@@ -27,7 +27,7 @@ the store.
 
 Run folders are found where ``logitnorm-ood bench`` puts them (``RESULTS_DIR/runs``) or given
 with ``--runs``; a run belongs to a stored model when its weights have the model's fingerprint
-(:func:`logitnorm_plugin.evaluation.specs.model_fingerprint`, the store's model id).
+(:func:`logitnorm_plugin._core.digests.state_dict_sha256`, the store's model id).
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from logitnorm_plugin._core.conventions import AGGREGATE_METRICS, config_hash
+from logitnorm_plugin._core.conventions import AGGREGATE_METRICS
+from logitnorm_plugin._core.digests import config_hash
 from logitnorm_plugin._core.tables import mean_std
 
 __all__ = ["aggregate", "distinct_labels", "group_label"]

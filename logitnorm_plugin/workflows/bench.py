@@ -29,7 +29,6 @@ configuration; see :mod:`logitnorm_plugin.store.results`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 import time
@@ -47,6 +46,7 @@ from logitnorm_plugin._core.conventions import (
     safe_file_part,
 )
 from logitnorm_plugin._core.device import resolve_device, resolve_threads, torch_threads
+from logitnorm_plugin._core.digests import sha256_file
 from logitnorm_plugin._core.errors import DetectorFitError, UserError
 from logitnorm_plugin._core.tables import finite_json, plural
 from logitnorm_plugin.data.outliers import outliers_for
@@ -128,7 +128,7 @@ class _TrainRequest:
             request["outliers"] = config.outliers
         if t_from is not None and Path(t_from).is_file():
             # a rewritten recommendation is another request
-            request["t_from_sha256"] = hashlib.sha256(Path(t_from).read_bytes()).hexdigest()
+            request["t_from_sha256"] = sha256_file(t_from)
         run_dir = out / "runs" / f"{dataset}-{loss}-s{seed}"
         train_kwargs = dict(
             dataset=dataset, loss=loss, loss_kwargs=loss_kwargs, recipe=recipe, epochs=epochs,

@@ -49,8 +49,9 @@ from typing import Any, Callable, Dict, Mapping, Sequence, Tuple
 
 from logitnorm_plugin import data
 from logitnorm_plugin._core import atomic, locks, provenance
-from logitnorm_plugin._core.conventions import PAPER_FPR_KEY, canonical_name, config_hash
+from logitnorm_plugin._core.conventions import PAPER_FPR_KEY, canonical_name
 from logitnorm_plugin._core.device import resolve_device, resolve_threads, torch_threads
+from logitnorm_plugin._core.digests import config_hash
 from logitnorm_plugin._core.errors import TrainingDivergedError, UserError
 from logitnorm_plugin._core.tables import finite_json
 from logitnorm_plugin.evaluation.engine import evaluate
