@@ -186,7 +186,7 @@ def test_interrupted_tuning_resumes_without_recomputing_finished_points(tmp_path
         calls.append(kwargs["loss_kwargs"]["t"])
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(module, "train", counting_train)
+    monkeypatch.setattr(tuning, "train", counting_train)  # the name tune_t calls
     out = tmp_path / "tune"
     grid = [0.02, 0.1]
 
@@ -279,8 +279,8 @@ def test_shipped_digits_result_matches_the_current_recipe():
     from logitnorm_plugin.training.config import resolve_config
 
     config, _ = resolve_config(
-        record["dataset"], record["arch"], "logitnorm", {"t": record["chosen_t"]},
-        training["recipe"], training["epochs"], None, None, 0, eval_split="val",
+        record["dataset"], record["arch"], "logitnorm", loss_kwargs={"t": record["chosen_t"]},
+        recipe=training["recipe"], epochs=training["epochs"], seed=0, eval_split="val",
         **{k: tuple(v) if isinstance(v, list) else v for k, v in training["overrides"].items()},
     )
     current = {k: v for k, v in config.to_dict().items()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from logitnorm_plugin.cli import _args
 from logitnorm_plugin.reporting.bench_output import README_END, README_START
-from logitnorm_plugin.workflows.bench import DEFAULTS
+from logitnorm_plugin.workflows.bench_request import DEFAULTS
 
 HELP = "run a comparison benchmark (default: digits, offline)"
 
@@ -75,11 +75,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     from logitnorm_plugin.reporting.bench_output import readme_section, update_readme
     from logitnorm_plugin.workflows.bench import run as run_bench
+    from logitnorm_plugin.workflows.bench_request import BenchRequest
 
     if args.update_readme:
         # fail before the run, not after it
         readme_section(Path(args.update_readme), args.readme_section)
-    result = run_bench(
+    result = run_bench(BenchRequest(
         benchmark=args.benchmark,
         models=_args.split(args.models) or None,
         losses=_args.split(args.losses) or list(DEFAULTS["losses"]),
@@ -103,7 +104,7 @@ def run(args) -> int:
         command=_args.command_line("bench") or "logitnorm-ood bench",
         outliers=args.outliers,
         lock_timeout=args.lock_timeout,
-    )
+    ))
     if args.update_readme:
         update_readme(args.update_readme, result["readme_markdown"], args.readme_section)
         print(f"updated {args.update_readme}")

@@ -34,6 +34,9 @@ import numpy as np
 import torch
 
 from logitnorm_plugin._core.conventions import canonical_name
+
+# the readers are looked up on their module when called: a benchmark script can substitute one
+from logitnorm_plugin.data import cifar
 from logitnorm_plugin.data.catalog import (
     DATASETS,
     OOD_SETS,
@@ -43,7 +46,6 @@ from logitnorm_plugin.data.catalog import (
     dataset_entry,
     ood_entry,
 )
-from logitnorm_plugin.data.cifar import load_cifar, load_svhn
 from logitnorm_plugin.data.digits import digits_ood, load_digits_split
 from logitnorm_plugin.data.images import (
     folder_dataset_meta,
@@ -172,8 +174,8 @@ def load_split(
         return load_digits_split(split, seed)
 
     if split == "test":
-        return load_cifar(entry.name, train=False, root=_root(root), download=download)
-    full = load_cifar(entry.name, train=True, root=_root(root), download=download)
+        return cifar.load_cifar(entry.name, train=False, root=_root(root), download=download)
+    full = cifar.load_cifar(entry.name, train=True, root=_root(root), download=download)
     return _split_of(full, split, seed)
 
 
@@ -231,11 +233,11 @@ def load_ood(
     root = _root(root)
     if entry.family == "cifar":
 
-        ds = load_cifar(entry.name, train=False, root=root, download=download)
+        ds = cifar.load_cifar(entry.name, train=False, root=root, download=download)
         ds = ds.with_normalization(mean, std)
     elif entry.family == "svhn":
 
-        ds = load_svhn(root, download=download, mean=mean, std=std)
+        ds = cifar.load_svhn(root, download=download, mean=mean, std=std)
     else:
 
         ds = load_ood_folder(entry, root, download=download, size=size, mean=mean, std=std)

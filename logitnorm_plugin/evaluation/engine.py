@@ -269,6 +269,7 @@ def evaluate(
     models,
     benchmark,
     detectors=DEFAULT_DETECTORS,
+    *,
     device: Union[str, torch.device] = "cpu",
     batch_size: int = 256,
     seed: int = 0,

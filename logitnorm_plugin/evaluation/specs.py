@@ -61,7 +61,8 @@ __all__ = [
 ]
 
 #: the detectors evaluated when none are named
-DEFAULT_DETECTORS = ("msp", "energy", "maxlogit", "logitnorm", "odin")
+#: the detectors of a run that names none (bench, evaluate): the order of the tables
+DEFAULT_DETECTORS = ("msp", "odin", "energy", "maxlogit", "logitnorm")
 
 
 # -- models ------------------------------------------------------------------------------------

@@ -170,6 +170,7 @@ def resolve_config(
     dataset: str = "digits",
     arch: str | None = None,
     loss="logitnorm",
+    *,
     loss_kwargs: Dict[str, Any] | None = None,
     recipe=None,
     epochs: int | None = None,

@@ -26,6 +26,7 @@ import random
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List
 
@@ -415,6 +416,7 @@ def train(
     dataset: str = "digits",
     arch: str | None = None,
     loss="logitnorm",
+    *,
     loss_kwargs: Dict[str, Any] | None = None,
     recipe=None,
     epochs: int | None = None,
@@ -524,8 +526,9 @@ def train(
         fast = fast_path_defaults(dev, ctx.world_size, deterministic, amp, compile,
                                   channels_last)
         config, loss_cls = resolve_config(
-            dataset, arch, loss, loss_kwargs, recipe, epochs, batch_size, lr, seed, t_from,
-            arch_kwargs, amp_name(fast["amp_dtype"]), eval_split, outliers=outliers,
+            dataset, arch, loss, loss_kwargs=loss_kwargs, recipe=recipe, epochs=epochs,
+            batch_size=batch_size, lr=lr, seed=seed, t_from=t_from, arch_kwargs=arch_kwargs,
+            amp=amp_name(fast["amp_dtype"]), eval_split=eval_split, outliers=outliers,
             outlier_ratio=outlier_ratio, outlier_seed=outlier_seed, **recipe_overrides,
         )
         runtime = {
@@ -548,8 +551,9 @@ def train(
                 held.enter_context(locks.hold(out, timeout=0, what="run folder"))
                 atomic.remove_stale_temporaries(out)
             ctx.barrier()
-            return _train_in(out, config, loss_cls, runtime, ctx, dev, resume, deterministic,
-                             data_root, download, progress, callback, wall_start)
+            options = _RunOptions(out, resume, deterministic, data_root, download, progress,
+                                  callback)
+            return _train_in(config, loss_cls, runtime, ctx, dev, options, wall_start)
     finally:
         torch.use_deterministic_algorithms(saved_flags[0])
         torch.backends.cudnn.benchmark = saved_flags[1]
@@ -561,9 +565,24 @@ def _say(message: str) -> None:
     print(f"logitnorm-ood: {message}", file=sys.stderr, flush=True)
 
 
-def _train_in(out, config, loss_cls, runtime, ctx, dev, resume, deterministic, data_root,
-              download, progress, callback, wall_start) -> runs.TrainResult:
+@dataclass(frozen=True)
+class _RunOptions:
+    """How :func:`train` carries a run out: the options that are not part of its
+    configuration (they change no weight: where, whether to resume, data access, output)."""
+
+    out: Path
+    resume: bool | str
+    deterministic: bool
+    data_root: Any
+    download: bool
+    progress: bool
+    callback: Callable[[Dict[str, Any]], None] | None
+
+
+def _train_in(config, loss_cls, runtime, ctx, dev, options: _RunOptions, wall_start
+              ) -> runs.TrainResult:
     """The part of :func:`train` that runs while the run folder is locked."""
+    out, resume, progress = options.out, options.resume, options.progress
     runs.check_run_folder(out, config.to_dict(), resume)
     ckpt, current_ok = None, True
     if resume:
@@ -573,7 +592,7 @@ def _train_in(out, config, loss_cls, runtime, ctx, dev, resume, deterministic, d
                                    else runs.PREVIOUS_CHECKPOINT_FILE,
                                    ckpt["config"], config.to_dict())
 
-    if deterministic:
+    if options.deterministic:
         if dev.type == "cuda":
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
@@ -583,7 +602,7 @@ def _train_in(out, config, loss_cls, runtime, ctx, dev, resume, deterministic, d
         torch.backends.cudnn.benchmark = True
 
     run = _Run(config, loss_cls, runtime, ctx, dev, out, progress)
-    run.load_data(data_root, download)
+    run.load_data(options.data_root, options.download)
     if ctx.is_main:
         runs.write_config(out, config.to_dict(), runtime)
     run.build()
@@ -595,7 +614,7 @@ def _train_in(out, config, loss_cls, runtime, ctx, dev, resume, deterministic, d
         del ckpt
         if ctx.is_main and progress:
             print(f"resuming {out} after epoch {resumed_from}", file=sys.stderr)
-    run.fit(callback)
+    run.fit(options.callback)
     card = run.finish(wall_start) if ctx.is_main else None
     ctx.barrier()
     if card is None:

@@ -33,7 +33,6 @@ import json
 import sys
 import time
 import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,11 +41,10 @@ from logitnorm_plugin._core.atomic import remove_stale_temporaries, write_json, 
 from logitnorm_plugin._core.conventions import (
     ID_DATASET,
     canonical_name,
-    config_hash,
     safe_file_part,
 )
 from logitnorm_plugin._core.device import resolve_device, resolve_threads, torch_threads
-from logitnorm_plugin._core.digests import sha256_file
+from logitnorm_plugin._core.digests import config_hash, sha256_file
 from logitnorm_plugin._core.errors import DetectorFitError, UserError
 from logitnorm_plugin._core.tables import finite_json, plural
 from logitnorm_plugin.data.outliers import outliers_for
@@ -71,19 +69,10 @@ from logitnorm_plugin.store.results import STORE_FILE, ResultStore
 from logitnorm_plugin.training.config import resolve_config
 from logitnorm_plugin.training.loop import train
 from logitnorm_plugin.training.runs import CARD_FILE
+from logitnorm_plugin.workflows.bench_request import DEFAULTS, BenchRequest
 from logitnorm_plugin.workflows.model_labels import model_specs
 
-__all__ = ["ALL_DETECTORS", "DEFAULTS", "run"]
-
-#: the embedded default run
-DEFAULTS = {
-    "benchmark": "digits",
-    "losses": ("cross_entropy", "logitnorm"),
-    "detectors": ("msp", "odin", "energy", "maxlogit", "logitnorm"),
-    "seeds": (0, 1, 2),
-    "out": "results",
-    "batch_size": 256,
-}
+__all__ = ["ALL_DETECTORS", "DEFAULTS", "BenchRequest", "run"]
 
 #: the detector list that means every registered detector the models can build
 ALL_DETECTORS = "all"
@@ -110,15 +99,17 @@ class _TrainRequest:
     request: dict
 
     @classmethod
-    def resolve(cls, loss, seed, dataset, out: Path, recipe, epochs, t, t_from, data_root,
-                download, progress, device: str, outliers=None) -> _TrainRequest:
+    def resolve(cls, loss: str, seed: int, dataset: str, bench: BenchRequest,
+                device: str) -> _TrainRequest:
+        out, recipe, epochs, t_from = bench.out, bench.recipe, bench.epochs, bench.t_from
+        t = bench.t
 
         # --t and --t-from concern the LogitNorm models only
         loss_kwargs = {"t": t} if t is not None and loss == "logitnorm" else None
         if t_from is not None:
             t_from = str(Path(t_from).resolve()) if loss == "logitnorm" else None
         # outliers go to the objectives that need them only (the dataset's named source)
-        outliers = outliers_for(get_loss_class(loss), loss, dataset, outliers)
+        outliers = outliers_for(get_loss_class(loss), loss, dataset, bench.outliers)
         # every conflict (t and t_from, a foreign recommended_t.json, ...) fails here
         config, _ = resolve_config(dataset, loss=loss, loss_kwargs=loss_kwargs, recipe=recipe,
                                    epochs=epochs, seed=seed, t_from=t_from, outliers=outliers)
@@ -132,8 +123,9 @@ class _TrainRequest:
         run_dir = out / "runs" / f"{dataset}-{loss}-s{seed}"
         train_kwargs = dict(
             dataset=dataset, loss=loss, loss_kwargs=loss_kwargs, recipe=recipe, epochs=epochs,
-            seed=seed, device=device, out=run_dir, resume="auto", data_root=data_root,
-            download=download, progress=progress, t_from=t_from, outliers=outliers,
+            seed=seed, device=device, out=run_dir, resume="auto", data_root=bench.data_root,
+            download=bench.download, progress=bench.progress, t_from=t_from,
+            outliers=outliers,
         )
         return cls(loss, seed, run_dir, train_kwargs, request)
 
@@ -165,95 +157,55 @@ class _TrainRequest:
 # -- the run -----------------------------------------------------------------------------------
 
 
-def run(
-    benchmark: str = DEFAULTS["benchmark"],
-    models: Sequence[str] | None = None,
-    losses: Sequence[str] = DEFAULTS["losses"],
-    detectors: Sequence[str] = DEFAULTS["detectors"],
-    seeds: Sequence[int] = DEFAULTS["seeds"],
-    device: str = "cpu",
-    out: str | Path = DEFAULTS["out"],
-    data_root: str | None = None,
-    download: bool = False,
-    force: bool = False,
-    batch_size: int = DEFAULTS["batch_size"],
-    protocol: str = "full",
-    recipe: str | None = None,
-    epochs: int | None = None,
-    t: float | None = None,
-    t_from: str | None = None,
-    progress: bool = True,
-    plots: bool = True,
-    num_workers: int = 0,
-    threads: int | str | None = None,
-    command: str | None = None,
-    stdout=None,
-    outliers: str | None = None,
-    lock_timeout: float | None = None,
-) -> dict:
+def run(request: BenchRequest | None = None, *, stdout=None, **options) -> dict:
     """Run a comparison and write its outputs; what ``logitnorm-ood bench`` does.
 
-    ``device`` is ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``. ``threads`` sets torch's
-    CPU threads for the run (restored afterwards): a number, ``"auto"`` (1 for the digits
-    benchmark on the CPU, else unchanged; :func:`~logitnorm_plugin._core.device.resolve_threads`)
-    or ``None`` (unchanged). ``models`` items may be ``LABEL=SPEC``
-    (:func:`~logitnorm_plugin.workflows.model_labels.model_specs`). ``outliers`` is the auxiliary
-    outlier
-    source of the objectives that need one (``outlier_exposure``, ...; default: the dataset's
-    named source, :data:`~logitnorm_plugin.data.outliers.DEFAULT_OUTLIERS`); the other
-    objectives train without. ``lock_timeout``: seconds to wait for another run that holds
-    ``out`` (``None``: as long as it takes; 0: fail at once). The other parameters are the
-    command-line options of the same names.
-
+    :param request: the whole request; or give its fields as keyword arguments
+        (:class:`~logitnorm_plugin.workflows.bench_request.BenchRequest`: the command-line
+        options of the same names)
+    :param stdout: where the table is printed (default: ``sys.stdout``)
     :return: dict with ``rows``, ``aggregate``, ``table`` and ``markdown`` (the table alone and
         the whole ``table.md``), ``readme_markdown`` (what ``--update-readme`` writes: the
         same, with a pointer to ``table.md`` instead of more than :data:`README_MAX_ROWS`
         per-OOD-set rows), ``config_id``, ``out``, ``seconds`` and ``plots``
     """
-
-    device = str(resolve_device(device))
-    with torch_threads(resolve_threads(threads, device, benchmark)):
-        comparison = _Comparison(
-            benchmark, models, losses, detectors, seeds, device, Path(out), data_root,
-            download, force, batch_size, protocol, recipe, epochs, t, t_from, progress, plots,
-            num_workers, command, outliers,
-        )
-        with locks.hold(out, timeout=lock_timeout, what="results folder",
+    if request is None:
+        request = BenchRequest(**options)
+    elif options:
+        raise TypeError(f"give a BenchRequest or its fields, not both ({sorted(options)})")
+    device = str(resolve_device(request.device))
+    with torch_threads(resolve_threads(request.threads, device, request.benchmark)):
+        comparison = _Comparison(request, device)
+        with locks.hold(request.out, timeout=request.lock_timeout, what="results folder",
                         advice="wait for it to finish (or raise --lock-timeout), or choose "
                         "another --out folder"):
-            remove_stale_temporaries(out)
+            remove_stale_temporaries(request.out)
             return comparison.run(stdout)
 
 
 class _Comparison:
     """One bench run: checked on construction, then trained, evaluated and written."""
 
-    def __init__(self, benchmark, models, losses, detectors, seeds, device, out, data_root,
-                 download, force, batch_size, protocol, recipe, epochs, t, t_from, progress,
-                 plots, num_workers, command, outliers=None):
-
-        if batch_size < 1:
-            raise UserError(f"the batch size must be >= 1, got {batch_size}")
+    def __init__(self, request: BenchRequest, device: str):
         self.start = time.perf_counter()
-        self.models, self.detectors, self.device, self.out = models, detectors, device, out
-        self.download, self.force, self.batch_size = download, force, batch_size
-        self.protocol, self.progress, self.plots = protocol, progress, plots
-        self.num_workers, self.command = num_workers, command
+        self.request = request
+        self.models, self.detectors, self.device = request.models, request.detectors, device
+        self.out, self.download, self.force = request.out, request.download, request.force
+        self.batch_size, self.protocol = request.batch_size, request.protocol
+        self.progress, self.plots = request.progress, request.plots
+        self.num_workers, self.command = request.num_workers, request.command
         # check names, data and training configurations first: nothing trains before all pass
-        self.all_detectors = _means_all(detectors)
+        self.all_detectors = _means_all(self.detectors)
         if self.all_detectors:
-            self.detectors = detectors = _every_detector()
+            self.detectors = _every_detector()
         self.skipped: dict[str, str] = {}
-        self.requests = parse_detectors(detectors)
-        if not models and (not losses or not seeds):
-            raise UserError("name at least one loss and one seed (or --models)")
-        self.bench = resolve_benchmark(benchmark, data_root=data_root, download=download,
-                                       seed=0)
+        self.requests = parse_detectors(self.detectors)
+        self.bench = resolve_benchmark(request.benchmark, data_root=request.data_root,
+                                       download=request.download, seed=0)
         dataset = getattr(self.bench.benchmark, "dataset", None) or self.bench.name
-        self.to_train = [] if models else [
-            _TrainRequest.resolve(loss, seed, dataset, out, recipe, epochs, t, t_from,
-                                  data_root, download, progress, device, outliers)
-            for loss in losses for seed in seeds
+        self.to_train = [] if self.models else [
+            _TrainRequest.resolve(loss, seed, dataset, request, device)
+            for loss in request.losses for seed in request.seeds
         ]
 
     def run(self, stdout) -> dict:

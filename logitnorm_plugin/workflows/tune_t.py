@@ -38,9 +38,7 @@ command line.
 from __future__ import annotations
 
 import inspect
-import math
 import os
-import shlex
 import shutil
 import sys
 import time
@@ -77,6 +75,7 @@ from logitnorm_plugin.workflows.t_selection import (
     summarize,
     t_text,
 )
+from logitnorm_plugin.workflows.tune_request import TuneRequest
 
 __all__ = [
     "DEFAULT_GRID",
@@ -158,6 +157,7 @@ def _train_point(kwargs: Dict[str, Any]) -> str:
 
 def tune_t(
     dataset: str = "digits",
+    *,
     arch: str | None = None,
     grid: Sequence[float] = DEFAULT_GRID,
     epochs: int | None = None,
@@ -230,15 +230,14 @@ def tune_t(
     :return: the ``recommended_t.json`` record (a dict; ``chosen_t`` is the answer)
     """
     started = time.perf_counter()
+    request = TuneRequest(
+        dataset=dataset, arch=arch, grid=tuple(grid), epochs=epochs, seeds=tuple(seeds), out=out,
+        device=device, recipe=recipe, batch_size=batch_size, lr=lr, acc_margin=acc_margin,
+        metric=metric, noise_n=noise_n, noise_seed=noise_seed, jobs=jobs, amp=amp,
+        compile=compile, threads=threads, loss=canonical_name(loss),
+    )
     rule = SelectionRule(acc_margin=float(acc_margin), metric=metric)
-    grid = sorted({float(t) for t in grid})
-    seeds = sorted({int(s) for s in seeds})
-    if not grid or any(not math.isfinite(t) or t <= 0 for t in grid):
-        raise UserError(f"the grid needs positive temperatures, got {grid}")
-    if not seeds:
-        raise UserError("give at least one seed")
-    if int(jobs) < 1:
-        raise UserError(f"jobs must be >= 1, got {jobs}")
+    grid, seeds = list(request.grid), list(request.seeds)
     if "train_split" in recipe_overrides or "loss_kwargs" in recipe_overrides:
         raise UserError("tune-t sets train_split='train' and the loss temperature itself")
     loss = canonical_name(loss)
@@ -273,10 +272,7 @@ def tune_t(
                 for seed in s["seeds"]
             ]
         if command is None:
-            command = _command(dataset, arch, grid, epochs, seeds, out, device, recipe,
-                               batch_size, lr, acc_margin, metric, noise_n, noise_seed, jobs, amp,
-                               compile, threads)
-            command += f" --loss {shlex.quote(loss)}" if loss != "logitnorm" else ""
+            command = request.command_line()
         first = tuning.first
         record = {
             "format": FORMAT,
@@ -518,40 +514,5 @@ def _point_line(p: Mapping[str, Any]) -> str:
         f"val {PAPER_FPR_KEY} {100 * p[PAPER_FPR_KEY]:.2f}%, val FPR95TPR "
         f"{100 * p['FPR95TPR']:.2f}%, val AUROC {100 * p['AUROC']:.2f}%"
     )
-
-
-def _command(dataset, arch, grid, epochs, seeds, out, device, recipe, batch_size, lr,
-             acc_margin, metric, noise_n, noise_seed, jobs, amp=None, compile=None,
-             threads=None) -> str:
-    parts = ["logitnorm-ood", "tune-t", "--dataset", str(dataset)]
-    if arch is not None:
-        parts += ["--arch", str(arch)]
-    if recipe is not None:
-        parts += ["--recipe", str(recipe)]
-    parts += ["--grid", ",".join(t_text(t) for t in grid)]
-    if epochs is not None:
-        parts += ["--epochs", str(epochs)]
-    parts += ["--seeds", ",".join(str(s) for s in seeds)]
-    if batch_size is not None:
-        parts += ["--batch-size", str(batch_size)]
-    if lr is not None:
-        parts += ["--lr", f"{lr:g}"]
-    if float(acc_margin) != 0.01:
-        parts += ["--acc-margin", f"{acc_margin:g}"]
-    if metric != PAPER_FPR_KEY:
-        parts += ["--metric", metric]
-    if noise_n is not None:
-        parts += ["--noise-n", str(noise_n)]
-    if int(noise_seed) != VALIDATION_NOISE_SEED:
-        parts += ["--noise-seed", str(noise_seed)]
-    if int(jobs) != 1:
-        parts += ["--jobs", str(jobs)]
-    for flag, value in (("amp", amp), ("compile", compile)):
-        if value is not None:
-            parts.append(f"--{flag}" if value else f"--no-{flag}")
-    if threads not in (None, "auto"):
-        parts += ["--threads", str(threads)]
-    parts += ["--out", str(out), "--device", str(device)]
-    return shlex.join(parts)
 
 
