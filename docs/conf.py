@@ -23,3 +23,6 @@ autodoc_default_options = {"members": True, "exclude-members": "info"}
 # no network when the docs are built: cross-references to other projects stay plain text
 intersphinx_mapping = {}
 html_theme = "alabaster"
+# the pages link files of the repository (CONTRIBUTING.md, benchmarks/...) as GitHub shows them;
+# Sphinx cannot resolve those, and they are not errors of the reference
+suppress_warnings = ["myst.xref_missing"]
