@@ -156,3 +156,18 @@ def test_public_surface_is_lazy_and_complete():
     assert logitnorm_plugin.ModelSpec is specs.ModelSpec
     assert logitnorm_plugin.ResultStore is store.ResultStore
     assert logitnorm_plugin.Recipe is recipes.Recipe
+
+
+def test_no_print_to_stderr_outside_the_command_line():
+    """Diagnostics go through ``logging`` (the command line prints them as one line each),
+    progress through tqdm; stdout is for results."""
+    found = []
+    for module, path in _modules():
+        if _top(module or "x") == "cli":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "print"
+                    and any(k.arg == "file" and "stderr" in ast.unparse(k.value)
+                            for k in node.keywords)):
+                found.append(f"{module}:{node.lineno}")
+    assert found == []

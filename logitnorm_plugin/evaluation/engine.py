@@ -48,6 +48,7 @@ from pytorch_ood.api import Detector, GradientDetector, LogitsDetector
 from pytorch_ood.detector import ODIN
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm as _tqdm
 
 from logitnorm_plugin._core import provenance as provenance_module
 from logitnorm_plugin._core.conventions import ID_DATASET
@@ -261,7 +262,7 @@ def _progress(iterable, enabled: bool, **kwargs):
 def _say_without_terminal(enabled: bool, text: str) -> None:
     """A progress line where no bar shows (stderr is not a terminal: a log, CI)."""
     if enabled and not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty()):
-        print(text, file=sys.stderr, flush=True)
+        _tqdm.write(text, file=sys.stderr)
 
 
 

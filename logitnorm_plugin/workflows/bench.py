@@ -30,11 +30,14 @@ configuration; see :mod:`logitnorm_plugin.store.results`).
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+
+from tqdm import tqdm as _tqdm
 
 from logitnorm_plugin._core import locks, provenance
 from logitnorm_plugin._core.atomic import remove_stale_temporaries, write_json, write_text
@@ -73,6 +76,8 @@ from logitnorm_plugin.workflows.bench_request import DEFAULTS, BenchRequest
 from logitnorm_plugin.workflows.model_labels import model_specs
 
 __all__ = ["ALL_DETECTORS", "DEFAULTS", "BenchRequest", "run"]
+
+_log = logging.getLogger(__name__)
 
 #: the detector list that means every registered detector the models can build
 ALL_DETECTORS = "all"
@@ -252,8 +257,8 @@ class _Comparison:
         self.requests = kept
         self.detectors = [r.name for r in kept]
         if self.skipped and self.progress:
-            print(f"bench: --detectors all: left out {', '.join(self.skipped)} (cannot be built "
-                  "for these models)", file=sys.stderr, flush=True)
+            _log.warning(f"bench: --detectors all: left out {', '.join(self.skipped)} (cannot "
+                         "be built for these models)")
 
     def _leave_out(self, specs, exc) -> None:
         failed = [r for r in self.requests
@@ -265,8 +270,8 @@ class _Comparison:
         self.requests = [r for r in self.requests if r not in failed]
         self.detectors = [r.name for r in self.requests]
         if self.progress:
-            print(f"bench: --detectors all: left out {', '.join(r.label for r in failed)} "
-                  f"({exc})", file=sys.stderr, flush=True)
+            _log.warning(f"bench: --detectors all: left out "
+                         f"{', '.join(r.label for r in failed)} ({exc})")
 
     def _evaluate(self, specs, record, cfg):
         """Evaluate into the store; aggregate this run's models and detectors from it."""
@@ -281,7 +286,7 @@ class _Comparison:
         with ResultStore(self.out / STORE_FILE, replace_incompatible=self.force) as store:
             cells_before = 0 if self.force else self._stored_cells(store, specs, cfg)
             if self.progress:
-                print(self._reuse_line(specs, cells_before), file=sys.stderr, flush=True)
+                _tqdm.write(self._reuse_line(specs, cells_before), file=sys.stderr)
             while True:
                 try:
                     rows = evaluate(

@@ -45,6 +45,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Sequence, Tuple
 
+from tqdm import tqdm as _tqdm
+
 from logitnorm_plugin import data
 from logitnorm_plugin._core import atomic, locks, provenance
 from logitnorm_plugin._core.conventions import PAPER_FPR_KEY, canonical_name
@@ -503,7 +505,8 @@ def _stored_point(store, pid: str, t: float, seed: int) -> Dict[str, Any] | None
 
 
 def _say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
+    """A progress line (tqdm's channel: it does not break a bar on the terminal)."""
+    _tqdm.write(text, file=sys.stderr)
 
 
 def _point_line(p: Mapping[str, Any]) -> str:
