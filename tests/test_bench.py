@@ -225,7 +225,7 @@ def test_bench_fits_from_the_fit_cache_in_its_out_folder(tmp_path, monkeypatch):
 
     from logitnorm_plugin.evaluation.fit_cache import FOLDER
     from logitnorm_plugin.evaluation.specs import ModelSpec, resolve_benchmark
-    from logitnorm_plugin.registry.architectures import DigitsCNN
+    from logitnorm_plugin.models import DigitsCNN
 
     torch.manual_seed(0)
     spec = ModelSpec("cnn", model=DigitsCNN(10, 1, width=4).eval(), loss="cross_entropy")

@@ -18,8 +18,8 @@ import logitnorm_plugin
 from logitnorm_plugin._core.errors import UnsupportedModelError
 from logitnorm_plugin.data import load_split
 from logitnorm_plugin.data.digits import digits_ood
+from logitnorm_plugin.models import DigitsCNN
 from logitnorm_plugin.registry import entry_points as registry
-from logitnorm_plugin.registry.architectures import DigitsCNN
 from logitnorm_plugin.registry.split import (
     LAYERS,
     PUBLISHED_DEFAULTS,

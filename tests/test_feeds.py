@@ -19,7 +19,7 @@ from logitnorm_plugin.data import load_split
 from logitnorm_plugin.data.digits import digits_ood
 from logitnorm_plugin.evaluation.engine import evaluate
 from logitnorm_plugin.evaluation.feeds import BACKBONE, FEATURES, INPUT, LOGITS, MAPS, Feed, plan
-from logitnorm_plugin.registry.architectures import DigitsCNN
+from logitnorm_plugin.models import DigitsCNN
 
 BATCH = 25
 METRICS = ("AUROC", "AUPR-IN", "AUPR-OUT", "FPR95TPR", "AUTC")

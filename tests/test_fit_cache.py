@@ -14,7 +14,7 @@ from logitnorm_plugin._core.digests import state_dict_sha256
 from logitnorm_plugin.evaluation.engine import evaluate
 from logitnorm_plugin.evaluation.fit_cache import FOLDER, FitCache, pass_config
 from logitnorm_plugin.evaluation.specs import ModelSpec
-from logitnorm_plugin.registry.architectures import DigitsCNN
+from logitnorm_plugin.models import DigitsCNN
 
 FITTED = ["kl_matching", "mahalanobis", "react"]
 

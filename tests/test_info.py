@@ -7,8 +7,8 @@ from pytorch_ood.api import BenchmarkInfo, DetectorInfo, LossInfo
 from torch.utils.data import DataLoader, TensorDataset
 
 import logitnorm_plugin
+from logitnorm_plugin.models import DigitsCNN
 from logitnorm_plugin.registry import entry_points as registry
-from logitnorm_plugin.registry.architectures import DigitsCNN
 
 CLASSES, SHAPE = 4, (1, 8, 8)
 

@@ -9,7 +9,7 @@ from pytorch_ood.model import WideResNet
 from torch import nn
 
 from logitnorm_plugin._core.errors import UnsupportedModelError, UserError
-from logitnorm_plugin.registry.architectures import DigitsCNN, ResNet18CIFAR
+from logitnorm_plugin.models import DigitsCNN, ResNet18CIFAR
 from logitnorm_plugin.registry.split import LAYERS, ModelParts, split_model
 
 

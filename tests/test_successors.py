@@ -25,7 +25,7 @@ from torch.nn import functional as F
 
 import logitnorm_plugin as lp
 from logitnorm_plugin._core.errors import MissingModelPartsError
-from logitnorm_plugin.registry.architectures import DigitsCNN
+from logitnorm_plugin.models import DigitsCNN
 from logitnorm_plugin.registry.split import build_loss, split_model, unwrap_model
 from logitnorm_plugin.successors.elogitnorm import (
     ELogitNormLoss,
@@ -356,12 +356,12 @@ def test_t2fnorm_t_is_its_own_not_the_recipes(tmp_path):
 
 def test_a_trained_t2fnorm_run_loads_as_the_test_time_network(tmp_path):
     from logitnorm_plugin.evaluation.engine import evaluate
-    from logitnorm_plugin.training.runs import load_checkpoint, load_trained
+    from logitnorm_plugin.training.runs import load_checkpoint, load_trained, read_config
 
     out = tmp_path / "t2f"
     lp.train(loss="t2fnorm", loss_kwargs={"t": 0.2}, epochs=2, batch_size=256, out=out,
              progress=False, device="cpu")
-    raw = DigitsCNN(**lp.runs.read_config(out)["arch_kwargs"]).eval()
+    raw = DigitsCNN(**read_config(out)["arch_kwargs"]).eval()
     raw.load_state_dict(load_checkpoint(out / "checkpoint.pt")["model"])  # unfolded weights
     model = load_trained(out).eval()
     assert type(model) is DigitsCNN and not model.fc._forward_pre_hooks
