@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from logitnorm_plugin import locks
+from logitnorm_plugin._core.model_groups import model_group
 from logitnorm_plugin.atomic import remove_stale_temporaries, write_json, write_text
 from logitnorm_plugin.bench_output import format_per_dataset, format_table, rows_csv
 from logitnorm_plugin.conventions import canonical_name, config_hash, safe_file_part
@@ -305,9 +306,11 @@ class _Comparison:
         from logitnorm_plugin.evaluation import evaluate
         from logitnorm_plugin.store import STORE_FILE, ResultStore
 
-        # models that arch, loss and seed do not tell apart get a table row each
-        self.by_model = len({(s.arch, s.loss, s.seed) for s in specs}) < len(specs)
-        group_of = (lambda s: s.label) if self.by_model else (lambda s: s.loss)
+        # the one rule of aggregation.aggregate: seeds are averaged within one model
+        # configuration only; a Model column where a loss has several configurations
+        self.by_model = (len({_spec_group(s) for s in specs})
+                         > len({(s.arch, s.loss) for s in specs}))
+        group_of = _spec_group
         first_seed = {}
         for s in specs:
             first_seed.setdefault(group_of(s), s.label)
@@ -361,12 +364,17 @@ class _Comparison:
         model (labelled as given now, whatever label a stored cell carries) where ``by``
         starts with ``Model``."""
         label_of = {s.model_id(): s.label for s in specs}
-        by = ("model_id", *self.by[1:]) if self.by_model else self.by
+        members: dict[str, list] = {}
+        for s in specs:
+            members.setdefault(_spec_group(s), []).append(s.label)
+        by = self.by[1:] if self.by_model else self.by
         entries = store.aggregate(cfg, model_ids=list(label_of), by=by, per_dataset=per_dataset,
                                   detector_ids=detector_ids)
-        if self.by_model:
-            for entry in entries:
-                entry["Model"] = label_of.get(entry.pop("model_id"))
+        for entry in entries:
+            # a configuration of one model is labelled as given now
+            mine = members.get(entry["model_group"], [])
+            if len(mine) == 1:
+                entry["Model"] = mine[0]
         return entries
 
     def _stored_cells(self, store, specs, cfg) -> int:
@@ -412,8 +420,8 @@ class _Comparison:
             )
         table = format_table(summary, by, list(bench.groups), matched, published.get("sources"))
         seconds = time.perf_counter() - self.start
-        over = ("one row per model (arch, loss and seed do not tell them apart)"
-                if self.by_model else "mean ± std over seeds")
+        over = ("mean ± std over the seeds of each model configuration (Model: a loss with "
+                "several configurations)" if self.by_model else "mean ± std over seeds")
         title = (
             f"Benchmark `{bench.name}` (protocol {self.protocol}), "
             f"{plural(len(specs), 'model')}, detectors "
@@ -506,18 +514,26 @@ def _torch_threads() -> int:
     return torch.get_num_threads()
 
 
+def _spec_group(spec) -> str:
+    """The model group of a spec (:func:`~logitnorm_plugin._core.model_groups.group_of` of
+    its rows)."""
+    config = spec.model_config()
+    return model_group(config) if config is not None else f"model:{spec.model_id()}"
+
+
 def _ordered(entries, specs, detectors, by, datasets=()):
     """Aggregate rows in the order asked for: losses (or archs) as the models came, detectors
     as named, OOD sets as the benchmark lists them."""
     first = {}
     for i, spec in enumerate(specs):
-        first.setdefault(("Model", spec.label), i)
+        first.setdefault(("model_group", _spec_group(spec)), i)
         first.setdefault(("Arch", spec.arch), i)
         first.setdefault(("Loss", spec.loss), i)
     dataset_index = {d: i for i, d in enumerate(datasets)}
 
     def key(entry):
-        parts = [first.get((b, entry.get(b)), len(specs)) for b in by
+        parts = [first.get(("model_group", entry.get("model_group")) if b == "Model"
+                           else (b, entry.get(b)), len(specs)) for b in by
                  if b in ("Model", "Arch", "Loss")]
         det = entry.get("Detector")
         parts.append(detectors.index(det) if det in detectors else len(detectors))

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from logitnorm_plugin._core.model_groups import CONFIG_FIELD
 from logitnorm_plugin.atomic import write_text
 from logitnorm_plugin.conventions import ROW_KEYS
 from logitnorm_plugin.errors import UserError
@@ -139,8 +140,10 @@ def format_per_dataset(aggregate: Sequence[Mapping[str, Any]], by: Sequence[str]
 
 
 def rows_csv(rows: Sequence[Mapping[str, Any]]) -> str:
-    """Every result row as CSV: the row keys in table order, then any further keys."""
-    keys = list(ROW_KEYS) + sorted({k for r in rows for k in r} - set(ROW_KEYS))
+    """Every result row as CSV: the row keys in table order, then any further keys (the model
+    configuration as its group key only: the whole of it is in results.json)."""
+    keys = list(ROW_KEYS) + sorted({k for r in rows for k in r} - set(ROW_KEYS)
+                                   - {CONFIG_FIELD})
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=keys, lineterminator="\n")
     writer.writeheader()

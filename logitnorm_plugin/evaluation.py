@@ -49,6 +49,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from logitnorm_plugin import feeds
+from logitnorm_plugin._core.model_groups import model_group_fields
 from logitnorm_plugin.conventions import ID_DATASET, config_hash
 from logitnorm_plugin.device import resolve_device
 from logitnorm_plugin.fit_cache import FitCache, pass_config
@@ -400,6 +401,9 @@ class _Evaluation:
             "Group": next((g for g, names in groups if dataset in names), None),
             "Benchmark": self.bench.name,
             "Protocol": self.protocol,
+            **model_group_fields(spec.model_config()),
+            # the run folder, for the report's reliability diagrams and logit-norm curves
+            **({"Run": spec.extra["path"]} if spec.extra.get("path") else {}),
         }
 
     def model_rows(self, spec: ModelSpec) -> List[Dict[str, Any]]:

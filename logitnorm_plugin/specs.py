@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from logitnorm_plugin import hub
+from logitnorm_plugin._core.model_groups import model_configuration
 from logitnorm_plugin.conventions import (
     DEFAULT_T,
     ID_DATASET,
@@ -93,6 +94,9 @@ class ModelSpec:
     identity: str | None = None
     source: str = "module"
     extra: Dict[str, Any] = field(default_factory=dict)
+    #: the configuration without the seed (what seeds are averaged over, see
+    #: :mod:`logitnorm_plugin._core.model_groups`); default: from loss, arch and t
+    configuration: Dict[str, Any] | None = None
 
     def get_model(self) -> nn.Module:
         if self.model is None:
@@ -100,6 +104,16 @@ class ModelSpec:
                 raise ValueError(f"model spec '{self.label}' has neither a model nor a loader")
             self.model = self.load()
         return self.model
+
+    def model_config(self) -> Dict[str, Any] | None:
+        """The configuration seeds are averaged over: ``configuration``, else what is known
+        (loss, arch, t, dataset); ``None`` when nothing is (the model is then its own group)."""
+        if self.configuration is not None:
+            return self.configuration
+        if self.loss is None and self.arch is None:
+            return None
+        return model_configuration(arch=self.arch, loss=self.loss, t=self.t,
+                                   dataset=self.extra.get("dataset"))
 
     def model_id(self) -> str:
         """The store key: ``identity`` if given, else a fingerprint of the weights."""
@@ -152,6 +166,8 @@ def _registry_spec(key: str, download: bool = False) -> ModelSpec:
         identity=f"pytorch-ood:{entry.key}:{entry.sha256[:16]}",
         source="registry",
         extra={"dataset": entry.dataset},
+        configuration=model_configuration(source="pytorch-ood", arch=entry.arch,
+                                          dataset=entry.dataset, loss=loss),
     )
 
 
@@ -174,6 +190,7 @@ def _run_spec(path: str) -> ModelSpec:
         t=float(t) if t is not None else None,
         source="run",
         extra={"path": os.path.abspath(path), "sha256": card.get("sha256")},
+        configuration=model_configuration(card.get("config")) if card.get("config") else None,
     )
 
 

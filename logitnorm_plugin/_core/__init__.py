@@ -1,0 +1,1 @@
+"""Torch-free helpers shared across floors."""
