@@ -1,0 +1,1 @@
+"""Export formats: pytorch-ood registry entries and their upload keys, tables, cards."""
