@@ -82,6 +82,8 @@ class _TrainRequest:
     run_dir: Path
     train_kwargs: dict
     request: dict
+    #: how the run already in ``run_dir`` differs from this one (empty: none, or the same)
+    differs: tuple = ()
 
     @classmethod
     def resolve(cls, loss, seed, dataset, out: Path, recipe, epochs, t, t_from, data_root,
@@ -112,7 +114,8 @@ class _TrainRequest:
             seed=seed, device=device, out=run_dir, resume="auto", data_root=data_root,
             download=download, progress=progress, t_from=t_from, outliers=outliers,
         )
-        return cls(loss, seed, run_dir, train_kwargs, request)
+        return cls(loss, seed, run_dir, train_kwargs, request,
+                   _stored_differences(run_dir, config.to_dict()))
 
     def spec(self):
         """Train (or reuse, or resume) the model and describe it as a
@@ -140,6 +143,39 @@ class _TrainRequest:
         spec.label = f"{self.loss}/s{self.seed}"
         spec.loss, spec.seed = self.loss, self.seed
         return spec
+
+
+def _stored_differences(run_dir: Path, config: dict) -> tuple:
+    """How the configuration of the run already in ``run_dir`` differs from ``config``."""
+    from logitnorm_plugin.runs import CONFIG_FILE, config_differences, read_config
+
+    if not (run_dir / CONFIG_FILE).is_file():
+        return ()
+    return tuple(config_differences(read_config(run_dir), config))
+
+
+def _replace_or_refuse(requests, out: Path, force: bool) -> None:
+    """Models of another configuration in ``out/runs``: a clear refusal offering ``--out`` and
+    ``--force``, or with ``force`` their run folders moved aside (never deleted)."""
+    stale = [r for r in requests if r.differs]
+    if not stale:
+        return
+    if not force:
+        first = stale[0]
+        raise UserError(
+            f"{out} already holds models trained with other settings: {first.run_dir.name} "
+            f"differs in {'; '.join(first.differs)}"
+            + (f" (and {plural(len(stale) - 1, 'more run folder')})" if len(stale) > 1 else "")
+            + ". bench reuses the models of its --out folder: choose another --out for these "
+            "settings, or add --force to retrain them there (the old run folders are moved "
+            "aside)"
+        )
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    for request in stale:
+        aside = request.run_dir.with_name(f"{request.run_dir.name}.replaced-{stamp}")
+        request.run_dir.rename(aside)
+        print(f"bench: --force: {request.run_dir.name} was trained with other settings; moved "
+              f"to {aside}", file=sys.stderr, flush=True)
 
 
 # -- the run -----------------------------------------------------------------------------------
@@ -236,6 +272,8 @@ class _Comparison:
                                   data_root, download, progress, device, outliers)
             for loss in losses for seed in seeds
         ]
+        if not force:
+            _replace_or_refuse(self.to_train, Path(out), force)  # before anything trains
 
     def run(self, stdout) -> dict:
         from logitnorm_plugin import provenance
@@ -246,6 +284,7 @@ class _Comparison:
         if self.models:
             specs = model_specs(self.models, download=self.download)  # unique labels
         else:
+            _replace_or_refuse(self.to_train, self.out, self.force)  # under the folder's lock
             specs = [request.spec() for request in self.to_train]
         if self.all_detectors:
             self._keep_constructible(specs)

@@ -279,8 +279,9 @@ def check_same_config(run_dir: PathLike, name: str, old: Dict[str, Any],
     if diffs:
         raise ConfigMismatchError(
             f"cannot resume in {str(run_dir)!r}: its {name} records another configuration. "
-            "Differing keys: " + "; ".join(diffs) + ". Use the same arguments to resume, or "
-            "another --out folder for a new run."
+            "Differing keys: " + "; ".join(diffs) + ". Leave out (or match) the options that "
+            "differ to resume with the recorded configuration, or use another --out folder for "
+            "a new run."
         )
 
 

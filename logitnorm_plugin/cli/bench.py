@@ -41,7 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--download", action="store_true",
                         help="download missing datasets (and registry weights of --models)")
     parser.add_argument("--force", action="store_true",
-                        help="recompute cells that the store already has")
+                        help="recompute cells that the store already has, and retrain models "
+                        "of --out/runs trained with other settings (their folders are moved "
+                        "aside)")
     parser.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"],
                         help="evaluation batch size (default: 256)")
     parser.add_argument("--protocol", choices=("full", "paper"), default="full",
