@@ -115,7 +115,7 @@ def export_tables(store) -> list[dict]:
             detectors.setdefault(r.get("Detector"), None)
         det_order = {d: i for i, d in enumerate(detectors)}
         names = {e["model_group"]: e["Model"] for e in mean}
-        shared = len({m[:2] for m in models}) < len(models)
+        shared = [m[:2] for m in models]
         for arch, loss, group in models:
             mine = [r for r in rows if group_of(r) == group]
             m = [e for e in mean if e["model_group"] == group]
@@ -130,7 +130,7 @@ def export_tables(store) -> list[dict]:
                 "groups": {g: list(v) for g, v in (config.get("groups") or {}).items()},
                 "arch": arch,
                 "loss": loss,
-                "model": names.get(group, loss) if shared else loss,
+                "model": names.get(group, loss) if shared.count((arch, loss)) > 1 else loss,
                 "model_group": group,
                 "seeds": sorted({r["Seed"] for r in mine if r.get("Seed") is not None}),
                 "models": len({r["model_id"] for r in mine}),

@@ -143,12 +143,15 @@ class _Config:
             m for m in models if m != self.baseline
         ]
         self.multi_arch = len({m[0] for m in self.models}) > 1
-        self.shared_loss = len({m[:2] for m in self.models}) < len(self.models)
+        counts: dict[tuple, int] = {}
+        for m in self.models:
+            counts[m[:2]] = counts.get(m[:2], 0) + 1
+        self.shared_loss = {key for key, n in counts.items() if n > 1}
 
     def label(self, model) -> str:
         """The loss, or the configuration's label where a loss has several."""
         arch, loss, group = model
-        name = str(self.names.get(group, loss)) if self.shared_loss else str(loss)
+        name = str(self.names.get(group, loss)) if model[:2] in self.shared_loss else str(loss)
         return f"{name} ({arch})" if self.multi_arch and arch else name
 
     def entry(self, spec: Mapping[str, Any]) -> Mapping[str, Any] | None:
