@@ -59,8 +59,9 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Dict, Iterable, List, Tuple, Union
 
+from logitnorm_plugin._core.detector_text import parse_detector_text
 from logitnorm_plugin.conventions import canonical_name
-from logitnorm_plugin.errors import UnknownNameError, UserError, closest_match
+from logitnorm_plugin.errors import UnknownNameError, UsageError, UserError, closest_match
 
 #: kind -> entry-point group
 GROUPS: Dict[str, str] = {
@@ -467,13 +468,21 @@ def create_detector(name: Union[str, type], model, **kwargs):
     """
     Build the detector registered as ``name`` around ``model``.
 
-    :param name: registered name (e.g. ``"msp"``, ``"logitnorm"``) or a class
+    :param name: registered name (e.g. ``"msp"``, ``"logitnorm"``), a name with settings as on
+        the command line (``"knn(k=5)"``) or a class
     :param model: the classifier, passed as the detector's first argument; for feature-based
         detectors (``encoder``/``backbone`` parameters) split by :mod:`logitnorm_plugin.split`
     :param kwargs: further constructor arguments, e.g. ``t=0.04``
     """
     from logitnorm_plugin.split import build_detector
 
+    if isinstance(name, str):
+        name, written = parse_detector_text(name)
+        both = sorted(set(written) & set(kwargs))
+        if both:
+            raise UsageError(f"detector {name!r}: {', '.join(both)} given both in its name and "
+                             "as keyword arguments; give each setting once")
+        kwargs = {**written, **kwargs}
     return build_detector(get_detector_class(name), model, **kwargs)
 
 

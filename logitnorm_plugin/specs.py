@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from logitnorm_plugin import hub
+from logitnorm_plugin._core.detector_text import parse_detector_text
 from logitnorm_plugin._core.model_groups import model_configuration
 from logitnorm_plugin.conventions import (
     DEFAULT_T,
@@ -533,8 +534,17 @@ def _registered(cls: type) -> Tuple[str, str | None]:
     return name, None
 
 
+def _merged_settings(name: str, written: Mapping[str, Any], given: Mapping[str, Any]) -> dict:
+    both = sorted(set(written) & set(given))
+    if both:
+        raise UsageError(f"detector {name!r}: {', '.join(both)} given both in its name and as "
+                         "keyword arguments; give each setting once")
+    return {**written, **given}
+
+
 def parse_detectors(detectors) -> List[DetectorSpec]:
-    """Detector specs of registry names (``"msp"``, ``"fakeplug:logitnorm"``), classes,
+    """Detector specs of registry names (``"msp"``, ``"fakeplug:logitnorm"``), names with
+    settings (``"knn(k=5)"``, the command line's spelling and the tables' label), classes,
     instances, ``(name, kwargs)`` pairs, or a dict name -> kwargs. One name may be given with
     several argument sets; each configuration (label) only once.
 
@@ -562,6 +572,8 @@ def parse_detectors(detectors) -> List[DetectorSpec]:
             specs.append(DetectorSpec(name, cls, kwargs, None if cls is what else what,
                                       distribution=distribution))
         else:
+            what, written = parse_detector_text(what)  # "knn(k=5)": the CLI's spelling too
+            kwargs = _merged_settings(what, written, kwargs)
             entry = get_entry("detector", what)
             display = f"{entry.distribution}:{entry.name}" if ":" in str(what) else None
             specs.append(DetectorSpec(entry.name, entry.load(), kwargs,

@@ -28,7 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "the dataset's named source: digits_jigsaw for the digits, "
                         "tinyimages300k for CIFAR)")
     parser.add_argument("--detectors", nargs="+", default=None,
-                        help="detectors (default: msp odin energy maxlogit logitnorm), or all: "
+                        help="detectors (default: msp odin energy maxlogit logitnorm), each "
+                        "as NAME or NAME(KEY=VALUE, ...) for its settings, e.g. \"knn(k=5)\" "
+                        "(quoted for the shell; the tables label it the same way); or all: "
                         "every registered detector the models can build")
     parser.add_argument("--seeds", nargs="+", default=None,
                         help="training seeds (default: 0 1 2)")
