@@ -151,10 +151,19 @@ def _describe_object(obj) -> str:
 
 
 def _is_loss(obj) -> bool:
-    """A class whose instances are callable (``__call__`` defined below ``object``)."""
-    return isinstance(obj, type) and any(
-        "__call__" in vars(k) for k in obj.__mro__ if k is not object
-    )
+    """A class whose instances are callable: a ``torch.nn.Module`` subclass that defines
+    ``forward`` (the Module's own ``__call__`` only raises without one), or another class
+    with ``__call__`` defined below ``object``."""
+    if not isinstance(obj, type):
+        return False
+    mro = [k for k in obj.__mro__ if k is not object]
+    # torch.nn.Module by name: loading a loss imports torch anyway, listing never gets here
+    module = next((i for i, k in enumerate(mro)
+                   if (k.__module__, k.__qualname__) == ("torch.nn.modules.module", "Module")),
+                  None)
+    if module is not None:
+        return any("forward" in vars(k) or "__call__" in vars(k) for k in mro[:module])
+    return any("__call__" in vars(k) for k in mro)
 
 
 def _is_detector(obj) -> bool:
@@ -175,7 +184,8 @@ KIND_RULES = {
     "loss": (
         _is_loss,
         "a class whose instances are called as loss(logits, target), normally a "
-        "torch.nn.Module subclass (it is built as cls(**kwargs))",
+        "torch.nn.Module subclass that defines forward(logits, target) (it is built as "
+        "cls(**kwargs))",
     ),
     "detector": (
         _is_detector,
