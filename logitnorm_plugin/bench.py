@@ -356,8 +356,8 @@ class _Comparison:
         self.first_seed = first_seed
         with ResultStore(self.out / STORE_FILE, replace_incompatible=self.force) as store:
             cells_before = 0 if self.force else self._stored_cells(store, specs, cfg)
-            if self.progress:
-                print(self._reuse_line(specs, cells_before), file=sys.stderr, flush=True)
+            # also without progress output: what is reused decides what the numbers mean
+            print(self._reuse_line(specs, cells_before), file=sys.stderr, flush=True)
             while True:
                 try:
                     rows = evaluate(

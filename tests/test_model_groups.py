@@ -201,3 +201,37 @@ def test_bench_into_a_folder_of_other_settings_says_what_differs(tmp_path, capsy
     assert len(aside) == 1 and aside[0].startswith("digits-logitnorm-s0")
     config = json.loads((out / "runs" / "digits-logitnorm-s0" / "config.json").read_text())
     assert config["t"] == 0.04
+
+
+def test_argument_errors_answer_before_torch_loads(tmp_path, monkeypatch, capsys):
+    """Values and --models folders are checked before pytorch-ood is imported (point 8): the
+    error is the same one line, from a process that has not loaded torch."""
+    import subprocess
+    import sys
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "ln-a").mkdir(parents=True)
+    probe = ("import sys; from logitnorm_plugin.cli import main; code = main(sys.argv[1:]); "
+             "print('torch' in sys.modules, file=sys.stderr); sys.exit(code)")
+    for argv, message in (
+        (["bench", "--epochs", "0"], "the number of epochs must be >= 1, got 0"),
+        (["train", "--epochs", "0"], "the number of epochs must be >= 1, got 0"),
+        (["tune-t", "--seeds", "-1"], "the seed must be an integer"),
+        (["bench", "--models", "runs/x"], "no such run folder 'runs/x' (runs/ holds: ln-a)"),
+    ):
+        done = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True,
+                              text=True, cwd=tmp_path)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and message in lines[0], done.stderr
+        assert lines[-1] == "False"  # torch was never imported
+
+
+def test_no_progress_keeps_the_reuse_line(tmp_path, capsys):
+    out = tmp_path / "results"
+    args = ["bench", "--epochs", "1", "--seeds", "0", "--losses", "cross_entropy",
+            "--detectors", "msp", "--no-plots", "--no-progress", "--out", str(out)]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "bench: reused 1 of 1 trained model" in err and " epoch " not in err

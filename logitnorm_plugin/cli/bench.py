@@ -4,6 +4,7 @@
 import argparse
 from pathlib import Path
 
+from logitnorm_plugin._core.arg_checks import check_model_paths, check_values
 from logitnorm_plugin.bench import DEFAULTS
 from logitnorm_plugin.bench_output import README_END, README_START
 from logitnorm_plugin.cli import _args
@@ -80,6 +81,11 @@ def run(args) -> int:
     from logitnorm_plugin.bench import run as run_bench
     from logitnorm_plugin.bench_output import readme_section, update_readme
 
+    # values first, before pytorch-ood loads: an argument error answers at once
+    check_values(epochs=args.epochs, batch_size=args.batch_size, t=args.t,
+                 seeds=_args.seeds(args.seeds) if args.seeds else (),
+                 num_workers=args.num_workers, lock_timeout=args.lock_timeout)
+    check_model_paths(_args.split(args.models))
     if args.update_readme:
         # fail before the run, not after it
         readme_section(Path(args.update_readme), args.readme_section)

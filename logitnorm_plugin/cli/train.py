@@ -4,6 +4,7 @@ import argparse
 import os
 from pathlib import Path
 
+from logitnorm_plugin._core.arg_checks import check_values
 from logitnorm_plugin.cli import _args
 
 HELP = "train a model with any registered loss"
@@ -63,6 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    # values first, before torch loads: an argument error answers at once
+    check_values(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seeds=[args.seed])
     from logitnorm_plugin.device import resolve_threads, torch_threads
     from logitnorm_plugin.training import train
 
