@@ -176,10 +176,15 @@ def main(argv=None):
 
     from logitnorm_plugin import create_loss
     from logitnorm_plugin.data import dataset_meta
+    from logitnorm_plugin.device import resolve_device
+    from logitnorm_plugin.errors import UserError
     from logitnorm_plugin.models import build_model
     from logitnorm_plugin.provenance import device_name, package_versions
 
-    device = torch.device(args.device)
+    try:  # a CUDA device without CUDA: one line, not a traceback from deep in torch
+        device = resolve_device(args.device)
+    except UserError as exc:
+        p.error(str(exc))
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.warmup is None:
