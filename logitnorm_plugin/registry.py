@@ -482,7 +482,9 @@ def create_detector(name: Union[str, type], model, **kwargs):
         the command line (``"knn(k=5)"``) or a class
     :param model: the classifier, passed as the detector's first argument; for feature-based
         detectors (``encoder``/``backbone`` parameters) split by :mod:`logitnorm_plugin.split`
-    :param kwargs: further constructor arguments, e.g. ``t=0.04``
+    :param kwargs: further constructor arguments, e.g. ``t=0.04``; a detector that declares
+        ``training_t_parameter`` (``logitnorm``) gets the model's ``training_t`` (set by
+        :func:`~logitnorm_plugin.load_trained`) unless it is given here
     """
     from logitnorm_plugin.split import build_detector
 
@@ -493,7 +495,12 @@ def create_detector(name: Union[str, type], model, **kwargs):
             raise UsageError(f"detector {name!r}: {', '.join(both)} given both in its name and "
                              "as keyword arguments; give each setting once")
         kwargs = {**written, **kwargs}
-    return build_detector(get_detector_class(name), model, **kwargs)
+    cls = get_detector_class(name)
+    t_parameter = getattr(cls, "training_t_parameter", None)
+    if t_parameter and t_parameter not in kwargs and getattr(model, "training_t", None):
+        # a model of load_trained carries its training temperature: use it, as evaluate does
+        kwargs[t_parameter] = model.training_t
+    return build_detector(cls, model, **kwargs)
 
 
 def get_benchmark(name: Union[str, type], **kwargs):

@@ -524,6 +524,10 @@ def load_trained(path: PathLike, map_location="cpu", return_card: bool = False):
             f"({one_line(exc, 200)})"
         ) from exc
     model = model.to(map_location).eval()
+    if card.get("t") is not None:
+        # the temperature it was trained with: create_detector gives it to detectors that
+        # declare training_t_parameter (LogitNormDetector), as the evaluation engine does
+        model.training_t = float(card["t"])
     return (model, card) if return_card else model
 
 

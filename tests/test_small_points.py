@@ -18,3 +18,16 @@ def test_throughput_script_on_cuda_without_cuda_is_one_line(script):
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     assert "CUDA is not available here" in done.stderr.strip().splitlines()[-1]
+
+
+def test_create_detector_uses_the_training_temperature_of_a_loaded_model(tmp_path):
+    import logitnorm_plugin as lp
+
+    lp.train(loss_kwargs={"t": 0.16}, epochs=1, out=tmp_path / "run", progress=False)
+    model = lp.load_trained(tmp_path / "run")
+    assert model.training_t == 0.16
+    assert lp.create_detector("logitnorm", model).t == 0.16
+    assert lp.create_detector("logitnorm(t=0.04)", model).t == 0.04  # given: kept
+    assert lp.create_detector("logitnorm", model, t=0.02).t == 0.02
+    plain = torch.nn.Sequential(torch.nn.Linear(4, 3))  # carries no temperature: the default
+    assert lp.create_detector("logitnorm", plain).t == 0.04
