@@ -31,3 +31,26 @@ def test_create_detector_uses_the_training_temperature_of_a_loaded_model(tmp_pat
     assert lp.create_detector("logitnorm", model, t=0.02).t == 0.02
     plain = torch.nn.Sequential(torch.nn.Linear(4, 3))  # carries no temperature: the default
     assert lp.create_detector("logitnorm", plain).t == 0.04
+
+
+def test_saturated_msp_histograms_use_a_log_scale(tmp_path):
+    import numpy as np
+
+    from logitnorm_plugin.plots import histogram_scale, score_histograms
+
+    rng = np.random.default_rng(0)
+    id_scores = -1 + 10 ** rng.uniform(-7, -5, 500)    # a confident model: MSP ~ 1 - 1e-6
+    ood_scores = -1 + 10 ** rng.uniform(-4, -2, 500)   # less confident on OOD
+    label, transform = histogram_scale(np.concatenate([id_scores, ood_scores]))
+    assert label == "log10(1 - MSP)"
+    # on the raw scale 40 bins over [-1, 0] put almost all of both sets in one bin; on this
+    # scale the two sets share no bin
+    edges = np.linspace(-1, 0, 41)
+    assert np.histogram(id_scores, edges)[0][0] == 500
+    assert np.histogram(ood_scores, edges)[0][0] > 400
+    t_id, t_ood = transform(id_scores), transform(ood_scores)
+    assert t_id.max() < t_ood.min()
+    path = score_histograms({"ln": {"ID": id_scores, "noise": ood_scores}}, tmp_path / "h.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # energy-like scores stay as they are
+    assert histogram_scale(rng.normal(size=100) * 5)[1] is None
