@@ -46,6 +46,7 @@ from logitnorm_plugin.conventions import canonical_name, config_hash, safe_file_
 from logitnorm_plugin.errors import DetectorFitError, UserError
 from logitnorm_plugin.published import load_published, match_published
 from logitnorm_plugin.tables import finite_json, plural
+from logitnorm_plugin.workflows.run_folders import replace_or_refuse, stored_differences
 
 __all__ = ["ALL_DETECTORS", "DEFAULTS", "run"]
 
@@ -112,10 +113,13 @@ class _TrainRequest:
         train_kwargs = dict(
             dataset=dataset, loss=loss, loss_kwargs=loss_kwargs, recipe=recipe, epochs=epochs,
             seed=seed, device=device, out=run_dir, resume="auto", data_root=data_root,
-            download=download, progress=progress, t_from=t_from, outliers=outliers,
+            # one bar per run; the per-epoch lines only with progress="epochs" (--verbose)
+            download=download, progress=True if progress == "epochs" else (
+                "bar" if progress else False),
+            t_from=t_from, outliers=outliers,
         )
         return cls(loss, seed, run_dir, train_kwargs, request,
-                   _stored_differences(run_dir, config.to_dict()))
+                   stored_differences(run_dir, config.to_dict()))
 
     def spec(self):
         """Train (or reuse, or resume) the model and describe it as a
@@ -136,46 +140,19 @@ class _TrainRequest:
             and json.loads(request_path.read_text(encoding="utf-8")) == self.request
         )
         if not reuse:
-            train(**self.train_kwargs)
+            result = train(**self.train_kwargs)
             write_json(request_path, self.request)
+            if self.train_kwargs["progress"] == "bar":
+                last = result.metrics[-1]
+                print(f"bench: trained {self.loss} s{self.seed}: {last['epoch']} epochs, "
+                      f"{sum(r['seconds'] for r in result.metrics):.1f} s, accuracy "
+                      f"{result.card['metrics']['final_accuracy']:.4f}", file=sys.stderr,
+                      flush=True)
         spec = resolve_model(str(self.run_dir))
         spec.extra["trained_now"] = not reuse
         spec.label = f"{self.loss}/s{self.seed}"
         spec.loss, spec.seed = self.loss, self.seed
         return spec
-
-
-def _stored_differences(run_dir: Path, config: dict) -> tuple:
-    """How the configuration of the run already in ``run_dir`` differs from ``config``."""
-    from logitnorm_plugin.runs import CONFIG_FILE, config_differences, read_config
-
-    if not (run_dir / CONFIG_FILE).is_file():
-        return ()
-    return tuple(config_differences(read_config(run_dir), config))
-
-
-def _replace_or_refuse(requests, out: Path, force: bool) -> None:
-    """Models of another configuration in ``out/runs``: a clear refusal offering ``--out`` and
-    ``--force``, or with ``force`` their run folders moved aside (never deleted)."""
-    stale = [r for r in requests if r.differs]
-    if not stale:
-        return
-    if not force:
-        first = stale[0]
-        raise UserError(
-            f"{out} already holds models trained with other settings: {first.run_dir.name} "
-            f"differs in {'; '.join(first.differs)}"
-            + (f" (and {plural(len(stale) - 1, 'more run folder')})" if len(stale) > 1 else "")
-            + ". bench reuses the models of its --out folder: choose another --out for these "
-            "settings, or add --force to retrain them there (the old run folders are moved "
-            "aside)"
-        )
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-    for request in stale:
-        aside = request.run_dir.with_name(f"{request.run_dir.name}.replaced-{stamp}")
-        request.run_dir.rename(aside)
-        print(f"bench: --force: {request.run_dir.name} was trained with other settings; moved "
-              f"to {aside}", file=sys.stderr, flush=True)
 
 
 # -- the run -----------------------------------------------------------------------------------
@@ -198,7 +175,7 @@ def run(
     epochs: int | None = None,
     t: float | None = None,
     t_from: str | None = None,
-    progress: bool = True,
+    progress: bool | str = True,
     plots: bool = True,
     num_workers: int = 0,
     threads: int | str | None = None,
@@ -217,8 +194,10 @@ def run(
     source of the objectives that need one (``outlier_exposure``, ...; default: the dataset's
     named source, :data:`~logitnorm_plugin.data.outliers.DEFAULT_OUTLIERS`); the other
     objectives train without. ``lock_timeout``: seconds to wait for another run that holds
-    ``out`` (``None``: as long as it takes; 0: fail at once). The other parameters are the
-    command-line options of the same names.
+    ``out`` (``None``: as long as it takes; 0: fail at once). ``progress``: ``True`` (bars on
+    a terminal and one line per trained model), ``"epochs"`` (also a line per epoch,
+    ``--verbose``) or ``False``. The other parameters are the command-line options of the
+    same names.
 
     :return: dict with ``rows``, ``aggregate``, ``table`` and ``markdown`` (the table alone and
         the whole ``table.md``), ``readme_markdown`` (what ``--update-readme`` writes: the
@@ -273,7 +252,7 @@ class _Comparison:
             for loss in losses for seed in seeds
         ]
         if not force:
-            _replace_or_refuse(self.to_train, Path(out), force)  # before anything trains
+            replace_or_refuse(self.to_train, Path(out), force)  # before anything trains
 
     def run(self, stdout) -> dict:
         from logitnorm_plugin import provenance
@@ -284,7 +263,7 @@ class _Comparison:
         if self.models:
             specs = model_specs(self.models, download=self.download)  # unique labels
         else:
-            _replace_or_refuse(self.to_train, self.out, self.force)  # under the folder's lock
+            replace_or_refuse(self.to_train, self.out, self.force)  # under the folder's lock
             specs = [request.spec() for request in self.to_train]
         if self.all_detectors:
             self._keep_constructible(specs)

@@ -24,7 +24,7 @@ FLOORS = {
     "training": 3, "evaluation": 3,
     "bench_output": 2,
     "tuning": 4, "bench": 4, "export": 4, "upstream": 4, "report": 4, "report_figures": 4,
-    "cli": 5, "_core": 0, "reporting": 4,
+    "cli": 5, "_core": 0, "reporting": 4, "workflows": 3,
 }
 
 

@@ -54,3 +54,16 @@ def test_saturated_msp_histograms_use_a_log_scale(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # energy-like scores stay as they are
     assert histogram_scale(rng.normal(size=100) * 5)[1] is None
+
+
+def test_bench_prints_one_line_per_run_and_epochs_with_verbose(tmp_path, capsys):
+    from logitnorm_plugin.cli import main
+
+    common = ["bench", "--epochs", "2", "--seeds", "0", "--losses", "cross_entropy",
+              "--detectors", "msp", "--no-plots"]
+    assert main([*common, "--out", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("bench: trained cross_entropy s0: 2 epochs") == 1 and " epoch 1/2" not in err
+    assert main([*common, "--out", str(tmp_path / "b"), "--verbose"]) == 0
+    err = capsys.readouterr().err
+    assert "train cross_entropy s0 epoch 1/2: " in err and "epoch 2/2: " in err

@@ -68,6 +68,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-workers", type=int, default=0,
                         help="DataLoader workers for datasets without a tensor fast path")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--verbose", action="store_true",
+                        help="a line per training epoch (default: a bar and one line per run)")
     parser.add_argument("--no-plots", action="store_true", help="no histogram PNGs")
     parser.add_argument("--update-readme", metavar="PATH", default=None,
                         help="also write the table into PATH between the lines "
@@ -106,7 +108,7 @@ def run(args) -> int:
         epochs=args.epochs,
         t=args.t,
         t_from=args.t_from,
-        progress=not args.no_progress,
+        progress=False if args.no_progress else ("epochs" if args.verbose else True),
         plots=not args.no_plots,
         num_workers=args.num_workers,
         threads=_args.threads(args.threads),

@@ -132,6 +132,11 @@ def _stored_kwargs(args, kwargs: dict) -> dict:
     explicit = getattr(args, "explicit", None)
     given = set(explicit) if explicit is not None else set(_STORED)
     out = dict(kwargs)
+    # arguments of another loss or architecture than the stored one are not the stored ones
+    if "loss" in given and args.loss != stored.get("loss"):
+        given |= {"loss_arg", "outliers", "outlier_ratio"}
+    if "arch" in given and args.arch != stored.get("arch"):
+        given.add("arch_arg")
     for option, names in _STORED.items():
         if option in given:
             continue

@@ -1,0 +1,1 @@
+"""Bench plans, executors and what they gather."""
