@@ -60,6 +60,7 @@ from importlib import metadata
 from typing import Dict, Iterable, List, Tuple, Union
 
 from logitnorm_plugin._core.detector_text import parse_detector_text
+from logitnorm_plugin._core.registry_rows import DESCRIPTIONS_FILE, shipped_rows
 from logitnorm_plugin.conventions import canonical_name
 from logitnorm_plugin.errors import UnknownNameError, UsageError, UserError, closest_match
 
@@ -516,14 +517,38 @@ def get_benchmark(name: Union[str, type], **kwargs):
 # --- what ``logitnorm-ood list`` shows ------------------------------------------------------
 
 
-def describe(kind: str, pattern: str | None = None) -> List[Dict[str, str]]:
+def write_descriptions():
+    """Rewrite the shipped ``list`` rows (:mod:`logitnorm_plugin._core.registry_rows`) from
+    the classes; run it after changing an entry of this distribution."""
+    from logitnorm_plugin.atomic import write_json
+
+    rows = {f"{kind}:{entry.value}": {k: row[k] for k in ("class", "paper", "notes")}
+            for kind in GROUPS
+            for entry, row in zip(entries(kind), describe(kind, shipped=False))
+            if entry.distribution == THIS_DISTRIBUTION}
+    return write_json(DESCRIPTIONS_FILE, {"pytorch_ood": metadata.version("pytorch-ood"),
+                                          "rows": rows})
+
+
+def describe(kind: str, pattern: str | None = None, shipped: bool = True
+             ) -> List[Dict[str, str]]:
     """
     One row per entry of ``kind`` for display: name, class, distribution, paper, notes.
     Imports each class to read its ``info`` (never instantiates); entries that fail to load
-    are skipped with a warning.
+    are skipped with a warning. This distribution's own entries come from the shipped rows
+    (:mod:`~logitnorm_plugin._core.registry_rows`) when ``shipped`` and they match the
+    installed pytorch-ood.
     """
     rows = []
+    known = shipped_rows() if shipped else {}
     for entry in entries(kind, pattern):
+        ours = entry.distribution == THIS_DISTRIBUTION
+        row = known.get(f"{kind}:{entry.value}") if ours else None
+        if row is not None:
+            rows.append({"name": entry.name, "class": row["class"],
+                         "distribution": f"{entry.distribution} {entry.version}",
+                         "paper": row["paper"], "notes": row["notes"]})
+            continue
         try:
             cls = entry.load()
         except RegistryLoadError as exc:

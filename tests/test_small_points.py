@@ -67,3 +67,32 @@ def test_bench_prints_one_line_per_run_and_epochs_with_verbose(tmp_path, capsys)
     assert main([*common, "--out", str(tmp_path / "b"), "--verbose"]) == 0
     err = capsys.readouterr().err
     assert "train cross_entropy s0 epoch 1/2: " in err and "epoch 2/2: " in err
+
+
+def test_list_rows_shipped_for_our_entries_equal_the_classes():
+    """``list`` prints this distribution's rows from a shipped file (no pytorch-ood import);
+    they must equal what the classes say (else: registry.write_descriptions())."""
+    import json
+    from importlib import metadata
+
+    from logitnorm_plugin import registry
+    from logitnorm_plugin._core.registry_rows import DESCRIPTIONS_FILE, shipped_rows
+
+    for kind in registry.GROUPS:
+        assert registry.describe(kind) == registry.describe(kind, shipped=False), (
+            f"{DESCRIPTIONS_FILE.name} is stale: run registry.write_descriptions()")
+    if json.loads(DESCRIPTIONS_FILE.read_text())["pytorch_ood"] == metadata.version(
+            "pytorch-ood"):
+        ours = [e for kind in registry.GROUPS for e in registry.entries(kind)
+                if e.distribution == registry.THIS_DISTRIBUTION]
+        assert len(shipped_rows()) == len(ours)
+
+
+def test_list_imports_no_torch(tmp_path):
+    probe = ("import sys; from logitnorm_plugin.cli import main; code = main(['list']); "
+             "print('torch' in sys.modules, 'pytorch_ood' in sys.modules, file=sys.stderr); "
+             "sys.exit(code)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=300)
+    assert done.returncode == 0 and "logitnorm" in done.stdout
+    assert done.stderr.strip().splitlines()[-1] == "False False"
