@@ -49,7 +49,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from logitnorm_plugin import feeds
-from logitnorm_plugin._core.model_groups import model_group_fields
+from logitnorm_plugin._core.model_groups import CONFIG_FIELD, GROUP_FIELD, model_group_fields
 from logitnorm_plugin.conventions import ID_DATASET, config_hash
 from logitnorm_plugin.device import resolve_device
 from logitnorm_plugin.fit_cache import FitCache, pass_config
@@ -415,6 +415,13 @@ class _Evaluation:
         done: Dict[Tuple[str, str], Dict[str, Any]] = {}
         if self.store is not None and not self.force:
             done = self.store.cells(model_id, self.config_id)
+            labels = self.row_labels(spec, "", "")
+            if any(GROUP_FIELD not in row for row in done.values()) and GROUP_FIELD in labels:
+                # cells stored before the model configuration was recorded: add it (and the
+                # run folder), so that aggregation groups them by configuration from now on
+                self.store.add_row_fields(model_id, {
+                    k: labels[k] for k in (GROUP_FIELD, CONFIG_FIELD, "Run") if k in labels})
+                done = self.store.cells(model_id, self.config_id)
         todo = {cell for cell in cells if cell not in done}
         results = {c: done[c] for c in cells if c in done}
         if todo:

@@ -235,3 +235,28 @@ def test_no_progress_keeps_the_reuse_line(tmp_path, capsys):
     assert main(args) == 0
     err = capsys.readouterr().err
     assert "bench: reused 1 of 1 trained model" in err and " epoch " not in err
+
+
+def test_cells_stored_before_groups_are_grouped_after_a_rerun(sweep_runs, tmp_path, capsys):
+    """A store written before the model configuration was recorded: its rows are each their
+    own model (never averaged on a guess); running bench on it again adds the configuration
+    to the stored rows, and report then averages the two seeds of t=0.02 as one model."""
+    import sqlite3
+
+    out = tmp_path / "results"
+    args = ["bench", "--models", str(sweep_runs["t0.02"]), str(sweep_runs["t0.02-s1"]),
+            "--detectors", "msp", "--out", str(out), "--no-progress", "--no-plots"]
+    assert main(args) == 0
+    with sqlite3.connect(out / "results.sqlite") as db:  # as an older version stored them
+        rows = db.execute("SELECT rowid, row FROM cells").fetchall()
+        for rowid, text in rows:
+            row = {k: v for k, v in json.loads(text).items()
+                   if k not in ("model_group", "model_config", "Run")}
+            db.execute("UPDATE cells SET row = ? WHERE rowid = ?", (json.dumps(row), rowid))
+    assert main(["report", str(out), "--no-figures"]) == 0
+    assert sorted(c["seeds"] for c in _report_summary(out)) == [1, 1]
+    capsys.readouterr()
+    assert main(args) == 0  # every cell reused, the configuration added
+    assert "8 of 8 cells from" in capsys.readouterr().err
+    assert main(["report", str(out), "--no-figures"]) == 0
+    assert [c["seeds"] for c in _report_summary(out)] == [2]
