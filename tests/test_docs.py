@@ -135,3 +135,46 @@ def test_a_loss_without_forward_is_refused_in_one_line(tmp_path, monkeypatch, ca
         for module in ("my_package", "my_package.loss", "my_package.detector"):
             sys.modules.pop(module, None)
         registry.refresh()
+
+
+def _commands():
+    """Every ``logitnorm-ood ...`` line of the docs' ``bash`` blocks (continuations joined,
+    comments dropped), except lines with a ``...`` placeholder."""
+    import shlex
+
+    out = []
+    for name in DOCS:
+        for line, info, code in blocks(name):
+            if info.split()[0] != "bash":
+                continue
+            text = code.replace("\\\n", " ")
+            pieces = [p for ln in text.splitlines()
+                      for p in re.split(r"&&|;", ln.split(" #")[0])]
+            for command in (p.strip() for p in pieces):
+                if command.startswith("logitnorm-ood ") and "..." not in command:
+                    words = shlex.split(command)
+                    out.append((f"{name}:{line}", [w if not w.startswith("$") else "0"
+                                                   for w in words[1:]]))
+    return out
+
+
+COMMANDS = _commands()
+
+
+@pytest.mark.parametrize("where,argv", COMMANDS, ids=[" ".join(a)[:60] for _, a in COMMANDS])
+def test_documented_command_lines_parse(where, argv):
+    """The options of every documented command exist and take the values shown (parsed only,
+    nothing runs: the commands train on CIFAR or need a GPU)."""
+    import argparse
+    import importlib
+
+    from logitnorm_plugin.cli import COMMANDS as MODULES
+
+    assert argv and argv[0] in MODULES, (where, argv)
+    module = importlib.import_module(f"logitnorm_plugin.cli.{MODULES[argv[0]]}")
+    parser = argparse.ArgumentParser(prog=f"logitnorm-ood {argv[0]}", exit_on_error=False)
+    module.add_arguments(parser)
+    try:
+        parser.parse_args(argv[1:])
+    except (argparse.ArgumentError, SystemExit) as exc:
+        raise AssertionError(f"{where}: logitnorm-ood {' '.join(argv)}: {exc}") from exc
