@@ -39,6 +39,8 @@ import torch
 from pytorch_ood.benchmark import Benchmark
 from pytorch_ood.model import WideResNet
 
+from logitnorm_plugin._core.device import resolve_device
+from logitnorm_plugin._core.errors import UserError
 from logitnorm_plugin.data import ImageTensors
 from logitnorm_plugin.detector import LogitNormDetector
 from logitnorm_plugin.evaluation.engine import evaluate
@@ -184,7 +186,10 @@ def main(argv=None) -> dict:
                         help="CUDA: no TF32 in convolutions and matrix products, deterministic "
                              "cuDNN algorithms (tells rounding apart from real differences)")
     args = parser.parse_args(argv)
-    device = torch.device(args.device)
+    try:  # a CUDA device without CUDA: one line, not a traceback from deep in torch
+        device = resolve_device(args.device)
+    except UserError as exc:
+        parser.error(str(exc))
     if args.exact_fp32:
         torch.backends.cudnn.allow_tf32 = False  # torch's default is True for convolutions
         torch.backends.cuda.matmul.allow_tf32 = False

@@ -175,11 +175,16 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     from logitnorm_plugin import create_loss
+    from logitnorm_plugin._core.device import resolve_device
+    from logitnorm_plugin._core.errors import UserError
     from logitnorm_plugin._core.provenance import device_name, package_versions
     from logitnorm_plugin.data import dataset_meta
     from logitnorm_plugin.registry.architectures import build_model
 
-    device = torch.device(args.device)
+    try:  # a CUDA device without CUDA: one line, not a traceback from deep in torch
+        device = resolve_device(args.device)
+    except UserError as exc:
+        p.error(str(exc))
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.warmup is None:

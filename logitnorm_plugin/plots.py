@@ -105,7 +105,29 @@ def plot_logit_norms(
 
 # -- evaluation figures (logitnorm_plugin.workflows.bench) ----------------------------------------
 
-__all__ += ["score_histograms", "reliability_diagram"]
+__all__ += ["histogram_scale", "score_histograms", "reliability_diagram"]
+
+
+#: share of scores within 1e-3 of -1 from which negated max-softmax scores count as saturated
+_SATURATED = 0.25
+
+
+def histogram_scale(values):
+    """The x axis that shows a score distribution: the scores themselves, or, for negated
+    max-softmax scores (MSP: in [-1, 0]) of which many are saturated at -1 (a confident model),
+    ``log10(1 - MSP)``, which spreads the spike at -1 over decades and keeps the order (larger =
+    more OOD).
+
+    :param values: the finite scores of the figure
+    :return: ``(axis label, transform or None)``
+    """
+    import numpy as np
+
+    values = np.asarray(values, dtype=np.float64)
+    if values.size and values.min() >= -1.0 and values.max() <= 0.0 and (
+            np.mean(values < -1.0 + 1e-3) >= _SATURATED):
+        return "log10(1 - MSP)", lambda v: np.log10(np.clip(1.0 + v, 1e-12, None))
+    return "outlier score", None
 
 
 def score_histograms(
@@ -141,6 +163,10 @@ def score_histograms(
             raise ValueError(f"panel {p!r} needs '{id_name}' scores and at least one OOD set")
     values = np.concatenate([v for sets in arrays.values() for v in sets.values()])
     values = values[np.isfinite(values)]
+    scale, transform = histogram_scale(values)
+    if transform is not None:
+        arrays = {p: {d: transform(v) for d, v in sets.items()} for p, sets in arrays.items()}
+        values = transform(values)
     low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 1.0)
     if high <= low:
         high = low + 1.0
@@ -156,7 +182,7 @@ def score_histograms(
                 ax.hist(v, bins=edges, density=True, histtype="step", linewidth=1.4,
                         label=f"{name} (n={v.size})")
         ax.set_title(str(panel))
-        ax.set_xlabel("outlier score (larger = more OOD)")
+        ax.set_xlabel(f"{scale} (larger = more OOD)")
         ax.set_ylabel("density")
         ax.grid(alpha=0.3)
         ax.legend(fontsize="x-small")

@@ -118,7 +118,9 @@ def test_cli_default_run_writes_every_output(tmp_path):
     assert {r["Seed"] for r in data["rows"]} == {0}
     with open(out / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 16 and "FPR95-ID95" in rows[0] and "ECE" in rows[0]
+    # the unit in the header: fractions (export's results_table.csv is in percent)
+    assert len(rows) == 16 and "FPR95-ID95 (fraction)" in rows[0] and "ECE (fraction)" in rows[0]
+    assert 0 <= float(rows[0]["AUROC (fraction)"]) <= 1
     table = (out / "table.md").read_text()
     for text in ("| cross_entropy | msp", "| logitnorm     | odin", "FPR95-ID95", "near/AUROC",
                  "run time"):

@@ -18,6 +18,7 @@ import torch
 
 from logitnorm_plugin._core import provenance
 from logitnorm_plugin._core.errors import IncompatibleResultsError
+from logitnorm_plugin._core.model_groups import model_configuration, model_group_fields
 from logitnorm_plugin.cli import main
 from logitnorm_plugin.reporting import export
 from logitnorm_plugin.reporting import model_entry as upstream
@@ -55,6 +56,8 @@ def write_store(folder: Path) -> Path:
                             "Group": "near" if dataset in GROUPS["near"] else "far",
                             "Benchmark": "toy", "Protocol": "full",
                             **{m: rng.random() for m in METRICS}, "ACC": acc, "ECE": ece,
+                            # as the engine records it: the configuration without the seed
+                            **model_group_fields(model_configuration(arch="toy-net", loss=loss)),
                         }
                         store.put(row, model_id=f"weights:{loss}{seed}", config_id="cfg0",
                                   detector_id=det, run_id=run)
@@ -131,9 +134,10 @@ def test_csv_reads_back_as_stored_with_extras_and_groups(results):
     # a plain CSV: any reader takes it as it is, the header first
     with path.open(newline="", encoding="utf-8") as f:
         plain = list(csv.DictReader(f))
-    assert len(plain) == len(rows_csv) and list(plain[0])[:7] == list(export.CSV_KEYS)
+    n_keys = len(export.CSV_KEYS)
+    assert len(plain) == len(rows_csv) and list(plain[0])[:n_keys] == list(export.CSV_KEYS)
     rows = stored_rows(results)
-    assert list(rows_csv[0])[:12] == [*export.CSV_KEYS, *export.DOC_METRICS]
+    assert list(rows_csv[0])[:n_keys + 5] == [*export.CSV_KEYS, *export.DOC_METRICS]
     # per (loss, detector): the mean, near, far and one row per OOD set
     assert len(rows_csv) == len(LOSSES) * len(DETECTORS) * (3 + len(OOD))
     for r in rows_csv:

@@ -146,7 +146,8 @@ def test_bench_names_runs_and_says_what_it_reused(tmp_path, capsys):
                   out=tmp_path / "out", plots=False, device="cpu")
     first = bench.run(**kwargs, stdout=io.StringIO())
     err = capsys.readouterr().err
-    assert "train cross_entropy s0 epoch 1/1: " in err
+    # one line per trained model by default; the epochs with progress="epochs" (--verbose)
+    assert "bench: trained cross_entropy s0: 1 epochs, " in err and " epoch 1/1" not in err
     assert (f"bench: reused 0 of 1 trained model from {tmp_path / 'out' / 'runs'}, 0 of 4 "
             f"cells from {tmp_path / 'out' / 'results.sqlite'}; 4 to evaluate on cpu") in err
     assert "evaluate cross_entropy/s0: 4 of 4 cells to compute" in err  # no terminal: a line

@@ -13,6 +13,7 @@ import torch
 import logitnorm_plugin
 from logitnorm_plugin._core.errors import UnknownNameError
 from logitnorm_plugin.registry import entry_points as registry
+from logitnorm_plugin.registry import listing
 from logitnorm_plugin.registry.entry_points import (
     AmbiguousNameError,
     EntryPointKindError,
@@ -186,7 +187,7 @@ def test_broken_distribution_warns_and_is_skipped(third_party):
         verified = logitnorm_plugin.list_detectors(verify=True)
     assert "broken" not in verified and {"margin", "msp", "logitnorm"} <= set(verified)
     with pytest.warns(RegistryWarning, match="broken-ood"):
-        rows = registry.describe("detector")
+        rows = listing.describe("detector")
     assert "margin" in [r["name"] for r in rows] and "broken" not in [r["name"] for r in rows]
     # asking for it by name is an error that says why
     with pytest.raises(RegistryLoadError, match="ModuleNotFoundError"):

@@ -14,6 +14,7 @@ import torch
 
 from logitnorm_plugin._core import provenance
 from logitnorm_plugin._core.errors import IncompatibleResultsError
+from logitnorm_plugin._core.model_groups import model_configuration, model_group_fields
 from logitnorm_plugin.cli import main
 from logitnorm_plugin.reporting import report
 from logitnorm_plugin.store.results import ResultStore
@@ -25,9 +26,11 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def recompute(rows, config, spec):
-    """``(mean, std, n)`` over the stored models of one (arch, loss, detector) at one scope."""
+    """``(mean, std, n)`` over the stored models of one (arch, loss, model configuration,
+    detector) at one scope."""
     chosen = [r for r in rows if r["config_id"] == spec["config_id"]
               and r.get("Arch") == spec["arch"] and r.get("Loss") == spec["loss"]
+              and r.get("model_group") == spec["group"]
               and r["Detector"] == spec["detector"]]
     models = {}
     for r in chosen:
@@ -75,7 +78,8 @@ def check_traces(folder, out):
                 if kind == "label":
                     continue
                 if cell == "":
-                    assert kind == "delta" and [spec["arch"], spec["loss"]] == spec["baseline"]
+                    assert kind == "delta" and ([spec["arch"], spec["loss"], spec["group"]]
+                                                == spec["baseline"])
                     continue
                 stored = exact[(table["table"], table["config_id"], tuple(labels),
                                 col["header"])]
@@ -91,7 +95,8 @@ def check_traces(folder, out):
                         assert len(parts) == 1
                 elif kind == "delta":
                     base = recompute(rows, config, {**spec, "arch": spec["baseline"][0],
-                                                    "loss": spec["baseline"][1]})[0]
+                                                    "loss": spec["baseline"][1],
+                                                    "group": spec["baseline"][2]})[0]
                     assert abs(number(cell) - 100 * (mean - base)) <= 0.005 + 1e-9, (spec, cell)
                     assert stored["delta"] == pytest.approx(mean - base, abs=1e-12)
                 elif kind == "seeds":
@@ -180,7 +185,10 @@ def write_cifar_like_store(folder):
                         row = {"Model": f"{loss}/s{seed}", "Loss": loss, "Seed": seed,
                                "Arch": "wrn-40-2", "Detector": det, "Dataset": dataset,
                                "Benchmark": "cifar10", "Protocol": "paper", "ACC": acc,
-                               "ECE": ece}
+                               "ECE": ece,
+                               # as the engine records it: the configuration without the seed
+                               **model_group_fields(model_configuration(arch="wrn-40-2",
+                                                                        loss=loss))}
                         row.update({m: rng.random() for m in (
                             "AUROC", "AUTC", "AUPR-IN", "AUPR-OUT", "FPR95TPR", "FPR95-ID95",
                             "AUPR-ID-AP", "FPR95-OpenOOD")})

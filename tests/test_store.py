@@ -7,14 +7,17 @@ import pytest
 import torch
 
 from logitnorm_plugin._core.errors import IncompatibleResultsError, UserError
+from logitnorm_plugin._core.model_groups import model_configuration, model_group_fields
 from logitnorm_plugin.store.results import ResultStore, aggregate
 
 
 def _row(model, loss, seed, detector, dataset, auroc, acc=0.9, **extra):
+    # as the engine writes it: with the model configuration (here: the loss only)
     return {
         "Model": model, "Loss": loss, "Seed": seed, "Detector": detector, "Dataset": dataset,
         "AUROC": auroc, "AUPR-IN": auroc, "AUPR-OUT": auroc, "FPR95TPR": 1 - auroc,
-        "FPR95-ID95": 1 - auroc, "AUTC": 0.5, "ACC": acc, "ECE": 0.01, **extra,
+        "FPR95-ID95": 1 - auroc, "AUTC": 0.5, "ACC": acc, "ECE": 0.01,
+        **model_group_fields(model_configuration(loss=loss)), **extra,
     }
 
 

@@ -26,6 +26,7 @@ from torch.nn import functional as F
 import logitnorm_plugin as lp
 from logitnorm_plugin._core.errors import MissingModelPartsError
 from logitnorm_plugin.models import DigitsCNN
+from logitnorm_plugin.registry import listing
 from logitnorm_plugin.registry.split import build_loss, split_model, unwrap_model
 from logitnorm_plugin.successors.elogitnorm import (
     ELogitNormLoss,
@@ -440,9 +441,8 @@ def test_torchrun_two_processes_train_the_successors(tmp_path, loss):
 
 
 def test_listing_says_which_objectives_bind_model_parts():
-    from logitnorm_plugin.registry import entry_points as registry
 
-    notes = {row["name"]: row["notes"] for row in registry.describe("loss")}
+    notes = {row["name"]: row["notes"] for row in listing.describe("loss")}
     assert notes["elogitnorm"] == notes["t2fnorm"] == "binds the model's head"
     assert notes["logitnorm"] == "" and "binds" not in notes["outlier_exposure"]
 

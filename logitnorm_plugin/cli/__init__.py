@@ -63,6 +63,19 @@ def _once_per_message(show):
     return showwarning
 
 
+def _explicit(parser: argparse.ArgumentParser, argv: List[str]) -> frozenset:
+    """The options given on the command line (not left at their defaults): the same parser
+    parsed again with every default suppressed."""
+    saved = [(action, action.default) for action in parser._actions]
+    try:
+        for action, _ in saved:
+            action.default = argparse.SUPPRESS
+        return frozenset(vars(parser.parse_args(argv)))
+    finally:
+        for action, default in saved:
+            action.default = default
+
+
 def main(argv: List[str] | None = None) -> int:
     # not list(argv): once `logitnorm-ood list` ran in this process, importing the submodule
     # cli.list made `list` in this module's namespace that module, not the builtin
@@ -79,6 +92,7 @@ def main(argv: List[str] | None = None) -> int:
     )
     module.add_arguments(sub)
     args = sub.parse_args(argv[1:])
+    args.explicit = _explicit(sub, argv[1:])
     # warnings are messages for the user here, not for a developer reading a stack: one line
     # each, each distinct message once (restored afterwards, for callers of main())
     shown = warnings.showwarning, warnings.formatwarning

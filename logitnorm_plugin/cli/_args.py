@@ -5,18 +5,20 @@ from __future__ import annotations
 import ast
 from typing import Any, Dict, List, Sequence
 
+from logitnorm_plugin._core.detector_text import split_outside_parentheses
 from logitnorm_plugin._core.errors import UserError
 
 __all__ = ["add_threads", "command_line", "key_values", "numbers", "seeds", "split", "threads"]
 
 
 def split(values: Sequence[str] | str | None) -> List[str]:
-    """``["a,b", "c"] -> ["a", "b", "c"]``: lists may be given with commas or spaces."""
+    """``["a,b", "c"] -> ["a", "b", "c"]``: lists may be given with commas or spaces (commas
+    inside parentheses, as in ``knn(k=5, p=2)``, stay)."""
     if isinstance(values, str):
         values = [values]
     out = []
     for value in values or ():
-        out.extend(v.strip() for v in str(value).split(",") if v.strip())
+        out.extend(split_outside_parentheses(str(value)))
     return out
 
 

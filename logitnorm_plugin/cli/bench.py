@@ -4,6 +4,7 @@
 import argparse
 from pathlib import Path
 
+from logitnorm_plugin._core.arg_checks import check_model_paths, check_values
 from logitnorm_plugin.cli import _args
 from logitnorm_plugin.reporting.bench_output import README_END, README_START
 from logitnorm_plugin.workflows.bench_request import DEFAULTS
@@ -28,7 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "the dataset's named source: digits_jigsaw for the digits, "
                         "tinyimages300k for CIFAR)")
     parser.add_argument("--detectors", nargs="+", default=None,
-                        help="detectors (default: msp odin energy maxlogit logitnorm), or all: "
+                        help="detectors (default: msp odin energy maxlogit logitnorm), each "
+                        "as NAME or NAME(KEY=VALUE, ...) for its settings, e.g. \"knn(k=5)\" "
+                        "(quoted for the shell; the tables label it the same way); or all: "
                         "every registered detector the models can build")
     parser.add_argument("--seeds", nargs="+", default=None,
                         help="training seeds (default: 0 1 2)")
@@ -41,7 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--download", action="store_true",
                         help="download missing datasets (and registry weights of --models)")
     parser.add_argument("--force", action="store_true",
-                        help="recompute cells that the store already has")
+                        help="recompute cells that the store already has, and retrain models "
+                        "of --out/runs trained with other settings (their folders are moved "
+                        "aside)")
     parser.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"],
                         help="evaluation batch size (default: 256)")
     parser.add_argument("--protocol", choices=("full", "paper"), default="full",
@@ -63,6 +68,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-workers", type=int, default=0,
                         help="DataLoader workers for datasets without a tensor fast path")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--verbose", action="store_true",
+                        help="a line per training epoch (default: a bar and one line per run)")
     parser.add_argument("--no-plots", action="store_true", help="no histogram PNGs")
     parser.add_argument("--update-readme", metavar="PATH", default=None,
                         help="also write the table into PATH between the lines "
@@ -77,6 +84,11 @@ def run(args) -> int:
     from logitnorm_plugin.workflows.bench import run as run_bench
     from logitnorm_plugin.workflows.bench_request import BenchRequest
 
+    # values first, before pytorch-ood loads: an argument error answers at once
+    check_values(epochs=args.epochs, batch_size=args.batch_size, t=args.t,
+                 seeds=_args.seeds(args.seeds) if args.seeds else (),
+                 num_workers=args.num_workers, lock_timeout=args.lock_timeout)
+    check_model_paths(_args.split(args.models))
     if args.update_readme:
         # fail before the run, not after it
         readme_section(Path(args.update_readme), args.readme_section)
@@ -97,7 +109,7 @@ def run(args) -> int:
         epochs=args.epochs,
         t=args.t,
         t_from=args.t_from,
-        progress=not args.no_progress,
+        progress=False if args.no_progress else ("epochs" if args.verbose else True),
         plots=not args.no_plots,
         num_workers=args.num_workers,
         threads=_args.threads(args.threads),

@@ -36,12 +36,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "do not follow OpenOOD's v1.5 protocol, marked as such")
     parser.add_argument("--out", default=None,
                         help="output folder (default: RESULTS_DIR/export)")
-    parser.add_argument("--model", nargs="+", default=None, metavar="RUN_DIR",
-                        help="print a pytorch-ood ModelEntry(...) for each trainer run folder "
-                        "instead of exporting tables")
+    parser.add_argument("--model", default=None, nargs="+", metavar="RUN_DIR",
+                        help="print a pytorch-ood ModelEntry(...) for each of these trainer "
+                        "run folders instead of exporting tables")
     parser.add_argument("--key", default=None,
                         help="with one --model: registry key (default: arch/dataset/loss/seed "
-                        "in pytorch-ood's spelling)")
+                        "in pytorch-ood's spelling; runs of one export that share it get their "
+                        "loss arguments in the loss part, e.g. logitnorm-t0.02)")
     parser.add_argument("--url", default=None,
                         help="with one --model: download URL of the uploaded weights (default: "
                         "a https://FILL-IN/... placeholder)")
@@ -63,6 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _models(args) -> int:
     from logitnorm_plugin.reporting import model_entry as upstream
+    from logitnorm_plugin.reporting import upload_keys
     from logitnorm_plugin.training.runs import read_card
 
     if args.results_dir is not None:
@@ -71,14 +73,24 @@ def _models(args) -> int:
         if not Path(run).exists():
             raise UserError(f"run folder {run!r} does not exist")
         read_card(run)  # a clear error for a folder without a model card
-    if len(args.model) > 1 and (args.key or args.url or args.hf_card):
+    if args.url is not None and len(args.model) > 1:
+        raise UserError("--url names one model's weights: export the run folders one at a "
+                        "time, each with its own --url")
+    if len(args.model) > 1 and (args.key or args.hf_card):
         raise UserError("--key, --url and --hf-card take one --model RUN_DIR")
     if args.results and not args.hf_card:
         raise UserError("--results goes with --hf-card")
-    url = args.url
     if args.url and (args.url_prefix or args.pytorch_ood_patch):
         raise UserError("--url goes with one ModelEntry; use --url-prefix with several or "
                         "with --pytorch-ood-patch")
+    # unique within the export, new to pytorch-ood's registry (issue 21)
+    keys = upload_keys.export_keys(args.model, key=args.key)
+    for run in args.model:
+        sha256 = read_card(run)["sha256"]
+        if args.url is not None:
+            upload_keys.check_url(args.url, sha256)
+        if args.weights_out:
+            upload_keys.check_upload_folder(args.weights_out, keys[run], sha256)
     if args.hf_card:
         from logitnorm_plugin.reporting.hf_card import write_hf_card
 
@@ -92,14 +104,14 @@ def _models(args) -> int:
         from logitnorm_plugin.reporting.pytorch_ood_patch import registry_patch
 
         diff = registry_patch(args.model, url_prefix=args.url_prefix,
-                              keys=[args.key] if args.key else None)
+                              keys=[keys[run] for run in args.model])
         print(f"pytorch-ood registry patch: {write_text(args.pytorch_ood_patch, diff)}")
     for run in args.model:
-        snippet = upstream.model_entry_snippet(run, key=args.key, url=url)
+        snippet = upstream.model_entry_snippet(run, key=keys[run], url=args.url)
         if args.url_prefix:
             url_of = upstream.build_model_entry(snippet).url.replace(
                 upstream.URL_PLACEHOLDER, args.url_prefix.rstrip("/"), 1)
-            snippet = upstream.model_entry_snippet(run, key=args.key, url=url_of)
+            snippet = upstream.model_entry_snippet(run, key=keys[run], url=url_of)
         entry = upstream.build_model_entry(snippet)
         upstream.check_entry(entry, run)
         if not args.pytorch_ood_patch:

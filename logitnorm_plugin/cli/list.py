@@ -3,6 +3,7 @@
 from logitnorm_plugin._core.errors import UserError
 from logitnorm_plugin._core.tables import plain_table
 from logitnorm_plugin.registry import entry_points as registry
+from logitnorm_plugin.registry import listing
 
 HELP = "list registered losses, detectors and benchmarks"
 
@@ -46,7 +47,7 @@ def run(args) -> int:
     kind, pattern = _kind_and_pattern(args.words, args.filter)
     kinds = [_PLURALS[kind]] if kind else ["loss", "detector", "benchmark"]
     for i, kind in enumerate(kinds):
-        rows = registry.describe(kind, pattern)
+        rows = listing.describe(kind, pattern)
         if i:
             print()
         print(f"{registry.GROUPS[kind]} ({len(rows)})")

@@ -2,7 +2,9 @@
 
 import argparse
 import os
+from pathlib import Path
 
+from logitnorm_plugin._core.arg_checks import check_values
 from logitnorm_plugin.cli import _args
 
 HELP = "train a model with any registered loss"
@@ -46,8 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None,
                         help="run folder (default runs/<dataset>-<arch>-<loss>-s<seed>)")
     parser.add_argument("--resume", action="store_true",
-                        help="continue the run in --out from its last intact checkpoint; --out "
-                        "must hold a run of the same configuration")
+                        help="continue the run in --out from its last intact checkpoint, with "
+                        "the configuration stored there (options given as well must agree "
+                        "with it)")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                         help="bf16 autocast (default: on for CUDA, off on CPU)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
@@ -61,12 +64,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    # values first, before torch loads: an argument error answers at once
+    check_values(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seeds=[args.seed])
     from logitnorm_plugin._core.device import resolve_threads, torch_threads
     from logitnorm_plugin.training.loop import train
 
-    threads = resolve_threads(_args.threads(args.threads), args.device, args.dataset)
+    kwargs = _train_kwargs(args)
+    if args.resume and args.out:
+        kwargs = _stored_kwargs(args, kwargs)
+    threads = resolve_threads(_args.threads(args.threads), args.device, kwargs["dataset"])
     with torch_threads(threads):
-        result = train(**_train_kwargs(args))
+        result = train(**kwargs)
     if int(os.environ.get("RANK", "0")) == 0:
         card = result.card
         print(
@@ -102,3 +110,44 @@ def _train_kwargs(args) -> dict:
         deterministic=args.deterministic,
         progress=not args.quiet,
     )
+
+
+#: option -> the train() arguments it sets, that --resume takes from the run folder instead
+_STORED = {
+    "dataset": ("dataset",), "arch": ("arch",), "arch_arg": ("arch_kwargs",),
+    "loss": ("loss",), "loss_arg": ("loss_kwargs",), "outliers": ("outliers",),
+    "outlier_ratio": ("outlier_ratio",), "recipe": ("recipe",), "epochs": ("epochs",),
+    "batch_size": ("batch_size",), "lr": ("lr",), "seed": ("seed",), "t_from": ("t_from",),
+}
+
+
+def _stored_kwargs(args, kwargs: dict) -> dict:
+    """``--resume``: the configuration stored in the run folder, for every option not given on
+    the command line (the ones given are compared with it by the trainer)."""
+    from logitnorm_plugin.training.runs import CONFIG_FILE, read_config
+
+    if not (Path(args.out) / CONFIG_FILE).is_file():
+        return kwargs  # nothing stored: the trainer says what is missing
+    stored = read_config(args.out)
+    explicit = getattr(args, "explicit", None)
+    given = set(explicit) if explicit is not None else set(_STORED)
+    out = dict(kwargs)
+    # arguments of another loss or architecture than the stored one are not the stored ones
+    if "loss" in given and args.loss != stored.get("loss"):
+        given |= {"loss_arg", "outliers", "outlier_ratio"}
+    if "arch" in given and args.arch != stored.get("arch"):
+        given.add("arch_arg")
+    for option, names in _STORED.items():
+        if option in given:
+            continue
+        for name in names:
+            out[name] = stored.get(name)
+    if "arch_arg" not in given and out["arch_kwargs"]:
+        # the stored arguments are resolved: the class count and input planes come from the data
+        out["arch_kwargs"] = {k: v for k, v in out["arch_kwargs"].items()
+                              if k not in ("num_classes", "in_channels")} or None
+    if "t_from" not in given:
+        out["t_from"] = None  # its value is in the stored loss arguments
+    if "outlier_ratio" not in given and stored.get("outliers") is None:
+        out["outlier_ratio"] = None
+    return out

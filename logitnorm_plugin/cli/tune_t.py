@@ -4,6 +4,7 @@
 import argparse
 from pathlib import Path
 
+from logitnorm_plugin._core.arg_checks import check_values
 from logitnorm_plugin._core.conventions import PAPER_FPR_KEY
 from logitnorm_plugin._core.errors import UserError
 from logitnorm_plugin.cli import _args
@@ -71,13 +72,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from logitnorm_plugin.workflows.tune_t import tune_t
-
     tag = Path(str(args.dataset)).name.lower() or "dataset"
     out = args.out if args.out is not None else str(Path("tune-t") / tag)
     grid = _args.numbers(args.grid, "--grid")
     if not grid:
         raise UserError(f"--grid must be numbers, got {' '.join(args.grid)!r}")
+    # values first, before torch loads: an argument error answers at once
+    check_values(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                 seeds=_args.seeds(args.seeds))
+    from logitnorm_plugin.workflows.tune_t import tune_t  # torch: after the checks
+
     tune_t(
         dataset=args.dataset, arch=args.arch, grid=grid,
         epochs=args.epochs, seeds=_args.seeds(args.seeds), out=out, device=args.device,

@@ -54,6 +54,7 @@ from logitnorm_plugin._core import provenance as provenance_module
 from logitnorm_plugin._core.conventions import ID_DATASET
 from logitnorm_plugin._core.device import resolve_device
 from logitnorm_plugin._core.digests import config_hash, state_dict_sha256
+from logitnorm_plugin._core.model_groups import CONFIG_FIELD, GROUP_FIELD, model_group_fields
 from logitnorm_plugin.evaluation import feeds
 from logitnorm_plugin.evaluation.fit_cache import FitCache, pass_config
 from logitnorm_plugin.evaluation.protocol import paper_subsample_indices, protocol_metrics
@@ -405,6 +406,9 @@ class _Evaluation:
             "Group": next((g for g, names in groups if dataset in names), None),
             "Benchmark": self.bench.name,
             "Protocol": self.protocol,
+            **model_group_fields(spec.model_config()),
+            # the run folder, for the report's reliability diagrams and logit-norm curves
+            **({"Run": spec.extra["path"]} if spec.extra.get("path") else {}),
         }
 
     def model_rows(self, spec: ModelSpec) -> List[Dict[str, Any]]:
@@ -416,6 +420,13 @@ class _Evaluation:
         done: Dict[Tuple[str, str], Dict[str, Any]] = {}
         if self.store is not None and not self.force:
             done = self.store.cells(model_id, self.config_id)
+            labels = self.row_labels(spec, "", "")
+            if any(GROUP_FIELD not in row for row in done.values()) and GROUP_FIELD in labels:
+                # cells stored before the model configuration was recorded: add it (and the
+                # run folder), so that aggregation groups them by configuration from now on
+                self.store.add_row_fields(model_id, {
+                    k: labels[k] for k in (GROUP_FIELD, CONFIG_FIELD, "Run") if k in labels})
+                done = self.store.cells(model_id, self.config_id)
         todo = {cell for cell in cells if cell not in done}
         results = {c: done[c] for c in cells if c in done}
         if todo:

@@ -32,10 +32,12 @@ from logitnorm_plugin._core.conventions import (
     canonical_name,
     detector_label,
 )
+from logitnorm_plugin._core.detector_text import parse_detector_text
 from logitnorm_plugin._core.digests import state_dict_sha256
 from logitnorm_plugin._core.errors import (
     UsageError,
 )
+from logitnorm_plugin._core.model_groups import model_configuration
 from logitnorm_plugin.registry import hub
 from logitnorm_plugin.registry.entry_points import (
     RegistryLoadError,
@@ -100,6 +102,9 @@ class ModelSpec:
     identity: str | None = None
     source: str = "module"
     extra: Dict[str, Any] = field(default_factory=dict)
+    #: the configuration without the seed (what seeds are averaged over, see
+    #: :mod:`logitnorm_plugin._core.model_groups`); default: from loss, arch and t
+    configuration: Dict[str, Any] | None = None
 
     def get_model(self) -> nn.Module:
         if self.model is None:
@@ -107,6 +112,16 @@ class ModelSpec:
                 raise ValueError(f"model spec '{self.label}' has neither a model nor a loader")
             self.model = self.load()
         return self.model
+
+    def model_config(self) -> Dict[str, Any] | None:
+        """The configuration seeds are averaged over: ``configuration``, else what is known
+        (loss, arch, t, dataset); ``None`` when nothing is (the model is then its own group)."""
+        if self.configuration is not None:
+            return self.configuration
+        if self.loss is None and self.arch is None:
+            return None
+        return model_configuration(arch=self.arch, loss=self.loss, t=self.t,
+                                   dataset=self.extra.get("dataset"))
 
     def model_id(self) -> str:
         """The store key: ``identity`` if given, else a fingerprint of the weights."""
@@ -145,6 +160,8 @@ def _registry_spec(key: str, download: bool = False) -> ModelSpec:
         identity=f"pytorch-ood:{entry.key}:{entry.sha256[:16]}",
         source="registry",
         extra={"dataset": entry.dataset},
+        configuration=model_configuration(source="pytorch-ood", arch=entry.arch,
+                                          dataset=entry.dataset, loss=loss),
     )
 
 
@@ -166,6 +183,7 @@ def _run_spec(path: str) -> ModelSpec:
         t=float(t) if t is not None else None,
         source="run",
         extra={"path": os.path.abspath(path), "sha256": card.get("sha256")},
+        configuration=model_configuration(card.get("config")) if card.get("config") else None,
     )
 
 
@@ -392,7 +410,7 @@ def evaluation_config(
     bench: BenchmarkData, protocol: str = "full", repetitions: int = 10, seed: int = 0
 ) -> Dict[str, Any]:
     """What identifies an evaluation's cells besides model and detector: the benchmark's data
-    and the protocol (its :func:`~logitnorm_plugin._core.conventions.config_hash` is the store's
+    and the protocol (its :func:`~logitnorm_plugin._core.digests.config_hash` is the store's
     configuration id)."""
     run_config = dict(bench.config)
     # the set sizes tell other data under the same names apart (e.g. a tiny fixture)
@@ -506,8 +524,17 @@ def _registered(cls: type) -> Tuple[str, str | None]:
     return name, None
 
 
+def _merged_settings(name: str, written: Mapping[str, Any], given: Mapping[str, Any]) -> dict:
+    both = sorted(set(written) & set(given))
+    if both:
+        raise UsageError(f"detector {name!r}: {', '.join(both)} given both in its name and as "
+                         "keyword arguments; give each setting once")
+    return {**written, **given}
+
+
 def parse_detectors(detectors) -> List[DetectorSpec]:
-    """Detector specs of registry names (``"msp"``, ``"fakeplug:logitnorm"``), classes,
+    """Detector specs of registry names (``"msp"``, ``"fakeplug:logitnorm"``), names with
+    settings (``"knn(k=5)"``, the command line's spelling and the tables' label), classes,
     instances, ``(name, kwargs)`` pairs, or a dict name -> kwargs. One name may be given with
     several argument sets; each configuration (label) only once.
 
@@ -534,6 +561,8 @@ def parse_detectors(detectors) -> List[DetectorSpec]:
             specs.append(DetectorSpec(name, cls, kwargs, None if cls is what else what,
                                       distribution=distribution))
         else:
+            what, written = parse_detector_text(what)  # "knn(k=5)": the CLI's spelling too
+            kwargs = _merged_settings(what, written, kwargs)
             entry = get_entry("detector", what)
             display = f"{entry.distribution}:{entry.name}" if ":" in str(what) else None
             specs.append(DetectorSpec(entry.name, entry.load(), kwargs,

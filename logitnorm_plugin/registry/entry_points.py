@@ -60,7 +60,8 @@ from importlib import metadata
 from typing import Dict, Iterable, List, Tuple, Union
 
 from logitnorm_plugin._core.conventions import canonical_name
-from logitnorm_plugin._core.errors import UnknownNameError, UserError, closest_match
+from logitnorm_plugin._core.detector_text import parse_detector_text
+from logitnorm_plugin._core.errors import UnknownNameError, UsageError, UserError, closest_match
 
 #: kind -> entry-point group
 GROUPS: Dict[str, str] = {
@@ -150,10 +151,19 @@ def _describe_object(obj) -> str:
 
 
 def _is_loss(obj) -> bool:
-    """A class whose instances are callable (``__call__`` defined below ``object``)."""
-    return isinstance(obj, type) and any(
-        "__call__" in vars(k) for k in obj.__mro__ if k is not object
-    )
+    """A class whose instances are callable: a ``torch.nn.Module`` subclass that defines
+    ``forward`` (the Module's own ``__call__`` only raises without one), or another class
+    with ``__call__`` defined below ``object``."""
+    if not isinstance(obj, type):
+        return False
+    mro = [k for k in obj.__mro__ if k is not object]
+    # torch.nn.Module by name: loading a loss imports torch anyway, listing never gets here
+    module = next((i for i, k in enumerate(mro)
+                   if (k.__module__, k.__qualname__) == ("torch.nn.modules.module", "Module")),
+                  None)
+    if module is not None:
+        return any("forward" in vars(k) or "__call__" in vars(k) for k in mro[:module])
+    return any("__call__" in vars(k) for k in mro)
 
 
 def _is_detector(obj) -> bool:
@@ -174,7 +184,8 @@ KIND_RULES = {
     "loss": (
         _is_loss,
         "a class whose instances are called as loss(logits, target), normally a "
-        "torch.nn.Module subclass (it is built as cls(**kwargs))",
+        "torch.nn.Module subclass that defines forward(logits, target) (it is built as "
+        "cls(**kwargs))",
     ),
     "detector": (
         _is_detector,
@@ -477,16 +488,31 @@ def create_detector(name: Union[str, type], model, **kwargs):
     """
     Build the detector registered as ``name`` around ``model``.
 
-    :param name: registered name (e.g. ``"msp"``, ``"logitnorm"``) or a class
+    :param name: registered name (e.g. ``"msp"``, ``"logitnorm"``), a name with settings as on
+        the command line (``"knn(k=5)"``) or a class
     :param model: the classifier, passed as the detector's first argument; for feature-based
         detectors (``encoder``/``backbone`` parameters) split by
         :mod:`logitnorm_plugin.registry.split`
-    :param kwargs: further constructor arguments, e.g. ``t=0.04``
+    :param kwargs: further constructor arguments, e.g. ``t=0.04``; a detector that declares
+        ``training_t_parameter`` (``logitnorm``) gets the model's ``training_t`` (set by
+        :func:`~logitnorm_plugin.load_trained`) unless it is given here
     """
     # lazy: listing and name look-ups stay torch-free; the split needs torch
     from logitnorm_plugin.registry.split import build_detector
 
-    return build_detector(get_detector_class(name), model, **kwargs)
+    if isinstance(name, str):
+        name, written = parse_detector_text(name)
+        both = sorted(set(written) & set(kwargs))
+        if both:
+            raise UsageError(f"detector {name!r}: {', '.join(both)} given both in its name and "
+                             "as keyword arguments; give each setting once")
+        kwargs = {**written, **kwargs}
+    cls = get_detector_class(name)
+    t_parameter = getattr(cls, "training_t_parameter", None)
+    if t_parameter and t_parameter not in kwargs and getattr(model, "training_t", None):
+        # a model of load_trained carries its training temperature: use it, as evaluate does
+        kwargs[t_parameter] = model.training_t
+    return build_detector(cls, model, **kwargs)
 
 
 def get_benchmark(name: Union[str, type], **kwargs):
@@ -500,54 +526,3 @@ def get_benchmark(name: Union[str, type], **kwargs):
 
 
 # --- what ``logitnorm-ood list`` shows ------------------------------------------------------
-
-
-def describe(kind: str, pattern: str | None = None) -> List[Dict[str, str]]:
-    """
-    One row per entry of ``kind`` for display: name, class, distribution, paper, notes.
-    Imports each class to read its ``info`` (never instantiates); entries that fail to load
-    are skipped with a warning.
-    """
-    rows = []
-    for entry in entries(kind, pattern):
-        try:
-            cls = entry.load()
-        except RegistryLoadError as exc:
-            warnings.warn(f"Skipping: {exc}", RegistryWarning, stacklevel=2)
-            continue
-        info = getattr(cls, "info", None)
-        paper = getattr(info, "paper", None)
-        rows.append(
-            {
-                "name": entry.name,
-                "class": f"{getattr(cls, '__module__', '?')}.{getattr(cls, '__qualname__', '?')}",
-                "distribution": f"{entry.distribution} {entry.version}",
-                "paper": f"{paper.title} ({paper.venue} {paper.year})" if paper else "-",
-                "notes": _notes(kind, cls),
-            }
-        )
-    return rows
-
-
-def _notes(kind: str, cls: type) -> str:
-    if kind == "loss":
-        # lazy: `list` stays torch-free; these notes are only read for a loss that is shown
-        from logitnorm_plugin.objectives import needs_outliers, objective_values
-        from logitnorm_plugin.registry.split import loss_parts
-
-        parts = loss_parts(cls)
-        notes = [f"binds the model's {' and '.join(parts)}"] if parts else []
-        if needs_outliers(cls):
-            ratio = objective_values(cls).ratio
-            notes.append(f"needs outliers (--outliers), {ratio:g} per ID image")
-        return ", ".join(notes)
-    if kind != "detector":
-        return ""
-    from pytorch_ood.api import GradientDetector
-
-    notes = []
-    if getattr(cls, "requires_fit", False):
-        notes.append("needs fit")
-    if isinstance(cls, type) and issubclass(cls, GradientDetector):
-        notes.append("gradients")
-    return ", ".join(notes)

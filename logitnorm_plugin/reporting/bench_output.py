@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from logitnorm_plugin._core.atomic import write_text
-from logitnorm_plugin._core.conventions import ROW_KEYS
+from logitnorm_plugin._core.conventions import ID_KEYS, OOD_KEYS, ROW_KEYS
 from logitnorm_plugin._core.errors import UserError
+from logitnorm_plugin._core.model_groups import CONFIG_FIELD
 from logitnorm_plugin._core.tables import markdown_table, pct
 
 __all__ = [
@@ -138,12 +139,21 @@ def format_per_dataset(aggregate: Sequence[Mapping[str, Any]], by: Sequence[str]
     return markdown_table(header, body)
 
 
+#: the unit of the metric columns of results.csv
+FRACTION_UNIT = "(fraction)"
+
+
 def rows_csv(rows: Sequence[Mapping[str, Any]]) -> str:
-    """Every result row as CSV: the row keys in table order, then any further keys."""
-    keys = list(ROW_KEYS) + sorted({k for r in rows for k in r} - set(ROW_KEYS))
+    """Every result row as CSV: the row keys in table order, then any further keys (the model
+    configuration as its group key only: the whole of it is in results.json). Metric columns
+    say their unit: ``AUROC (fraction)``."""
+    keys = list(ROW_KEYS) + sorted({k for r in rows for k in r} - set(ROW_KEYS)
+                                   - {CONFIG_FIELD})
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=keys, lineterminator="\n")
-    writer.writeheader()
+    # the unit in the header: fractions here, percent in export's results_table.csv
+    writer.writerow({k: f"{k} {FRACTION_UNIT}" if k in OOD_KEYS + ID_KEYS else k
+                     for k in keys})
     for r in rows:
         writer.writerow({k: r.get(k) for k in keys})
     return buffer.getvalue()

@@ -36,6 +36,7 @@ from typing import Any
 
 from logitnorm_plugin._core.atomic import write_text
 from logitnorm_plugin._core.errors import UserError
+from logitnorm_plugin._core.model_groups import group_of
 from logitnorm_plugin._core.provenance import provenance_text
 from logitnorm_plugin._core.tables import finite_json, is_missing, markdown_table, rst_grid_table
 from logitnorm_plugin.store.results import open_results
@@ -83,6 +84,7 @@ def _table_id(table: Mapping[str, Any], scope: str) -> dict:
         "config_id": table["config_id"],
         "arch": table["arch"],
         "loss": table["loss"],
+        "model": table.get("model", table["loss"]),
         "scope": scope,
     }
 
@@ -107,17 +109,20 @@ def export_tables(store) -> list[dict]:
         mean = store.aggregate(cfg_id, by=_BY)
         per_dataset = store.aggregate(cfg_id, by=_BY, per_dataset=True)
         ood_order = {name: i for i, name in enumerate(config["ood_names"])}
+        # one table per model configuration (aggregation's one rule: seeds only are averaged)
         models: dict[tuple, None] = {}
         detectors: dict[str, None] = {}
         for r in rows:
-            models.setdefault((r.get("Arch"), r.get("Loss")), None)
+            models.setdefault((r.get("Arch"), r.get("Loss"), group_of(r)), None)
             detectors.setdefault(r.get("Detector"), None)
         det_order = {d: i for i, d in enumerate(detectors)}
-        for arch, loss in models:
-            mine = [r for r in rows if (r.get("Arch"), r.get("Loss")) == (arch, loss)]
-            m = [e for e in mean if (e["Arch"], e["Loss"]) == (arch, loss)]
+        names = {e["model_group"]: e["Model"] for e in mean}
+        shared = [m[:2] for m in models]
+        for arch, loss, group in models:
+            mine = [r for r in rows if group_of(r) == group]
+            m = [e for e in mean if e["model_group"] == group]
             m.sort(key=lambda e: (_sort_value(e.get("AUROC")), det_order[e["Detector"]]))
-            d = [e for e in per_dataset if (e["Arch"], e["Loss"]) == (arch, loss)]
+            d = [e for e in per_dataset if e["model_group"] == group]
             d.sort(key=lambda e: (det_order[e["Detector"]], ood_order.get(e["Dataset"], 1e9)))
             tables.append({
                 "benchmark": config.get("benchmark"),
@@ -127,6 +132,8 @@ def export_tables(store) -> list[dict]:
                 "groups": {g: list(v) for g, v in (config.get("groups") or {}).items()},
                 "arch": arch,
                 "loss": loss,
+                "model": names.get(group, loss) if shared.count((arch, loss)) > 1 else loss,
+                "model_group": group,
                 "seeds": sorted({r["Seed"] for r in mine if r.get("Seed") is not None}),
                 "models": len({r["model_id"] for r in mine}),
                 "mean": m,
@@ -145,7 +152,8 @@ def _pct(value) -> str:
 
 
 def _title(table: Mapping[str, Any], scope: str) -> str:
-    who = f"{table['loss']} ({table['arch']})" if table.get("arch") else str(table["loss"])
+    name = table.get("model") or table["loss"]
+    who = f"{name} ({table['arch']})" if table.get("arch") else str(name)
     seeds = table.get("seeds") or []
     over = f"mean over {len(seeds)} seeds" if len(seeds) > 1 else (
         f"seed {seeds[0]}" if seeds else "one model")
@@ -221,7 +229,7 @@ def to_rst(tables: Sequence[Mapping[str, Any]], provenance: Mapping[str, Any]) -
 
 
 #: CSV columns: identification, pytorch-ood's metrics, then this package's extras
-CSV_KEYS = ("Benchmark", "Protocol", "Arch", "Loss", "Scope", "Dataset", "Detector")
+CSV_KEYS = ("Benchmark", "Protocol", "Arch", "Loss", "Model", "Scope", "Dataset", "Detector")
 
 
 def _csv_columns() -> list[str]:
@@ -234,7 +242,7 @@ def _csv_records(tables: Sequence[Mapping[str, Any]]) -> list[dict]:
     records = []
     for t in tables:
         base = {"Benchmark": t["benchmark"], "Protocol": t["protocol"], "Arch": t["arch"],
-                "Loss": t["loss"]}
+                "Loss": t["loss"], "Model": t.get("model", t["loss"])}
         for e in t["mean"]:
             rec = {**base, "Scope": _SCOPE_MEAN, "Dataset": "", "Detector": e["Detector"],
                    "Seeds": e.get("Seeds")}

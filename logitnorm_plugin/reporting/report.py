@@ -41,6 +41,7 @@ from typing import Any
 from logitnorm_plugin._core.atomic import write_json, write_text
 from logitnorm_plugin._core.conventions import canonical_name
 from logitnorm_plugin._core.device import resolve_device
+from logitnorm_plugin._core.model_groups import group_of
 from logitnorm_plugin._core.provenance import provenance_text
 from logitnorm_plugin._core.tables import finite_json, is_missing, pct
 from logitnorm_plugin.reporting import figures as report_figures
@@ -123,15 +124,18 @@ class _Config:
         order = [g for g in ("near", "far") if g in groups] + [
             g for g in groups if g not in ("near", "far")]
         self.groups = {g: list(groups[g]) for g in order}
-        self.mean = {tuple(e[b] for b in _BY): e for e in store.aggregate(cfg_id, by=_BY)}
+        # one model = one configuration (everything but the seed: aggregation's one rule)
+        mean = store.aggregate(cfg_id, by=_BY)
+        self.mean = {(e["model_group"], e["Detector"]): e for e in mean}
+        self.names = {e["model_group"]: e["Model"] for e in mean}
         self.per_dataset = {
-            (*(e[b] for b in _BY), e["Dataset"]): e
+            (e["model_group"], e["Detector"], e["Dataset"]): e
             for e in store.aggregate(cfg_id, by=_BY, per_dataset=True)
         }
         models: dict[tuple, None] = {}
         detectors: dict[str, None] = {}
         for r in self.rows:
-            models.setdefault((r.get("Arch"), r.get("Loss")), None)
+            models.setdefault((r.get("Arch"), r.get("Loss"), group_of(r)), None)
             detectors.setdefault(r["Detector"], None)
         self.detectors = list(detectors)
         # baseline first, the others in stored order
@@ -141,14 +145,20 @@ class _Config:
         self.models = ([self.baseline] if self.baseline else []) + [
             m for m in models if m != self.baseline
         ]
-        self.multi_arch = len({a for a, _ in self.models}) > 1
+        self.multi_arch = len({m[0] for m in self.models}) > 1
+        counts: dict[tuple, int] = {}
+        for m in self.models:
+            counts[m[:2]] = counts.get(m[:2], 0) + 1
+        self.shared_loss = {key for key, n in counts.items() if n > 1}
 
     def label(self, model) -> str:
-        arch, loss = model
-        return f"{loss} ({arch})" if self.multi_arch and arch else str(loss)
+        """The loss, or the configuration's label where a loss has several."""
+        arch, loss, group = model
+        name = str(self.names.get(group, loss)) if model[:2] in self.shared_loss else str(loss)
+        return f"{name} ({arch})" if self.multi_arch and arch else name
 
     def entry(self, spec: Mapping[str, Any]) -> Mapping[str, Any] | None:
-        key = (spec["arch"], spec["loss"], spec["detector"])
+        key = (spec["group"], spec["detector"])
         if spec.get("scope", "mean") == "dataset":
             return self.per_dataset.get((*key, spec["dataset"]))
         return self.mean.get(key)
@@ -163,10 +173,10 @@ class _Config:
         return entry.get(key), entry.get(f"{key}_std"), int(entry.get("Seeds") or 0)
 
     def model_ids(self, model) -> list[str]:
-        """Stored models of one (arch, loss), ordered by seed."""
+        """Stored models of one configuration, ordered by seed."""
         ids: dict[str, Any] = {}
         for r in self.rows:
-            if (r.get("Arch"), r.get("Loss")) == tuple(model):
+            if group_of(r) == model[2]:
                 ids.setdefault(r["model_id"], r.get("Seed"))
         return sorted(ids, key=lambda m: (ids[m] is None, ids[m] if ids[m] is not None else 0))
 
@@ -181,7 +191,8 @@ def _cell(cfg: _Config, spec: Mapping[str, Any], published: Mapping | None) -> t
         mean, std, seeds = cfg.value(spec)
         return _fmt(mean, std, seeds), {"mean": mean, "std": std, "seeds": seeds}
     if kind == "delta":
-        base = {**spec, "arch": spec["baseline"][0], "loss": spec["baseline"][1]}
+        base = {**spec, "arch": spec["baseline"][0], "loss": spec["baseline"][1],
+                "group": spec["baseline"][2]}
         value, base_value = cfg.value(spec)[0], cfg.value(base)[0]
         delta = None if _bad(value) or _bad(base_value) else value - base_value
         return _fmt_delta(value, base_value), {"delta": delta}
@@ -214,7 +225,8 @@ def _table(cfg: _Config, name: str, columns: Sequence[Mapping[str, Any]],
                 cells.append(str(next(labels)))
                 continue
             spec = {**row["spec"], **{k: v for k, v in col.items() if k != "header"}}
-            if spec["kind"] == "delta" and [spec["arch"], spec["loss"]] == spec["baseline"]:
+            if spec["kind"] == "delta" and ([spec["arch"], spec["loss"], spec["group"]]
+                                            == spec["baseline"]):
                 cells.append("")  # the baseline against itself
                 continue
             text, value = _cell(cfg, spec, row.get("published"))
@@ -241,7 +253,7 @@ def _table(cfg: _Config, name: str, columns: Sequence[Mapping[str, Any]],
 
 
 def _model_spec(model, **extra) -> dict:
-    return {"arch": model[0], "loss": model[1], **extra}
+    return {"arch": model[0], "loss": model[1], "group": model[2], **extra}
 
 
 def _id_table(cfg: _Config, record: dict) -> str:
@@ -279,12 +291,13 @@ def _paper_table(cfg: _Config, detector: str, record: dict) -> str:
     for metric, title, arrow in PAPER_METRICS:
         for m in cfg.models:
             columns.append({"header": f"{title} {arrow} {cfg.label(m)}", "kind": "value",
-                            "metric": metric, "arch": m[0], "loss": m[1]})
+                            "metric": metric, "arch": m[0], "loss": m[1],
+                            "group": m[2]})
         for m in cfg.models:
             if m != cfg.baseline and cfg.baseline:
                 columns.append({"header": f"Δ {title} {cfg.label(m)}", "kind": "delta",
                                 "metric": metric, "arch": m[0], "loss": m[1],
-                                "baseline": list(cfg.baseline)})
+                                "group": m[2], "baseline": list(cfg.baseline)})
     rows = [{"labels": [d], "spec": {"detector": detector, "scope": "dataset", "dataset": d}}
             for d in cfg.ood_names]
     rows.append({"labels": [f"**mean** ({len(cfg.ood_names)} sets)"],
@@ -407,7 +420,10 @@ def write_report(
         run_map: dict[str, Path] = {}
         if figures:
             all_ids = {r["model_id"] for c in configs for r in c.rows}
-            found = report_figures.find_runs(folder, runs)
+            # run folders named by the stored rows (bench --models RUN ...), then the others
+            stored = {r["Run"]: None for c in configs for r in c.rows
+                      if r.get("Run") and Path(r["Run"]).is_dir()}
+            found = report_figures.find_runs(folder, [*runs, *stored])
             run_map = report_figures.match_runs(found, all_ids, notes)
         parts = [
             "# LogitNorm against cross-entropy: report",

@@ -10,6 +10,7 @@ from typing import Any
 
 from logitnorm_plugin._core.conventions import AGGREGATE_METRICS
 from logitnorm_plugin._core.digests import config_hash
+from logitnorm_plugin._core.model_groups import GROUP_FIELD, describe_groups, group_of
 from logitnorm_plugin._core.tables import mean_std
 
 __all__ = ["aggregate", "distinct_labels", "group_label"]
@@ -24,7 +25,9 @@ def aggregate(
 ) -> list[dict]:
     """Mean +- std over models (seeds) of each model's mean over the OOD sets.
 
-    Rows are grouped by the fields ``by``; within a group, each model (``model_id`` if present,
+    Rows are grouped by their model configuration (everything but the seed:
+    :func:`~logitnorm_plugin._core.model_groups.group_of`, the one rule) and the fields
+    ``by``; within a group, each model (``model_id`` if present,
     else ``Model``) is first averaged over its OOD sets (all of them, and each group of
     ``groups``, e.g. near/far), then mean and sample standard deviation (ddof=1; NaN for a
     single model: undefined) are taken over the models. ``ACC`` and ``ECE`` are per model and
@@ -35,7 +38,9 @@ def aggregate(
     :param by: fields that define a table row
     :param metrics: metrics to aggregate
     :param per_dataset: aggregate each OOD set separately (adds ``Dataset`` to ``by``)
-    :return: one dict per group with the ``by`` fields, ``Seeds`` (number of models),
+    :return: one dict per group with the ``by`` fields, ``model_group`` (the configuration's
+        key), ``Model`` (a label that tells the configurations apart, unless ``by`` has one),
+        ``Seeds`` (number of models),
         ``Datasets`` (OOD sets per model), ``<metric>`` and ``<metric>_std``, ``ACC``/``ECE``
         (and ``_std``), and ``<group>/<metric>`` (and ``_std``) for each OOD group
     """
@@ -43,8 +48,11 @@ def aggregate(
     groups = {g: set(names) for g, names in (groups or {}).items()}
     table: dict[tuple, dict[str, list[Mapping[str, Any]]]] = {}
     labels: dict[Any, str] = {}
+    rows = list(rows)
+    model_labels = describe_groups(rows)
     for row in rows:
-        key = tuple(detector_group_of(row) if f == "Detector" else row.get(f) for f in by)
+        key = (group_of(row), *(detector_group_of(row) if f == "Detector" else row.get(f)
+                                for f in by))
         if "Detector" in by:
             labels.setdefault(detector_group_of(row), row.get("Detector"))
         model = row.get("model_id") or row.get("Model")
@@ -71,7 +79,8 @@ def aggregate(
                         )
             for metric in ("ACC", "ECE"):
                 per_model.setdefault(metric, []).append(model_rows[0].get(metric))
-        entry: dict[str, Any] = dict(zip(by, key))
+        entry: dict[str, Any] = {"Model": model_labels[key[0]], **dict(zip(by, key[1:]))}
+        entry[GROUP_FIELD] = key[0]
         if "Detector" in entry:
             entry["Detector"] = labels[entry["Detector"]]
         entry["Seeds"] = len(models)

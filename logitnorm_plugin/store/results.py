@@ -2,7 +2,7 @@
 
 A cell is keyed by the model's stable identity (a pytorch-ood registry key with its weights'
 hash, or the SHA-256 of the weights), the benchmark + protocol configuration (its
-:func:`~logitnorm_plugin._core.conventions.config_hash`) and the detector's full configuration
+:func:`~logitnorm_plugin._core.digests.config_hash`) and the detector's full configuration
 (:meth:`DetectorSpec.key <logitnorm_plugin.evaluation.specs.DetectorSpec.key>`: registry name,
 class with
 its module, supplying distribution and every constructor argument, including those filled in
@@ -262,6 +262,24 @@ class ResultStore:
                     run_id, _now(), json.dumps(data, sort_keys=False),
                 ),
             )
+
+    def add_row_fields(self, model_id: str, fields: Mapping[str, Any]) -> int:
+        """Add ``fields`` to the stored rows of one model that lack them (rows stored before
+        those fields existed, e.g. the model configuration of aggregation's one rule); fields
+        a row has are kept. :return: the number of rows changed"""
+        cursor = self._db.execute("SELECT rowid, row FROM cells WHERE model_id = ?",
+                                  (model_id,))
+        changed = []
+        for rowid, text in cursor.fetchall():
+            row = json.loads(text)
+            missing = {k: _json_value(v) for k, v in fields.items() if k not in row}
+            if missing:
+                changed.append((json.dumps({**row, **missing}, sort_keys=False), rowid))
+        if changed:
+            with self._db:
+                for values in changed:
+                    self._db.execute("UPDATE cells SET row = ? WHERE rowid = ?", values)
+        return len(changed)
 
     def put_scores(self, model_id: str, config_id: str, detector_id: str, dataset: str, scores):
         """Store per-sample scores (float32) of one (model, detector, dataset)."""

@@ -70,7 +70,7 @@ def train(
     download: bool = False,
     t_from=None,
     deterministic: bool = False,
-    progress: bool = True,
+    progress: bool | str = True,
     channels_last: bool | None = None,
     arch_kwargs: Dict[str, Any] | None = None,
     eval_batch_size: int = 1024,
@@ -123,7 +123,8 @@ def train(
     :param t_from: path of a ``recommended_t.json``; its ``chosen_t`` becomes ``t``
     :param deterministic: ``torch.use_deterministic_algorithms(True)`` for the run (bit-for-bit
         repeatable, slower on GPU)
-    :param progress: tqdm bars (shown on terminals) and a summary line per epoch on stderr
+    :param progress: tqdm bars (shown on terminals) and a summary line per epoch on stderr;
+        ``"bar"``: the bars only
     :param channels_last: ``channels_last`` memory format (default: on for CUDA only)
     :param arch_kwargs: architecture constructor overrides (e.g. ``{"drop_rate": 0.0}``)
     :param eval_batch_size: batch size of the per-epoch evaluation

@@ -282,8 +282,9 @@ def check_same_config(run_dir: PathLike, name: str, old: Dict[str, Any],
     if diffs:
         raise ConfigMismatchError(
             f"cannot resume in {str(run_dir)!r}: its {name} records another configuration. "
-            "Differing keys: " + "; ".join(diffs) + ". Use the same arguments to resume, or "
-            "another --out folder for a new run."
+            "Differing keys: " + "; ".join(diffs) + ". Leave out (or match) the options that "
+            "differ to resume with the recorded configuration, or use another --out folder for "
+            "a new run."
         )
 
 
@@ -526,6 +527,10 @@ def load_trained(path: PathLike, map_location="cpu", return_card: bool = False):
             f"({one_line(exc, 200)})"
         ) from exc
     model = model.to(map_location).eval()
+    if card.get("t") is not None:
+        # the temperature it was trained with: create_detector gives it to detectors that
+        # declare training_t_parameter (LogitNormDetector), as the evaluation engine does
+        model.training_t = float(card["t"])
     return (model, card) if return_card else model
 
 

@@ -344,7 +344,7 @@ class TrainingSession:
                     bar.set_postfix(
                         loss=f"{record['train_loss']:.4f}", acc=f"{record['test_accuracy']:.4f}"
                     )
-                    if self.progress:
+                    if self.progress and self.progress != "bar":
                         msg = (
                             f"{self.name} epoch {record['epoch']}/{c['epochs']}: loss "
                             f"{record['train_loss']:.4f}, train acc {record['train_accuracy']:.4f}"

@@ -49,6 +49,7 @@ from logitnorm_plugin._core.conventions import (
 from logitnorm_plugin._core.device import resolve_device, resolve_threads, torch_threads
 from logitnorm_plugin._core.digests import config_hash, sha256_file
 from logitnorm_plugin._core.errors import DetectorFitError, UserError
+from logitnorm_plugin._core.model_groups import model_group
 from logitnorm_plugin._core.tables import finite_json, plural
 from logitnorm_plugin.data.outliers import outliers_for
 from logitnorm_plugin.evaluation.engine import evaluate
@@ -74,6 +75,7 @@ from logitnorm_plugin.training.loop import train
 from logitnorm_plugin.training.runs import CARD_FILE
 from logitnorm_plugin.workflows.bench_request import DEFAULTS, BenchRequest
 from logitnorm_plugin.workflows.model_labels import model_specs
+from logitnorm_plugin.workflows.run_folders import replace_or_refuse, stored_differences
 
 __all__ = ["ALL_DETECTORS", "DEFAULTS", "BenchRequest", "run"]
 
@@ -102,6 +104,8 @@ class _TrainRequest:
     run_dir: Path
     train_kwargs: dict
     request: dict
+    #: how the run already in ``run_dir`` differs from this one (empty: none, or the same)
+    differs: tuple = ()
 
     @classmethod
     def resolve(cls, loss: str, seed: int, dataset: str, bench: BenchRequest,
@@ -129,10 +133,13 @@ class _TrainRequest:
         train_kwargs = dict(
             dataset=dataset, loss=loss, loss_kwargs=loss_kwargs, recipe=recipe, epochs=epochs,
             seed=seed, device=device, out=run_dir, resume="auto", data_root=bench.data_root,
-            download=bench.download, progress=bench.progress, t_from=t_from,
-            outliers=outliers,
+            # one bar per run; the per-epoch lines only with progress="epochs" (--verbose)
+            download=bench.download, progress=True if bench.progress == "epochs" else (
+                "bar" if bench.progress else False),
+            t_from=t_from, outliers=outliers,
         )
-        return cls(loss, seed, run_dir, train_kwargs, request)
+        return cls(loss, seed, run_dir, train_kwargs, request,
+                   stored_differences(run_dir, config.to_dict()))
 
     def spec(self):
         """Train (or reuse, or resume) the model and describe it as a
@@ -150,8 +157,13 @@ class _TrainRequest:
             and json.loads(request_path.read_text(encoding="utf-8")) == self.request
         )
         if not reuse:
-            train(**self.train_kwargs)
+            result = train(**self.train_kwargs)
             write_json(request_path, self.request)
+            if self.train_kwargs["progress"] == "bar":
+                last = result.metrics[-1]
+                _tqdm.write(f"bench: trained {self.loss} s{self.seed}: {last['epoch']} epochs, "
+                            f"{sum(r['seconds'] for r in result.metrics):.1f} s, accuracy "
+                            f"{result.card['metrics']['final_accuracy']:.4f}", file=sys.stderr)
         spec = resolve_model(str(self.run_dir))
         spec.extra["trained_now"] = not reuse
         spec.label = f"{self.loss}/s{self.seed}"
@@ -212,6 +224,8 @@ class _Comparison:
             _TrainRequest.resolve(loss, seed, dataset, request, device)
             for loss in request.losses for seed in request.seeds
         ]
+        if not self.force:
+            replace_or_refuse(self.to_train, self.out, self.force)  # before anything trains
 
     def run(self, stdout) -> dict:
 
@@ -219,6 +233,7 @@ class _Comparison:
         if self.models:
             specs = model_specs(self.models, download=self.download)  # unique labels
         else:
+            replace_or_refuse(self.to_train, self.out, self.force)  # under the folder's lock
             specs = [request.spec() for request in self.to_train]
         if self.all_detectors:
             self._keep_constructible(specs)
@@ -276,9 +291,11 @@ class _Comparison:
     def _evaluate(self, specs, record, cfg):
         """Evaluate into the store; aggregate this run's models and detectors from it."""
 
-        # models that arch, loss and seed do not tell apart get a table row each
-        self.by_model = len({(s.arch, s.loss, s.seed) for s in specs}) < len(specs)
-        group_of = (lambda s: s.label) if self.by_model else (lambda s: s.loss)
+        # the one rule of aggregation.aggregate: seeds are averaged within one model
+        # configuration only; a Model column where a loss has several configurations
+        self.by_model = (len({_spec_group(s) for s in specs})
+                         > len({(s.arch, s.loss) for s in specs}))
+        group_of = _spec_group
         first_seed = {}
         for s in specs:
             first_seed.setdefault(group_of(s), s.label)
@@ -287,6 +304,8 @@ class _Comparison:
             cells_before = 0 if self.force else self._stored_cells(store, specs, cfg)
             if self.progress:
                 _tqdm.write(self._reuse_line(specs, cells_before), file=sys.stderr)
+            # also without progress output: what is reused decides what the numbers mean
+            _tqdm.write(self._reuse_line(specs, cells_before), file=sys.stderr)
             while True:
                 try:
                     rows = evaluate(
@@ -332,12 +351,17 @@ class _Comparison:
         model (labelled as given now, whatever label a stored cell carries) where ``by``
         starts with ``Model``."""
         label_of = {s.model_id(): s.label for s in specs}
-        by = ("model_id", *self.by[1:]) if self.by_model else self.by
+        members: dict[str, list] = {}
+        for s in specs:
+            members.setdefault(_spec_group(s), []).append(s.label)
+        by = self.by[1:] if self.by_model else self.by
         entries = store.aggregate(cfg, model_ids=list(label_of), by=by, per_dataset=per_dataset,
                                   detector_ids=detector_ids)
-        if self.by_model:
-            for entry in entries:
-                entry["Model"] = label_of.get(entry.pop("model_id"))
+        for entry in entries:
+            # a configuration of one model is labelled as given now
+            mine = members.get(entry["model_group"], [])
+            if len(mine) == 1:
+                entry["Model"] = mine[0]
         return entries
 
     def _stored_cells(self, store, specs, cfg) -> int:
@@ -380,8 +404,8 @@ class _Comparison:
             )
         table = format_table(summary, by, list(bench.groups), matched, published.get("sources"))
         seconds = time.perf_counter() - self.start
-        over = ("one row per model (arch, loss and seed do not tell them apart)"
-                if self.by_model else "mean ± std over seeds")
+        over = ("mean ± std over the seeds of each model configuration (Model: a loss with "
+                "several configurations)" if self.by_model else "mean ± std over seeds")
         title = (
             f"Benchmark `{bench.name}` (protocol {self.protocol}), "
             f"{plural(len(specs), 'model')}, detectors "
@@ -473,18 +497,26 @@ def _torch_threads() -> int:
     return torch.get_num_threads()
 
 
+def _spec_group(spec) -> str:
+    """The model group of a spec (:func:`~logitnorm_plugin._core.model_groups.group_of` of
+    its rows)."""
+    config = spec.model_config()
+    return model_group(config) if config is not None else f"model:{spec.model_id()}"
+
+
 def _ordered(entries, specs, detectors, by, datasets=()):
     """Aggregate rows in the order asked for: losses (or archs) as the models came, detectors
     as named, OOD sets as the benchmark lists them."""
     first = {}
     for i, spec in enumerate(specs):
-        first.setdefault(("Model", spec.label), i)
+        first.setdefault(("model_group", _spec_group(spec)), i)
         first.setdefault(("Arch", spec.arch), i)
         first.setdefault(("Loss", spec.loss), i)
     dataset_index = {d: i for i, d in enumerate(datasets)}
 
     def key(entry):
-        parts = [first.get((b, entry.get(b)), len(specs)) for b in by
+        parts = [first.get(("model_group", entry.get("model_group")) if b == "Model"
+                           else (b, entry.get(b)), len(specs)) for b in by
                  if b in ("Model", "Arch", "Loss")]
         det = entry.get("Detector")
         parts.append(detectors.index(det) if det in detectors else len(detectors))

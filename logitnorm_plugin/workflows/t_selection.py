@@ -22,6 +22,7 @@ DEFAULT_GRID = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16)
 VALIDATION_NOISE_SEED = 7_340_033
 
 __all__ = [
+    "significance",
     "DEFAULT_GRID",
     "METRICS",
     "SUMMARY_METRICS",
@@ -154,6 +155,54 @@ def select_t(summary: Sequence[Mapping[str, Any]], rule: SelectionRule = Selecti
     return float(chosen["t"]), [float(s["t"]) for s in eligible]
 
 
+def significance(summary: Sequence[Mapping[str, Any]], chosen: float,
+                 rule: SelectionRule = SelectionRule()) -> Dict[str, Any]:
+    """Whether the choice of :func:`select_t` stands out from the seed noise.
+
+    A candidate (an eligible grid value) is *within the seed spread* of the chosen one when
+    their mean ``rule.metric`` differ by at most the larger of their two sample standard
+    deviations over seeds. With other candidates there, the choice among them is not
+    significant: the record says which of them tie with it in that sense and which criterion of
+    the rule picked it (the lowest mean, or a tie-break).
+
+    :return: ``within_spread`` (the t values, the chosen one included), ``significant``
+        (``None`` with one seed: no spread to compare with), ``decided_by`` and ``text``
+    """
+    eligible = [s for s in summary if s.get("status") == "ok" and s.get("eligible", True)]
+    best = next(s for s in eligible if float(s["t"]) == chosen)
+    metric = rule.metric
+
+    def spread(s):
+        value = s.get(f"{metric}_std")
+        return None if value is None or value != value else float(value)  # NaN: one seed
+
+    if spread(best) is None:
+        return {"within_spread": [chosen], "significant": None, "decided_by": None,
+                "text": f"one seed: no seed spread to tell whether t = {t_text(chosen)} is "
+                        "better than its neighbours; run more seeds to know"}
+    within = [s for s in eligible if abs(s[metric] - best[metric])
+              <= max(spread(best), spread(s) or 0.0) + _TIE]
+    others = [s for s in within if s is not best]
+    tied = [s for s in others if round(s[metric] / _TIE) == round(best[metric] / _TIE)]
+    if not tied:
+        decided_by = f"the lowest mean {metric}"
+    elif all(round(s["AUROC"] / _TIE) != round(best["AUROC"] / _TIE) for s in tied):
+        decided_by = "the tie-break: higher mean validation AUROC"
+    else:
+        decided_by = "the tie-break: smaller t"
+    ts = [float(s["t"]) for s in within]
+    if not others:
+        text = (f"t = {t_text(chosen)} is the only candidate within the seed spread "
+                f"(± {100 * spread(best):.2f}) of its mean {metric}")
+    else:
+        text = (f"not significant: t = {', '.join(t_text(t) for t in ts)} are within the seed "
+                f"spread (± {100 * spread(best):.2f} points) of the chosen t's mean {metric}; "
+                f"the choice among them was made by {decided_by}, not by a difference larger "
+                "than the noise")
+    return {"within_spread": ts, "significant": not others, "decided_by": decided_by,
+            "text": text}
+
+
 def t_text(t: float) -> str:
     return f"{t:g}"
 
@@ -213,6 +262,8 @@ def format_table(record: Mapping[str, Any]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Rule: {record['rule']['text']}", "",
               f"Chosen t = {t_text(record['chosen_t'])}"]
+    if record.get("significance"):
+        lines.append(f"Significance: {record['significance']['text']}.")
     lines += [f"Warning: {w}" for w in record.get("warnings", [])]
     return "\n".join(lines) + "\n"
 

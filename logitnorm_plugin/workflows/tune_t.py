@@ -74,6 +74,7 @@ from logitnorm_plugin.workflows.t_selection import (
     edge_warnings,
     format_table,
     select_t,
+    significance,
     summarize,
     t_text,
 )
@@ -289,6 +290,7 @@ def tune_t(
             "rule": rule.to_dict(),
             "results": summary,
             "warnings": edge_warnings(chosen, grid),
+            "significance": significance(summary, chosen, rule),
             "training": {
                 "recipe": rec.name,
                 "epochs": first["epochs"],
