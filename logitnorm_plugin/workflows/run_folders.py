@@ -4,13 +4,15 @@ aside; never delete it)."""
 
 from __future__ import annotations
 
-import sys
+import logging
 import time
 from pathlib import Path
 
 from logitnorm_plugin._core.errors import UserError
 from logitnorm_plugin._core.tables import plural
 from logitnorm_plugin.training.runs import CONFIG_FILE, config_differences, read_config
+
+_log = logging.getLogger(__name__)
 
 __all__ = ["replace_or_refuse", "stored_differences"]
 
@@ -42,5 +44,5 @@ def replace_or_refuse(requests, out: Path, force: bool) -> None:
     for request in stale:
         aside = request.run_dir.with_name(f"{request.run_dir.name}.replaced-{stamp}")
         request.run_dir.rename(aside)
-        print(f"bench: --force: {request.run_dir.name} was trained with other settings; moved "
-              f"to {aside}", file=sys.stderr, flush=True)
+        _log.warning(f"bench: --force: {request.run_dir.name} was trained with other settings; "
+                     f"moved to {aside}")
