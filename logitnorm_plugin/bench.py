@@ -113,6 +113,29 @@ class _TrainRequest:
         )
         return cls(loss, seed, run_dir, train_kwargs, request)
 
+    def is_trained(self) -> bool:
+        """Whether the run folder holds a finished model trained for this request."""
+        from logitnorm_plugin.runs import CARD_FILE
+
+        request_path = self.run_dir / REQUEST_FILE
+        return (
+            (self.run_dir / CARD_FILE).is_file()
+            and request_path.is_file()
+            and json.loads(request_path.read_text(encoding="utf-8")) == self.request
+        )
+
+    def ensure_trained(self, device: str | None = None) -> bool:
+        """Train (or resume) the model unless :meth:`is_trained`; whether it trained now.
+        ``device`` replaces the one resolved by bench (a job resolves its own)."""
+        from logitnorm_plugin.training import train
+
+        if self.is_trained():
+            return False
+        kwargs = self.train_kwargs if device is None else {**self.train_kwargs, "device": device}
+        train(**kwargs)
+        write_json(self.run_dir / REQUEST_FILE, self.request)
+        return True
+
     def spec(self):
         """Train (or reuse, or resume) the model and describe it as a
         :class:`~logitnorm_plugin.specs.ModelSpec`.
@@ -121,19 +144,9 @@ class _TrainRequest:
         reused as it is (nothing is rewritten); an unfinished one is resumed; one trained with
         other settings is an error (:class:`~logitnorm_plugin.errors.ConfigMismatchError`):
         the trainer's ``resume="auto"`` compares every configuration recorded there."""
-        from logitnorm_plugin.runs import CARD_FILE
         from logitnorm_plugin.specs import resolve_model
-        from logitnorm_plugin.training import train
 
-        request_path = self.run_dir / REQUEST_FILE
-        reuse = (
-            (self.run_dir / CARD_FILE).is_file()
-            and request_path.is_file()
-            and json.loads(request_path.read_text(encoding="utf-8")) == self.request
-        )
-        if not reuse:
-            train(**self.train_kwargs)
-            write_json(request_path, self.request)
+        reuse = not self.ensure_trained()
         spec = resolve_model(str(self.run_dir))
         spec.extra["trained_now"] = not reuse
         spec.label = f"{self.loss}/s{self.seed}"
@@ -169,6 +182,7 @@ def run(
     stdout=None,
     outliers: str | None = None,
     lock_timeout: float | None = None,
+    executor=None,
 ) -> dict:
     """Run a comparison and write its outputs; what ``logitnorm-ood bench`` does.
 
@@ -180,8 +194,11 @@ def run(
     source of the objectives that need one (``outlier_exposure``, ...; default: the dataset's
     named source, :data:`~logitnorm_plugin.data.outliers.DEFAULT_OUTLIERS`); the other
     objectives train without. ``lock_timeout``: seconds to wait for another run that holds
-    ``out`` (``None``: as long as it takes; 0: fail at once). The other parameters are the
-    command-line options of the same names.
+    ``out`` (``None``: as long as it takes; 0: fail at once). ``executor``: a
+    :class:`~logitnorm_plugin.workflows.executors.ExecutorSpec` that trains and evaluates the
+    models as jobs of a local pool or of Slurm (:mod:`logitnorm_plugin.workflows`; ``None``:
+    inline, in this process). The other parameters are the command-line options of the same
+    names.
 
     :return: dict with ``rows``, ``aggregate``, ``table`` and ``markdown`` (the table alone and
         the whole ``table.md``), ``readme_markdown`` (what ``--update-readme`` writes: the
@@ -190,13 +207,23 @@ def run(
     """
     from logitnorm_plugin.device import resolve_device, resolve_threads, torch_threads
 
-    device = str(resolve_device(device))
+    # the jobs of another executor resolve the device where they run
+    requested_device, device = str(device), str(resolve_device(device))
     with torch_threads(resolve_threads(threads, device, benchmark)):
         comparison = _Comparison(
             benchmark, models, losses, detectors, seeds, device, Path(out), data_root,
             download, force, batch_size, protocol, recipe, epochs, t, t_from, progress, plots,
             num_workers, command, outliers,
         )
+        if executor is not None and executor.name != "inline":
+            comparison.executor = (executor, requested_device, {
+                "benchmark": benchmark, "losses": list(losses), "detectors": list(detectors),
+                "seeds": list(seeds), "device": requested_device, "out": str(out),
+                "data_root": data_root, "download": download, "batch_size": batch_size,
+                "protocol": protocol, "recipe": recipe, "epochs": epochs, "t": t,
+                "t_from": t_from, "progress": progress, "plots": plots,
+                "num_workers": num_workers, "threads": threads, "command": command,
+                "outliers": outliers})
         with locks.hold(out, timeout=lock_timeout, what="results folder",
                         advice="wait for it to finish (or raise --lock-timeout), or choose "
                         "another --out folder"):
@@ -219,6 +246,7 @@ class _Comparison:
         self.download, self.force, self.batch_size = download, force, batch_size
         self.protocol, self.progress, self.plots = protocol, progress, plots
         self.num_workers, self.command = num_workers, command
+        self.data_root, self.executor, self.cells_elsewhere = data_root, None, 0
         # check names, data and training configurations first: nothing trains before all pass
         self.all_detectors = _means_all(detectors)
         if self.all_detectors:
@@ -242,10 +270,16 @@ class _Comparison:
         from logitnorm_plugin.specs import evaluation_config
 
         stdout = stdout or sys.stdout
+        remote = self._run_jobs() if self.executor is not None else None
+        if remote is not None and remote.waiting:
+            return self._submitted(remote, stdout)
         if self.models:
             specs = model_specs(self.models, download=self.download)  # unique labels
         else:
             specs = [request.spec() for request in self.to_train]
+        if remote is not None:
+            for request, spec in zip(self.to_train, specs):
+                spec.extra["trained_now"] |= request.run_dir in remote.trained
         if self.all_detectors:
             self._keep_constructible(specs)
         record = provenance.collect(
@@ -261,6 +295,24 @@ class _Comparison:
         rows, summary, per_dataset, cells_before, hist = self._evaluate(specs, record, cfg)
         return self._write(specs, rows, summary, per_dataset, cells_before, hist, record, cfg,
                            stdout)
+
+    def _run_jobs(self):
+        """``--executor local|slurm``: train and evaluate as jobs, merged into the store;
+        the inline steps that follow find every model and cell (they compute nothing)."""
+        from logitnorm_plugin.workflows.plan import run_remote
+
+        spec, device, call = self.executor
+        remote = run_remote(self, spec, device, _torch_threads(), call)
+        self.force = False  # the jobs recomputed what --force asked for
+        self.cells_elsewhere = remote.cells
+        return remote
+
+    def _submitted(self, remote, stdout) -> dict:
+        """``--no-wait``: what was submitted, and how to finish."""
+        print(f"submitted {plural(len(remote.submitted), 'job')} to Slurm; when they are done, "
+              f"`logitnorm-ood gather {self.out}` writes the tables", file=stdout)
+        return {"submitted": [(job.name, job_id) for job, job_id in remote.submitted],
+                "out": self.out, "seconds": time.perf_counter() - self.start}
 
     def _keep_constructible(self, specs) -> None:
         """``--detectors all``: keep the detectors that every model can build (a feature
@@ -314,6 +366,7 @@ class _Comparison:
         self.first_seed = first_seed
         with ResultStore(self.out / STORE_FILE, replace_incompatible=self.force) as store:
             cells_before = 0 if self.force else self._stored_cells(store, specs, cfg)
+            cells_before -= self.cells_elsewhere  # computed by this run's jobs
             if self.progress:
                 print(self._reuse_line(specs, cells_before), file=sys.stderr, flush=True)
             while True:

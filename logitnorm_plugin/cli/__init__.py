@@ -22,6 +22,7 @@ COMMANDS = {
     "export": "export",
     "report": "report",
     "tune-t": "tune_t",
+    "gather": "gather",
 }
 
 #: one line per command for the top-level help (the modules hold the same text as HELP)
@@ -32,6 +33,7 @@ SUMMARIES = {
     "export": "export results or a model entry for pytorch-ood",
     "report": "write a Markdown report with plots",
     "tune-t": "choose the LogitNorm temperature on Gaussian noise",
+    "gather": "finish a bench submitted with --no-wait (wait, merge, write the tables)",
 }
 
 

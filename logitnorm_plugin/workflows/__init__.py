@@ -1,0 +1,1 @@
+"""Bench plans, executors (inline, local pool, Slurm through submitit), shards and gather."""
