@@ -194,11 +194,9 @@ def run(
     source of the objectives that need one (``outlier_exposure``, ...; default: the dataset's
     named source, :data:`~logitnorm_plugin.data.outliers.DEFAULT_OUTLIERS`); the other
     objectives train without. ``lock_timeout``: seconds to wait for another run that holds
-    ``out`` (``None``: as long as it takes; 0: fail at once). ``executor``: a
-    :class:`~logitnorm_plugin.workflows.executors.ExecutorSpec` that trains and evaluates the
-    models as jobs of a local pool or of Slurm (:mod:`logitnorm_plugin.workflows`; ``None``:
-    inline, in this process). The other parameters are the command-line options of the same
-    names.
+    ``out`` (``None``: as long as it takes; 0: fail at once). ``executor``: an
+    :class:`~logitnorm_plugin.workflows.executors.ExecutorSpec` (jobs on a local pool or Slurm;
+    ``None``: inline). The other parameters are the command-line options of the same names.
 
     :return: dict with ``rows``, ``aggregate``, ``table`` and ``markdown`` (the table alone and
         the whole ``table.md``), ``readme_markdown`` (what ``--update-readme`` writes: the
@@ -207,6 +205,7 @@ def run(
     """
     from logitnorm_plugin.device import resolve_device, resolve_threads, torch_threads
 
+    call = dict(locals())  # the arguments, recorded by a --no-wait submission for gather
     # the jobs of another executor resolve the device where they run
     requested_device, device = str(device), str(resolve_device(device))
     with torch_threads(resolve_threads(threads, device, benchmark)):
@@ -216,14 +215,7 @@ def run(
             num_workers, command, outliers,
         )
         if executor is not None and executor.name != "inline":
-            comparison.executor = (executor, requested_device, {
-                "benchmark": benchmark, "losses": list(losses), "detectors": list(detectors),
-                "seeds": list(seeds), "device": requested_device, "out": str(out),
-                "data_root": data_root, "download": download, "batch_size": batch_size,
-                "protocol": protocol, "recipe": recipe, "epochs": epochs, "t": t,
-                "t_from": t_from, "progress": progress, "plots": plots,
-                "num_workers": num_workers, "threads": threads, "command": command,
-                "outliers": outliers})
+            comparison.executor = (executor, requested_device, call)
         with locks.hold(out, timeout=lock_timeout, what="results folder",
                         advice="wait for it to finish (or raise --lock-timeout), or choose "
                         "another --out folder"):
@@ -366,9 +358,9 @@ class _Comparison:
         self.first_seed = first_seed
         with ResultStore(self.out / STORE_FILE, replace_incompatible=self.force) as store:
             cells_before = 0 if self.force else self._stored_cells(store, specs, cfg)
-            cells_before -= self.cells_elsewhere  # computed by this run's jobs
             if self.progress:
                 print(self._reuse_line(specs, cells_before), file=sys.stderr, flush=True)
+            cells_before -= self.cells_elsewhere  # computed by this run's jobs
             while True:
                 try:
                     rows = evaluate(
@@ -442,8 +434,10 @@ class _Comparison:
             reused = sum(not s.extra.get("trained_now") for s in specs)
             models = (f"reused {reused} of {plural(len(specs), 'trained model')} from "
                       f"{self.out / 'runs'}")
+        jobs = (f" ({self.cells_elsewhere} of them computed by this run's jobs)"
+                if self.cells_elsewhere else "")
         return (f"bench: {models}, {cells_before} of {plural(cells, 'cell')} from "
-                f"{self.out / STORE_FILE}; {cells - cells_before} to evaluate on "
+                f"{self.out / STORE_FILE}{jobs}; {cells - cells_before} to evaluate on "
                 f"{self.device}")
 
     def _write(self, specs, rows, summary, per_dataset, cells_before, hist, record, cfg,

@@ -24,6 +24,7 @@ FLOORS = {
     "training": 3, "evaluation": 3,
     "bench_output": 2,
     "tuning": 4, "bench": 4, "export": 4, "upstream": 4, "report": 4, "report_figures": 4,
+    "workflows": 4,
     "cli": 5,
 }
 

@@ -156,9 +156,10 @@ def run_remote(comparison, spec: ExecutorSpec, device: str, threads: int,
             arrays = SlurmArrays(spec, folder / "slurm", c.progress)
             submitted = arrays.submit(plan)
             if not spec.wait:
-                write_json(submission, {"call": call, "command": c.command, "jobs": [
+                write_json(submission, {"call": _json_call(call), "command": c.command, "jobs": [
                     {"name": job.name, "slug": job.slug, "status_dir": job.status_dir,
-                     "kind": type(job).__name__, "run_dir": _run_dir(job), "job_id": job_id}
+                     "kind": type(job).__name__, "run_dir": _run_dir(job), "after": job.after,
+                     "job_id": job_id}
                     for job, job_id in submitted]})
                 result.submitted = submitted
                 return result
@@ -168,6 +169,10 @@ def run_remote(comparison, spec: ExecutorSpec, device: str, threads: int,
     result.trained = {Path(_run_dir(o.job)) for o in outcomes
                       if o.ok and _run_dir(o.job) and o.job.slug.startswith("train-")}
     failed = [o for o in outcomes if not o.ok]
+    failed_training = {o.job.slug for o in failed if o.job.slug.startswith("train-")}
+    for o in failed:
+        if o.job.after in failed_training:  # Slurm ran it (afterany) without its model
+            o.state, o.error, o.tail = "NOT RUN", "its training job failed", []
     if failed:
         _report(failed, len(outcomes), c.command)
     left = bench_plan(c, ctx)
@@ -176,6 +181,14 @@ def run_remote(comparison, spec: ExecutorSpec, device: str, threads: int,
                         "finished: " + ", ".join(j.name for j in [*left.trainings,
                                                                  *left.evaluations]))
     return result
+
+
+def _json_call(call: dict | None) -> dict:
+    """bench's arguments as JSON, without those that ``gather`` gives itself."""
+    skip = ("stdout", "executor", "models", "lock_timeout")
+    return {k: (list(v) if isinstance(v, (tuple, list)) else
+                str(v) if isinstance(v, Path) else v)
+            for k, v in (call or {}).items() if k not in skip}
 
 
 def _run_dir(job: Job) -> str | None:
@@ -196,7 +209,8 @@ class _RecordedJob(Job):
 def _read_submission(path: Path) -> list[tuple[Job, str]]:
     data = json.loads(path.read_text(encoding="utf-8"))
     return [(_RecordedJob(name=j["name"], slug=j["slug"], status_dir=j["status_dir"],
-                          run_dir=j.get("run_dir")), j["job_id"]) for j in data["jobs"]]
+                          run_dir=j.get("run_dir"), after=j.get("after")), j["job_id"])
+            for j in data["jobs"]]
 
 
 def read_call(out) -> dict:
