@@ -203,9 +203,9 @@ def run(
         same, with a pointer to ``table.md`` instead of more than :data:`README_MAX_ROWS`
         per-OOD-set rows), ``config_id``, ``out``, ``seconds`` and ``plots``
     """
+    call = dict(locals())  # the arguments, recorded by a --no-wait submission for gather
     from logitnorm_plugin.device import resolve_device, resolve_threads, torch_threads
 
-    call = dict(locals())  # the arguments, recorded by a --no-wait submission for gather
     # the jobs of another executor resolve the device where they run
     requested_device, device = str(device), str(resolve_device(device))
     with torch_threads(resolve_threads(threads, device, benchmark)):
