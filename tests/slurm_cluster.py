@@ -68,7 +68,8 @@ class LocalSlurm:
             "SlurmUser=root",
             f"SlurmctldPort={_free_port()}",
             f"SlurmdPort={_free_port()}",
-            f"AuthInfo=socket={self.socket}",
+            # cred_expire: also the delay before a requeued job may start again (default 120 s)
+            f"AuthInfo=socket={self.socket},cred_expire=10",
             f"SlurmctldPidFile={self.pid_files['slurmctld']}",
             f"SlurmdPidFile={self.pid_files['slurmd']}",
             f"StateSaveLocation={self.root / 'state'}",
@@ -118,8 +119,24 @@ class LocalSlurm:
             raise RuntimeError(f"{command[0] if command[0] != 'runuser' else 'munged'} did not "
                                f"start: {done.stderr.strip() or done.stdout.strip()}")
 
+    def drain(self, timeout: float = 60) -> None:
+        """Cancel this cluster's jobs and wait until none is left, not even completing: a job
+        step whose slurmd is gone would wait for it for ever."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            queue = subprocess.run(["squeue", "-h", "-o", "%A"], capture_output=True,
+                                   text=True, env=self.env, timeout=30)
+            jobs = queue.stdout.split()
+            if queue.returncode != 0 or not jobs:
+                return
+            subprocess.run(["scancel", *jobs], capture_output=True, env=self.env, timeout=30)
+            time.sleep(0.5)
+
     def stop(self) -> None:
-        """Stop the daemons this cluster started (by their pid files), newest first."""
+        """Stop the daemons this cluster started (by their pid files), newest first, once its
+        jobs are gone."""
+        if self.pid_files["slurmctld"].is_file():
+            self.drain()
         for name in ("slurmd", "slurmctld", "munged"):
             path = self.pid_files[name]
             try:

@@ -169,6 +169,41 @@ def test_a_job_that_raises_reports_its_log(tmp_path, slurm_cluster):  # noqa: F8
     assert "    logitnorm_plugin.errors.CorruptDataError" in done.stderr
 
 
+def test_preempted_training_is_requeued_and_resumes_from_its_checkpoint(tmp_path,
+                                                                        slurm_cluster):  # noqa: F811
+    command = ["bench", "--epochs", "20", "--seeds", "0", "--losses", "cross_entropy",
+               "--detectors", "msp", "--no-plots", "--out", "out", "--executor", "slurm"]
+    script = Path(sys.executable).parent / "logitnorm-ood"
+    driver = subprocess.Popen([str(script), *command], cwd=tmp_path, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    run = tmp_path / "out" / "runs" / "digits-cross_entropy-s0"
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "checkpoint.pt").is_file() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        running = subprocess.run(["squeue", "-h", "-r", "-t", "RUNNING", "-o", "%i"],
+                                 capture_output=True, text=True).stdout.split()
+        assert len(running) == 1, running  # the training job, after its first epoch
+        # what Slurm sends before it preempts a job or its time runs out (submitit's signal)
+        subprocess.run(["scancel", "--signal=USR2", running[0]], check=True)
+        stdout, stderr = driver.communicate(timeout=300)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 0, stderr
+    job = subprocess.run(["scontrol", "-o", "show", "job", running[0]], capture_output=True,
+                         text=True).stdout
+    assert "Restarts=1" in job and "JobState=COMPLETED" in job
+    logs = "".join(p.read_text() for p in (tmp_path / "out" / "workflow" / "slurm").glob(
+        "*_log.err"))
+    assert "this job is preempted" in logs
+    assert f"resuming {Path('out') / 'runs' / 'digits-cross_entropy-s0'} after epoch" in logs
+    epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text()
+              .splitlines()]
+    assert epochs == list(range(1, 21))
+    assert "| cross_entropy | msp" in stdout
+
+
 # -- no cluster needed -------------------------------------------------------------------------
 
 
