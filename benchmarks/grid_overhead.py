@@ -12,6 +12,7 @@ Usage::
 
     python benchmarks/grid_overhead.py --start-local-slurm           # default grid
     python benchmarks/grid_overhead.py --epochs 1 --seeds 0 --executors slurm
+    python benchmarks/grid_overhead.py --device cuda --executors local --jobs-per-gpu 1 2 4
 """
 
 from __future__ import annotations
@@ -38,10 +39,13 @@ def _local_slurm():
     return module
 
 
-def _bench(args, executor: str, out: Path) -> tuple[float, dict]:
+def _bench(args, executor: str, out: Path, jobs_per_gpu: int | None = None
+           ) -> tuple[float, dict]:
     script = Path(sys.executable).parent / "logitnorm-ood"
     command = [str(script), "bench", "--out", str(out), "--no-progress", "--no-plots",
-               "--device", "cpu", "--executor", executor]
+               "--device", args.device, "--executor", executor]
+    if jobs_per_gpu is not None:
+        command += ["--jobs-per-gpu", str(jobs_per_gpu)]
     if args.epochs is not None:
         command += ["--epochs", str(args.epochs)]
     if args.seeds:
@@ -64,6 +68,9 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=None, help="default: the recipe's")
     parser.add_argument("--seeds", nargs="+", default=None, help="default: 0 1 2")
     parser.add_argument("--partition", default=None, help="Slurm partition")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--jobs-per-gpu", type=int, nargs="+", default=None, metavar="K",
+                        help="on a GPU: run the local pool once per K (--jobs-per-gpu K)")
     parser.add_argument("--start-local-slurm", action="store_true",
                         help="start the tests' single-node Slurm for the run (root)")
     parser.add_argument("--out", default="benchmarks/results")
@@ -80,13 +87,17 @@ def main(argv=None) -> int:
         record = {"inline_s": inline_s, "cells": len(reference), "cpus": os.cpu_count(),
                   "epochs": args.epochs, "seeds": args.seeds, "executors": {}}
         print(f"inline: {inline_s:.1f} s, {len(reference)} cells")
-        for executor in args.executors:
-            seconds, cells = _bench(args, executor, work / executor)
+        runs = [(e, None) for e in args.executors if e != "local" or not args.jobs_per_gpu]
+        if "local" in args.executors and args.jobs_per_gpu:
+            runs += [("local", k) for k in args.jobs_per_gpu]
+        for executor, k in runs:
+            name = executor if k is None else f"local-k{k}"
+            seconds, cells = _bench(args, executor, work / name, k)
             same = cells.keys() == reference.keys() and all(
                 {k: v for k, v in cells[key].items()} == reference[key] for key in cells)
-            record["executors"][executor] = {"seconds": seconds, "ratio": seconds / inline_s,
-                                             "same_cells": same}
-            print(f"{executor}: {seconds:.1f} s, {seconds / inline_s:.2f} x inline, "
+            record["executors"][name] = {"seconds": seconds, "ratio": seconds / inline_s,
+                                         "same_cells": same}
+            print(f"{name}: {seconds:.1f} s, {seconds / inline_s:.2f} x inline, "
                   f"cells {'equal to' if same else 'DIFFERENT from'} inline")
     finally:
         if cluster is not None:

@@ -294,7 +294,7 @@ class _Comparison:
         from logitnorm_plugin.workflows.plan import run_remote
 
         spec, device, call = self.executor
-        remote = run_remote(self, spec, device, _torch_threads(), call)
+        remote = run_remote(self, spec, device, call.get("threads"), call)
         self.force = False  # the jobs recomputed what --force asked for
         self.cells_elsewhere = remote.cells
         return remote

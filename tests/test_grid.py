@@ -4,6 +4,7 @@ the inline run's cells; failures, cancelled tasks, reruns, ``--no-wait`` + ``gat
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -74,6 +75,17 @@ def test_local_pool_gives_the_inline_cells(inline, tmp_path):
     assert again.returncode == 0, again.stderr
     assert "[1/" not in again.stderr and "0 of 2 models trained" in (
         out / "table.md").read_text()
+    # --force: both models evaluated again by jobs, their cells replace the stored ones
+    with ResultStore(out / "results.sqlite") as store:
+        runs_before = len(store.runs())
+    forced = cli("bench", *GRID, "--out", "out", "--executor", "local", "--workers", "2",
+                 "--force", cwd=tmp_path)
+    assert forced.returncode == 0, forced.stderr
+    assert "[2/2] evaluate" in forced.stderr and "train " not in forced.stderr
+    with ResultStore(out / "results.sqlite") as store:
+        assert store.count() == 16
+        assert all(r["run_id"] > runs_before for r in store.rows(with_ids=True))
+    same_cells(cells(inline), cells(out))
 
 
 def test_slurm_gives_the_inline_cells(inline, tmp_path, slurm_cluster):  # noqa: F811
@@ -145,6 +157,28 @@ def test_no_wait_then_gather(inline, tmp_path, slurm_cluster):  # noqa: F811
     assert not (out / "workflow" / "submission.json").exists()
     nothing = cli("gather", "out", cwd=tmp_path)
     assert nothing.returncode == 2 and "holds no submission" in nothing.stderr
+
+
+def test_an_interrupted_driver_is_gathered(inline, tmp_path, slurm_cluster):  # noqa: F811
+    script = Path(sys.executable).parent / "logitnorm-ood"
+    driver = subprocess.Popen([str(script), "bench", *GRID, "--out", "out", "--executor",
+                               "slurm"], cwd=tmp_path, text=True, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    submission = tmp_path / "out" / "workflow" / "submission.json"
+    try:
+        deadline = time.monotonic() + 120
+        while not submission.is_file() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert submission.is_file()
+        driver.send_signal(signal.SIGINT)  # a login session that ends, Ctrl-C
+        _, stderr = driver.communicate(timeout=60)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 130 and "interrupted" in stderr
+    gathered = cli("gather", "out", cwd=tmp_path)
+    assert gathered.returncode == 0, gathered.stderr
+    same_cells(cells(inline), cells(tmp_path / "out"))
 
 
 def test_a_job_that_raises_reports_its_log(tmp_path, slurm_cluster):  # noqa: F811
@@ -256,3 +290,38 @@ def test_non_inline_executors_refuse_what_they_cannot_split(tmp_path):
     with pytest.raises(UserError, match="--models"):
         bench.run(models=["x"], out=tmp_path / "o", executor=ExecutorSpec("local"),
                   progress=False)
+
+
+def test_cli_option_errors_are_one_line(tmp_path):
+    for args, expected in (
+        (["--workers", "2"], "--workers and --jobs-per-gpu go with --executor local"),
+        (["--executor", "local", "--no-wait"], "go with --executor slurm"),
+        (["--executor", "slurm", "--slurm-arg", "partition"], "--slurm-arg expects KEY=VALUE"),
+    ):
+        done = cli("bench", *args, "--out", "out", cwd=tmp_path)
+        assert done.returncode == 2, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("logitnorm-ood bench: error: "), lines
+        assert expected in done.stderr
+    assert not (tmp_path / "out" / "runs").exists()
+
+
+def test_slurm_without_sbatch_says_so(tmp_path):
+    env = {**os.environ, "PATH": str(Path(sys.executable).parent)}
+    script = Path(sys.executable).parent / "logitnorm-ood"
+    done = subprocess.run([str(script), "bench", "--executor", "slurm", "--out", "out"],
+                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert done.returncode == 2
+    assert "sbatch is not on PATH" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_local_workers_are_pinned_to_one_gpu_each(monkeypatch):
+    import multiprocessing
+
+    counter = multiprocessing.get_context("spawn").Value("i", 0)
+    seen = []
+    for _ in range(6):
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+        executors._pin(counter, 3, 2)  # 3 GPUs, 2 jobs per GPU
+        seen.append(os.environ["CUDA_VISIBLE_DEVICES"])
+    assert seen == ["0", "0", "1", "1", "2", "2"]

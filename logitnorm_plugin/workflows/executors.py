@@ -175,7 +175,11 @@ class LocalPool:
 
             def start(job):
                 job = self._prepare(job)
-                running[pool.submit(job)] = job
+                try:
+                    running[pool.submit(job)] = job
+                except cf.process.BrokenProcessPool:
+                    outcomes.append(Outcome(job, False, "NOT RUN", "the local pool broke (a "
+                                            "worker process died)"))
 
             for job in [*plan.trainings, *waiting.pop(None, [])]:
                 start(job)

@@ -36,13 +36,14 @@ TAIL_LINES = 8
 @dataclass(frozen=True)
 class Job:
     """What every job has: a name for people, a file name, where it records its status, the
-    device it asks for and the driver's torch CPU threads."""
+    device and torch CPU threads it asks for (as bench was given them)."""
 
     name: str
     slug: str
     status_dir: str
     device: str = "cpu"
-    threads: int = 1
+    threads: int | str | None = None  # bench's --threads, resolved where the job runs
+    dataset: str | None = None  # the benchmark's name (``--threads auto`` depends on it)
     log: str | None = field(default=None, compare=False)
     after: str | None = None  # the slug of the job this one waits for
 
@@ -53,12 +54,15 @@ class Job:
             write_json(Path(self.status_dir) / f"{self.slug}.json", status)
             import torch
 
-            from logitnorm_plugin.device import resolve_device
+            from logitnorm_plugin.device import resolve_device, resolve_threads
 
-            torch.set_num_threads(self.threads)
-            start = time.perf_counter()
             # resolved here, where the job runs: ``auto`` is the node's GPU, if it has one
-            result = self.work(str(resolve_device(self.device)))
+            device = str(resolve_device(self.device))
+            threads = resolve_threads(self.threads, device, self.dataset)
+            if threads is not None:
+                torch.set_num_threads(threads)
+            start = time.perf_counter()
+            result = self.work(device)
             return {**status, **(result or {}), "seconds": time.perf_counter() - start}
 
     def work(self, device: str) -> dict | None:  # pragma: no cover - every job overrides it

@@ -68,20 +68,22 @@ class RemoteResult:
 class _Context:
     out: Path
     device: str
-    threads: int
+    threads: int | str | None
 
     @property
     def status_dir(self) -> str:
         return str(self.out / WORKFLOW_DIR / "status")
 
 
-def bench_plan(comparison, ctx: _Context) -> Plan:
-    """The jobs ``comparison`` (bench's run, checked) still needs (see the module doc)."""
+def bench_plan(comparison, ctx: _Context, force: bool | None = None) -> Plan:
+    """The jobs ``comparison`` (bench's run, checked) still needs (see the module doc);
+    ``force`` (default: the comparison's ``--force``) evaluates every model again."""
     from logitnorm_plugin.conventions import config_hash
     from logitnorm_plugin.specs import evaluation_config, resolve_model
     from logitnorm_plugin.store import STORE_FILE, ResultStore
 
     c = comparison
+    force = c.force if force is None else force
     plan = Plan()
     settings = EvaluationRequest(
         benchmark=c.bench.name, detectors=tuple(c.detectors), batch_size=c.batch_size,
@@ -100,8 +102,9 @@ def bench_plan(comparison, ctx: _Context) -> Plan:
                 after = f"train-{slug}"
                 plan.trainings.append(TrainJob(
                     name=f"train {name}", slug=after, status_dir=ctx.status_dir,
-                    device=ctx.device, threads=ctx.threads, request=request))
-            elif not c.force:
+                    device=ctx.device, threads=ctx.threads, dataset=c.bench.name,
+                    request=request))
+            elif not force:
                 spec = resolve_model(str(request.run_dir))
                 keys = {r.key_for(spec, c.bench.std) for r in c.requests}
                 stored = {cell for cell in store.cells(spec.model_id(), cfg)}
@@ -109,7 +112,8 @@ def bench_plan(comparison, ctx: _Context) -> Plan:
                     continue
             plan.evaluations.append(EvaluateJob(
                 name=f"evaluate {name}", slug=f"evaluate-{slug}", status_dir=ctx.status_dir,
-                device=ctx.device, threads=ctx.threads, model=str(request.run_dir),
+                device=ctx.device, threads=ctx.threads, dataset=c.bench.name,
+                model=str(request.run_dir),
                 label=name, loss=request.loss, seed=request.seed,
                 keep_scores=bool(c.plots) and first_seed[request.loss] == request.run_dir,
                 shard=str(shard_path(c.out, f"evaluate-{slug}")), settings=settings,
@@ -117,7 +121,7 @@ def bench_plan(comparison, ctx: _Context) -> Plan:
     return plan
 
 
-def run_remote(comparison, spec: ExecutorSpec, device: str, threads: int,
+def run_remote(comparison, spec: ExecutorSpec, device: str, threads: int | str | None,
                call: dict | None = None) -> RemoteResult:
     """Run what ``comparison`` still needs on ``spec``'s executor and merge the results into
     its store; with ``--no-wait``, submit and record the submission (``call``: bench's
@@ -155,16 +159,18 @@ def run_remote(comparison, spec: ExecutorSpec, device: str, threads: int,
         else:
             arrays = SlurmArrays(spec, folder / "slurm", c.progress)
             submitted = arrays.submit(plan)
+            # recorded also while waiting: a driver that is interrupted can be gathered
+            write_json(submission, {"call": _json_call(call), "command": c.command, "jobs": [
+                {"name": job.name, "slug": job.slug, "status_dir": job.status_dir,
+                 "kind": type(job).__name__, "run_dir": _run_dir(job), "after": job.after,
+                 "job_id": job_id}
+                for job, job_id in submitted]})
             if not spec.wait:
-                write_json(submission, {"call": _json_call(call), "command": c.command, "jobs": [
-                    {"name": job.name, "slug": job.slug, "status_dir": job.status_dir,
-                     "kind": type(job).__name__, "run_dir": _run_dir(job), "after": job.after,
-                     "job_id": job_id}
-                    for job, job_id in submitted]})
                 result.submitted = submitted
                 return result
             outcomes = arrays.wait(submitted)
-    result.cells += merge_shards(c.out, remove_temporaries=True).added
+    # --force: the jobs recomputed every cell of their models; theirs replace the store's
+    result.cells += merge_shards(c.out, remove_temporaries=True, replace=c.force).added
     submission.unlink(missing_ok=True)
     result.trained = {Path(_run_dir(o.job)) for o in outcomes
                       if o.ok and _run_dir(o.job) and o.job.slug.startswith("train-")}
@@ -175,7 +181,7 @@ def run_remote(comparison, spec: ExecutorSpec, device: str, threads: int,
             o.state, o.error, o.tail = "NOT RUN", "its training job failed", []
     if failed:
         _report(failed, len(outcomes), c.command)
-    left = bench_plan(c, ctx)
+    left = bench_plan(c, ctx, force=False)
     if left:
         raise UserError(f"{len(left)} jobs of this bench are still missing after every job "
                         "finished: " + ", ".join(j.name for j in [*left.trainings,

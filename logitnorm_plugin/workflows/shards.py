@@ -62,9 +62,12 @@ def finished_shards(out) -> list[Path]:
     return sorted(p for p in folder.glob("*.sqlite") if not TEMPORARY_NAME.match(p.name))
 
 
-def merge_shards(out, shards=None, remove_temporaries: bool = False) -> MergeResult:
+def merge_shards(out, shards=None, remove_temporaries: bool = False,
+                 replace: bool = False) -> MergeResult:
     """Merge finished shards (default: all in ``out``) into ``out/results.sqlite``.
 
+    :param replace: a shard's cell replaces the store's (``bench --force``: the jobs
+        recomputed the cells the store had); default: the store's cell is kept
     :param remove_temporaries: also remove the temporary files that killed jobs left (only
         when no job of this results folder can still be running)
     :raises IncompatibleResultsError: a shard of another schema version, or not a store
@@ -81,7 +84,7 @@ def merge_shards(out, shards=None, remove_temporaries: bool = False) -> MergeRes
             db.execute("ATTACH DATABASE ? AS shard", (str(shard),))
             try:
                 with db:
-                    added, already = _merge_one(db)
+                    added, already = _merge_one(db, "REPLACE" if replace else "IGNORE")
             finally:
                 db.execute("DETACH DATABASE shard")
             result.added += added
@@ -97,7 +100,7 @@ def merge_shards(out, shards=None, remove_temporaries: bool = False) -> MergeRes
     return result
 
 
-def _merge_one(db: Connection) -> tuple[int, int]:
+def _merge_one(db: Connection, conflict: str) -> tuple[int, int]:
     runs = {}
     for run_id, created, record in db.execute(
             "SELECT run_id, created_utc, provenance FROM shard.runs").fetchall():
@@ -114,10 +117,10 @@ def _merge_one(db: Connection) -> tuple[int, int]:
                              ).fetchall():
         values = list(values)
         values[9] = runs.get(values[9])
-        db.execute(f"INSERT OR IGNORE INTO main.cells ({_CELL_COLUMNS}) "
+        db.execute(f"INSERT OR {conflict} INTO main.cells ({_CELL_COLUMNS}) "
                    f"VALUES ({', '.join('?' * len(values))})", values)
         offered += 1
-    db.execute("INSERT OR IGNORE INTO main.scores SELECT model_id, config_id, detector_id, "
+    db.execute(f"INSERT OR {conflict} INTO main.scores SELECT model_id, config_id, detector_id, "
                "dataset, n, data FROM shard.scores")
     added = db.execute("SELECT COUNT(*) FROM main.cells").fetchone()[0] - before
     return added, offered - added
