@@ -300,6 +300,11 @@ class SlurmArrays:
             return None
         if paths.result_pickle.exists():  # written just before the task left the queue
             return self._outcome(job, job_id, queued)
+        if state is None and not status:
+            # Slurm drops a pending array task that is cancelled (scancel, or a dependency
+            # that can never be met) at once, without a record: it never started
+            return Outcome(job, False, "CANCELLED", f"Slurm job {job_id} left the queue "
+                           "before it started (cancelled)", None, None, [], job_id)
         return Outcome(job, False, state or "ENDED", f"Slurm job {job_id} ended without a "
                        f"result ({state or 'no longer known to Slurm'})", node or slurm_node,
                        log, log_tail(log), job_id)
@@ -329,8 +334,17 @@ def _queued(arrays: set) -> set:
 
 
 def _final_state(job_id: str) -> tuple[str | None, str | None]:
-    """``(JobState, NodeList)`` of a job from ``scontrol`` (kept ``MinJobAge`` after it
-    ended), or ``(None, None)``."""
+    """``(state, node)`` of a job from Slurm's accounting (``sacct``, where the cluster keeps
+    it) or its controller (``scontrol``: kept ``MinJobAge`` after the job ended), or
+    ``(None, None)``."""
+    done = subprocess.run(["sacct", "-n", "-P", "-X", "-o", "State,NodeList", "-j", job_id],
+                          capture_output=True, text=True, timeout=60)
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    if done.returncode == 0 and lines:
+        state, _, node = lines[0].partition("|")
+        state = state.split()[0] if state.strip() else None
+        if state:
+            return state, (node if node and node not in ("None assigned", "(null)") else None)
     done = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True,
                           text=True, timeout=60)
     fields = dict(part.split("=", 1) for part in done.stdout.split() if "=" in part)
