@@ -245,6 +245,39 @@ def test_preempted_training_is_requeued_and_resumes_from_its_checkpoint(tmp_path
     assert "| cross_entropy | msp" in stdout
 
 
+@pytest.mark.slow
+def test_a_killed_pool_worker_is_reported_and_its_training_resumes(tmp_path):
+    command = ["bench", "--epochs", "20", "--seeds", "0", "--losses", "cross_entropy",
+               "--detectors", "msp", "--no-plots", "--out", "out", "--executor", "local"]
+    script = Path(sys.executable).parent / "logitnorm-ood"
+    driver = subprocess.Popen([str(script), *command], cwd=tmp_path, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    run = tmp_path / "out" / "runs" / "digits-cross_entropy-s0"
+    status = tmp_path / "out" / "workflow" / "status" / "train-digits-cross_entropy-s0.json"
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "checkpoint.pt").is_file() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(json.loads(status.read_text())["pid"], signal.SIGKILL)  # the OOM killer
+        _, stderr = driver.communicate(timeout=120)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 2, stderr
+    error = stderr.split("logitnorm-ood bench: error:")[1]
+    assert "Traceback" not in error
+    assert "train cross_entropy/s0 on " in error and ": KILLED: its worker process died" in error
+    assert not (run / "model.pt").exists()
+
+    again = cli(*command, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    log = (tmp_path / "out" / "workflow" / "logs" / "train-digits-cross_entropy-s0.log")
+    assert "resuming out/runs/digits-cross_entropy-s0 after epoch" in log.read_text()
+    epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text()
+              .splitlines()]
+    assert epochs == list(range(1, 21))
+
+
 # -- no cluster needed -------------------------------------------------------------------------
 
 
