@@ -96,7 +96,10 @@ def test_slurm_gives_the_inline_cells(inline, tmp_path, slurm_cluster):  # noqa:
     assert done.returncode == 0, done.stderr
     same_cells(cells(inline), cells(tmp_path / "out"))
     assert "submitted 2 training and 2 evaluation jobs to Slurm" in done.stderr
-    assert f"[4/4] evaluate logitnorm/s0: COMPLETED on {slurm_cluster.host}" in done.stderr
+    assert "[4/4] evaluate " in done.stderr  # evaluations wait for the trainings
+    for name in ("train cross_entropy/s0", "train logitnorm/s0", "evaluate cross_entropy/s0",
+                 "evaluate logitnorm/s0"):
+        assert f"{name}: COMPLETED on {slurm_cluster.host}" in done.stderr, name
     logs = tmp_path / "out" / "workflow" / "slurm"
     assert len(list(logs.glob("*_log.out"))) == 4
 

@@ -24,6 +24,7 @@ only here and only when Slurm is asked for.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import difflib
 import multiprocessing
 import os
 import pickle
@@ -35,7 +36,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from logitnorm_plugin.errors import UserError, one_line
+import torch
+
+from logitnorm_plugin.errors import UnknownNameError, UserError, one_line
 from logitnorm_plugin.workflows.jobs import Job, job_status, log_tail
 
 __all__ = ["EXECUTORS", "ExecutorSpec", "LocalPool", "Outcome", "SlurmArrays", "import_submitit"]
@@ -67,10 +70,6 @@ class ExecutorSpec:
 
     def __post_init__(self):
         if self.name not in EXECUTORS:
-            import difflib
-
-            from logitnorm_plugin.errors import UnknownNameError
-
             close = difflib.get_close_matches(self.name, EXECUTORS, n=1)
             raise UnknownNameError("executor", self.name, EXECUTORS, close[0] if close else None)
         if self.workers is not None and self.workers < 1:
@@ -105,7 +104,7 @@ class Outcome:
 def import_submitit():
     """submitit, or a one-line error naming the extra that installs it."""
     try:
-        import submitit
+        import submitit  # an optional dependency (the cluster extra): imported when asked for
     except ImportError as exc:
         raise UserError('--executor slurm needs submitit: pip install '
                         '"logitnorm-plugin[cluster]"') from exc
@@ -137,8 +136,6 @@ def _pin(counter, gpus: int, per_gpu: int) -> None:
 
 
 def _cuda_devices() -> int:
-    import torch
-
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 

@@ -20,12 +20,20 @@ import os
 import socket
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from logitnorm_plugin import provenance
 from logitnorm_plugin.atomic import temporary_path, write_json
+from logitnorm_plugin.device import resolve_device, resolve_threads
 from logitnorm_plugin.errors import UserError
+from logitnorm_plugin.evaluation import evaluate
+from logitnorm_plugin.runs import CARD_FILE
+from logitnorm_plugin.specs import resolve_model
 
 __all__ = ["EvaluateJob", "Job", "TrainJob", "job_status", "log_tail"]
 
@@ -52,10 +60,6 @@ class Job:
             status = {"job": self.name, "node": socket.gethostname(), "pid": os.getpid(),
                       "started": time.time(), "slurm_job_id": _slurm_job_id()}
             write_json(Path(self.status_dir) / f"{self.slug}.json", status)
-            import torch
-
-            from logitnorm_plugin.device import resolve_device, resolve_threads
-
             # resolved here, where the job runs: ``auto`` is the node's GPU, if it has one
             device = str(resolve_device(self.device))
             threads = resolve_threads(self.threads, device, self.dataset)
@@ -124,11 +128,6 @@ class EvaluateJob(Job):
     settings: EvaluationRequest | None = None
 
     def work(self, device: str) -> dict:
-        from logitnorm_plugin import provenance
-        from logitnorm_plugin.evaluation import evaluate
-        from logitnorm_plugin.runs import CARD_FILE
-        from logitnorm_plugin.specs import resolve_model
-
         s = self.settings
         if not (Path(self.model) / CARD_FILE).is_file():
             raise UserError(f"{self.label}: {self.model} holds no trained model (its training "
@@ -198,8 +197,6 @@ def _logging_to(path):
         try:
             yield
         except BaseException:
-            import traceback
-
             traceback.print_exc()
             raise
         finally:

@@ -24,7 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from logitnorm_plugin.atomic import write_json
+from logitnorm_plugin.conventions import config_hash
 from logitnorm_plugin.errors import UserError
+from logitnorm_plugin.specs import evaluation_config, resolve_model
+from logitnorm_plugin.store import STORE_FILE, ResultStore
 from logitnorm_plugin.workflows.executors import ExecutorSpec, LocalPool, Outcome, SlurmArrays
 from logitnorm_plugin.workflows.jobs import EvaluateJob, EvaluationRequest, Job, TrainJob
 from logitnorm_plugin.workflows.shards import WORKFLOW_DIR, merge_shards, shard_path
@@ -78,10 +81,6 @@ class _Context:
 def bench_plan(comparison, ctx: _Context, force: bool | None = None) -> Plan:
     """The jobs ``comparison`` (bench's run, checked) still needs (see the module doc);
     ``force`` (default: the comparison's ``--force``) evaluates every model again."""
-    from logitnorm_plugin.conventions import config_hash
-    from logitnorm_plugin.specs import evaluation_config, resolve_model
-    from logitnorm_plugin.store import STORE_FILE, ResultStore
-
     c = comparison
     force = c.force if force is None else force
     plan = Plan()
