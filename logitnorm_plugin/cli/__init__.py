@@ -24,6 +24,7 @@ COMMANDS = {
     "report": "report",
     "tune-t": "tune_t",
     "upstream-patch": "upstream_patch",
+    "gather": "gather",
 }
 
 #: one line per command for the top-level help (the modules hold the same text as HELP)
@@ -35,6 +36,7 @@ SUMMARIES = {
     "report": "write a Markdown report with plots",
     "tune-t": "choose the LogitNorm temperature on Gaussian noise",
     "upstream-patch": "write a git format-patch series adding LogitNorm's detector to pytorch-ood",
+    "gather": "finish a bench submitted with --no-wait (wait, merge, write the tables)",
 }
 
 

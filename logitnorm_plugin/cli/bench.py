@@ -67,6 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "until it ends; 0: fail at once)")
     parser.add_argument("--num-workers", type=int, default=0,
                         help="DataLoader workers for datasets without a tensor fast path")
+    add_executor_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--verbose", action="store_true",
                         help="a line per training epoch (default: a bar and one line per run)")
@@ -77,6 +78,53 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--readme-section", metavar="NAME", default=None,
                         help="with --update-readme: the section between "
                         "'<!-- logitnorm-ood bench NAME: start -->' and its end line instead")
+
+
+def add_executor_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--executor`` and its options (:mod:`logitnorm_plugin.workflows.executors`)."""
+    group = parser.add_argument_group("where the jobs run")
+    group.add_argument("--executor", choices=("inline", "local", "slurm"), default="inline",
+                       help="inline (default): train and evaluate in this process; local: a "
+                       "process pool on this machine (one GPU per worker); slurm: Slurm job "
+                       "arrays through submitit (pip install \"logitnorm-plugin[cluster]\")")
+    group.add_argument("--workers", type=int, default=None,
+                       help="local: pool size (default: GPUs x --jobs-per-gpu, or the CPUs)")
+    group.add_argument("--jobs-per-gpu", type=int, default=1, metavar="K",
+                       help="local: K workers (jobs at once) on each GPU (default: 1)")
+    group.add_argument("--slurm-partition", default=None, help="slurm: partition")
+    group.add_argument("--slurm-time", type=int, default=None, metavar="MINUTES",
+                       help="slurm: time limit per job in minutes (default: 60)")
+    group.add_argument("--slurm-gpus", type=int, default=None, metavar="N",
+                       help="slurm: GPUs per job")
+    group.add_argument("--slurm-cpus", type=int, default=None, metavar="N",
+                       help="slurm: CPUs per job")
+    group.add_argument("--slurm-array-parallelism", type=int, default=None, metavar="N",
+                       help="slurm: at most N jobs of an array at once")
+    group.add_argument("--slurm-arg", action="append", default=None, metavar="KEY=VALUE",
+                       help="slurm: any parameter of submitit's update_parameters (e.g. "
+                       "slurm_account=abc, mem_gb=16); repeatable")
+    group.add_argument("--no-wait", action="store_true",
+                       help="slurm: submit and return; `logitnorm-ood gather OUT` writes the "
+                       "tables when the jobs are done")
+
+
+def executor_spec(args):
+    """The :class:`~logitnorm_plugin.workflows.executors.ExecutorSpec` of the options, or
+    ``None`` for inline."""
+    slurm = {}
+    for option, key in (("slurm_partition", "slurm_partition"), ("slurm_time", "timeout_min"),
+                        ("slurm_gpus", "gpus_per_node"), ("slurm_cpus", "cpus_per_task"),
+                        ("slurm_array_parallelism", "slurm_array_parallelism")):
+        if getattr(args, option) is not None:
+            slurm[key] = getattr(args, option)
+    slurm.update(_args.key_values(args.slurm_arg, "--slurm-arg"))
+    if args.executor == "inline" and not (slurm or args.no_wait or args.workers is not None
+                                          or args.jobs_per_gpu != 1):
+        return None
+    from logitnorm_plugin.workflows.executors import ExecutorSpec
+
+    return ExecutorSpec(args.executor, workers=args.workers, jobs_per_gpu=args.jobs_per_gpu,
+                        wait=not args.no_wait, slurm=tuple(slurm.items()))
 
 
 def run(args) -> int:
@@ -116,7 +164,9 @@ def run(args) -> int:
         command=_args.command_line("bench") or "logitnorm-ood bench",
         outliers=args.outliers,
         lock_timeout=args.lock_timeout,
-    ))
+    ), executor=executor_spec(args))
+    if "submitted" in result:
+        return 0
     if args.update_readme:
         update_readme(args.update_readme, result["readme_markdown"], args.readme_section)
         print(f"updated {args.update_readme}")

@@ -34,7 +34,7 @@ import logging
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from tqdm import tqdm as _tqdm
@@ -141,6 +141,30 @@ class _TrainRequest:
         return cls(loss, seed, run_dir, train_kwargs, request,
                    stored_differences(run_dir, config.to_dict()))
 
+    def is_trained(self) -> bool:
+        """Whether the run folder holds a finished model trained for this request."""
+        request_path = self.run_dir / REQUEST_FILE
+        return (
+            (self.run_dir / CARD_FILE).is_file()
+            and request_path.is_file()
+            and json.loads(request_path.read_text(encoding="utf-8")) == self.request
+        )
+
+    def ensure_trained(self, device: str | None = None) -> bool:
+        """Train (or resume) the model unless :meth:`is_trained`; whether it trained now.
+        ``device`` replaces the one resolved by bench (a job resolves its own)."""
+        if self.is_trained():
+            return False
+        kwargs = self.train_kwargs if device is None else {**self.train_kwargs, "device": device}
+        result = train(**kwargs)
+        write_json(self.run_dir / REQUEST_FILE, self.request)
+        if kwargs["progress"] == "bar":
+            last = result.metrics[-1]
+            _tqdm.write(f"bench: trained {self.loss} s{self.seed}: {last['epoch']} epochs, "
+                        f"{sum(r['seconds'] for r in result.metrics):.1f} s, accuracy "
+                        f"{result.card['metrics']['final_accuracy']:.4f}", file=sys.stderr)
+        return True
+
     def spec(self):
         """Train (or reuse, or resume) the model and describe it as a
         :class:`~logitnorm_plugin.evaluation.specs.ModelSpec`.
@@ -150,20 +174,7 @@ class _TrainRequest:
         other settings is an error (:class:`~logitnorm_plugin._core.errors.ConfigMismatchError`):
         the trainer's ``resume="auto"`` compares every configuration recorded there."""
 
-        request_path = self.run_dir / REQUEST_FILE
-        reuse = (
-            (self.run_dir / CARD_FILE).is_file()
-            and request_path.is_file()
-            and json.loads(request_path.read_text(encoding="utf-8")) == self.request
-        )
-        if not reuse:
-            result = train(**self.train_kwargs)
-            write_json(request_path, self.request)
-            if self.train_kwargs["progress"] == "bar":
-                last = result.metrics[-1]
-                _tqdm.write(f"bench: trained {self.loss} s{self.seed}: {last['epoch']} epochs, "
-                            f"{sum(r['seconds'] for r in result.metrics):.1f} s, accuracy "
-                            f"{result.card['metrics']['final_accuracy']:.4f}", file=sys.stderr)
+        reuse = not self.ensure_trained()
         spec = resolve_model(str(self.run_dir))
         spec.extra["trained_now"] = not reuse
         spec.label = f"{self.loss}/s{self.seed}"
@@ -174,13 +185,16 @@ class _TrainRequest:
 # -- the run -----------------------------------------------------------------------------------
 
 
-def run(request: BenchRequest | None = None, *, stdout=None, **options) -> dict:
+def run(request: BenchRequest | None = None, *, stdout=None, executor=None,
+        **options) -> dict:
     """Run a comparison and write its outputs; what ``logitnorm-ood bench`` does.
 
     :param request: the whole request; or give its fields as keyword arguments
         (:class:`~logitnorm_plugin.workflows.bench_request.BenchRequest`: the command-line
         options of the same names)
     :param stdout: where the table is printed (default: ``sys.stdout``)
+    :param executor: an :class:`~logitnorm_plugin.workflows.executors.ExecutorSpec`: where
+        the training and evaluation jobs run (a local pool, Slurm); ``None``: inline
     :return: dict with ``rows``, ``aggregate``, ``table`` and ``markdown`` (the table alone and
         the whole ``table.md``), ``readme_markdown`` (what ``--update-readme`` writes: the
         same, with a pointer to ``table.md`` instead of more than :data:`README_MAX_ROWS`
@@ -190,9 +204,14 @@ def run(request: BenchRequest | None = None, *, stdout=None, **options) -> dict:
         request = BenchRequest(**options)
     elif options:
         raise TypeError(f"give a BenchRequest or its fields, not both ({sorted(options)})")
+    # the request's fields, recorded by a --no-wait submission for gather
+    call = {f.name: getattr(request, f.name) for f in fields(request) if f.compare}
+    # the jobs of another executor resolve the device where they run
     device = str(resolve_device(request.device))
     with torch_threads(resolve_threads(request.threads, device, request.benchmark)):
         comparison = _Comparison(request, device)
+        if executor is not None and executor.name != "inline":
+            comparison.executor = (executor, str(request.device), call)
         with locks.hold(request.out, timeout=request.lock_timeout, what="results folder",
                         advice="wait for it to finish (or raise --lock-timeout), or choose "
                         "another --out folder"):
@@ -211,6 +230,7 @@ class _Comparison:
         self.batch_size, self.protocol = request.batch_size, request.protocol
         self.progress, self.plots = request.progress, request.plots
         self.num_workers, self.command = request.num_workers, request.command
+        self.data_root, self.executor, self.cells_elsewhere = request.data_root, None, 0
         # check names, data and training configurations first: nothing trains before all pass
         self.all_detectors = _means_all(self.detectors)
         if self.all_detectors:
@@ -230,11 +250,18 @@ class _Comparison:
     def run(self, stdout) -> dict:
 
         stdout = stdout or sys.stdout
+        if not self.models:
+            replace_or_refuse(self.to_train, self.out, self.force)  # under the folder's lock
+        remote = self._run_jobs() if self.executor is not None else None
+        if remote is not None and remote.waiting:
+            return self._submitted(remote, stdout)
         if self.models:
             specs = model_specs(self.models, download=self.download)  # unique labels
         else:
-            replace_or_refuse(self.to_train, self.out, self.force)  # under the folder's lock
             specs = [request.spec() for request in self.to_train]
+        if remote is not None:
+            for request, spec in zip(self.to_train, specs):
+                spec.extra["trained_now"] |= request.run_dir in remote.trained
         if self.all_detectors:
             self._keep_constructible(specs)
         record = provenance.collect(
@@ -250,6 +277,24 @@ class _Comparison:
         rows, summary, per_dataset, cells_before, hist = self._evaluate(specs, record, cfg)
         return self._write(specs, rows, summary, per_dataset, cells_before, hist, record, cfg,
                            stdout)
+
+    def _run_jobs(self):
+        """``--executor local|slurm``: train and evaluate as jobs, merged into the store;
+        the inline steps that follow find every model and cell (they compute nothing)."""
+        from logitnorm_plugin.workflows.plan import run_remote
+
+        spec, device, call = self.executor
+        remote = run_remote(self, spec, device, call.get("threads"), call)
+        self.force = False  # the jobs recomputed what --force asked for
+        self.cells_elsewhere = remote.cells
+        return remote
+
+    def _submitted(self, remote, stdout) -> dict:
+        """``--no-wait``: what was submitted, and how to finish."""
+        print(f"submitted {plural(len(remote.submitted), 'job')} to Slurm; when they are done, "
+              f"`logitnorm-ood gather {self.out}` writes the tables", file=stdout)
+        return {"submitted": [(job.name, job_id) for job, job_id in remote.submitted],
+                "out": self.out, "seconds": time.perf_counter() - self.start}
 
     def _keep_constructible(self, specs) -> None:
         """``--detectors all``: keep the detectors that every model can build (a feature
@@ -302,10 +347,9 @@ class _Comparison:
         self.first_seed = first_seed
         with ResultStore(self.out / STORE_FILE, replace_incompatible=self.force) as store:
             cells_before = 0 if self.force else self._stored_cells(store, specs, cfg)
-            if self.progress:
-                _tqdm.write(self._reuse_line(specs, cells_before), file=sys.stderr)
             # also without progress output: what is reused decides what the numbers mean
             _tqdm.write(self._reuse_line(specs, cells_before), file=sys.stderr)
+            cells_before -= self.cells_elsewhere  # computed by this run's jobs
             while True:
                 try:
                     rows = evaluate(
@@ -383,8 +427,10 @@ class _Comparison:
             reused = sum(not s.extra.get("trained_now") for s in specs)
             models = (f"reused {reused} of {plural(len(specs), 'trained model')} from "
                       f"{self.out / 'runs'}")
+        jobs = (f" ({self.cells_elsewhere} of them computed by this run's jobs)"
+                if self.cells_elsewhere else "")
         return (f"bench: {models}, {cells_before} of {plural(cells, 'cell')} from "
-                f"{self.out / STORE_FILE}; {cells - cells_before} to evaluate on "
+                f"{self.out / STORE_FILE}{jobs}; {cells - cells_before} to evaluate on "
                 f"{self.device}")
 
     def _write(self, specs, rows, summary, per_dataset, cells_before, hist, record, cfg,
