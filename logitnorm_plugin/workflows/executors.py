@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from logitnorm_plugin._core.errors import UnknownNameError, UserError, one_line
 from logitnorm_plugin.workflows.jobs import Job, job_status, log_tail
@@ -112,8 +113,9 @@ def import_submitit():
 
 
 def _say(progress: bool, text: str) -> None:
+    """A progress line per finished job (tqdm's channel: it does not break a bar)."""
     if progress:
-        print(f"bench: {text}", file=sys.stderr, flush=True)
+        tqdm.write(f"bench: {text}", file=sys.stderr)
 
 
 def _finished_line(outcome: Outcome, done: int, total: int) -> str:

@@ -19,7 +19,7 @@ those jobs and finishes the tables (:mod:`logitnorm_plugin.workflows.gather`).
 from __future__ import annotations
 
 import json
-import sys
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +33,8 @@ from logitnorm_plugin.workflows.jobs import EvaluateJob, EvaluationRequest, Job,
 from logitnorm_plugin.workflows.shards import WORKFLOW_DIR, merge_shards, shard_path
 
 __all__ = ["JobsFailedError", "Plan", "RemoteResult", "bench_plan", "run_remote"]
+
+_log = logging.getLogger(__name__)
 
 #: the record of a ``--no-wait`` submission, under ``<out>/workflow/``
 SUBMISSION_FILE = "submission.json"
@@ -237,9 +239,8 @@ def _report(failed: list[Outcome], total: int, command: str | None) -> None:
         log = f"; log: {o.log}" if o.log else ""
         lines.append(f"{o.job.name}{slurm}{where}: {o.state}: {o.error}{log}")
         if o.tail:
-            print(f"bench: last lines of {o.job.name}'s log ({o.log}):", file=sys.stderr)
-            for line in o.tail:
-                print(f"    {line}", file=sys.stderr)
+            _log.warning("\n".join([f"bench: last lines of {o.job.name}'s log ({o.log}):",
+                                    *(f"    {line}" for line in o.tail)]))
     rerun = command or "the same bench command"
     raise JobsFailedError(
         f"{len(failed)} of {total} jobs failed:\n" + "\n".join(f"  {line}" for line in lines)
