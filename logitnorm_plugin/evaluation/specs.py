@@ -392,7 +392,7 @@ def evaluation_config(
     bench: BenchmarkData, protocol: str = "full", repetitions: int = 10, seed: int = 0
 ) -> Dict[str, Any]:
     """What identifies an evaluation's cells besides model and detector: the benchmark's data
-    and the protocol (its :func:`~logitnorm_plugin._core.conventions.config_hash` is the store's
+    and the protocol (its :func:`~logitnorm_plugin._core.digests.config_hash` is the store's
     configuration id)."""
     run_config = dict(bench.config)
     # the set sizes tell other data under the same names apart (e.g. a tiny fixture)

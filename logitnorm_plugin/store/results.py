@@ -2,7 +2,7 @@
 
 A cell is keyed by the model's stable identity (a pytorch-ood registry key with its weights'
 hash, or the SHA-256 of the weights), the benchmark + protocol configuration (its
-:func:`~logitnorm_plugin._core.conventions.config_hash`) and the detector's full configuration
+:func:`~logitnorm_plugin._core.digests.config_hash`) and the detector's full configuration
 (:meth:`DetectorSpec.key <logitnorm_plugin.evaluation.specs.DetectorSpec.key>`: registry name,
 class with
 its module, supplying distribution and every constructor argument, including those filled in
