@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 __all__ = [
+    "DEFAULT_DETECTORS",
     "AGGREGATE_METRICS",
     "DEFAULT_T",
     "ID_DATASET",
@@ -79,6 +80,10 @@ REGISTRY_LOSS_NAMES = {
     "entropic": "entropic_open_set",
     "vos": "vos",
 }
+
+
+#: the detectors of a run that names none (bench, evaluate), in the order of the tables
+DEFAULT_DETECTORS = ("msp", "odin", "energy", "maxlogit", "logitnorm")
 
 
 def canonical_name(name: Any) -> str:

@@ -129,7 +129,6 @@ def executor_spec(args):
 
 def run(args) -> int:
     from logitnorm_plugin.reporting.bench_output import readme_section, update_readme
-    from logitnorm_plugin.workflows.bench import run as run_bench
     from logitnorm_plugin.workflows.bench_request import BenchRequest
 
     # values first, before pytorch-ood loads: an argument error answers at once
@@ -140,6 +139,8 @@ def run(args) -> int:
     if args.update_readme:
         # fail before the run, not after it
         readme_section(Path(args.update_readme), args.readme_section)
+    from logitnorm_plugin.workflows.bench import run as run_bench  # torch: after the checks
+
     result = run_bench(BenchRequest(
         benchmark=args.benchmark,
         models=_args.split(args.models) or None,

@@ -51,7 +51,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm as _tqdm
 
 from logitnorm_plugin._core import provenance as provenance_module
-from logitnorm_plugin._core.conventions import ID_DATASET
+from logitnorm_plugin._core.conventions import DEFAULT_DETECTORS, ID_DATASET
 from logitnorm_plugin._core.device import resolve_device
 from logitnorm_plugin._core.digests import config_hash, state_dict_sha256
 from logitnorm_plugin._core.model_groups import CONFIG_FIELD, GROUP_FIELD, model_group_fields
@@ -59,7 +59,6 @@ from logitnorm_plugin.evaluation import feeds
 from logitnorm_plugin.evaluation.fit_cache import FitCache, pass_config
 from logitnorm_plugin.evaluation.protocol import paper_subsample_indices, protocol_metrics
 from logitnorm_plugin.evaluation.specs import (
-    DEFAULT_DETECTORS,
     BenchmarkData,
     DetectorSpec,
     ModelSpec,

@@ -49,7 +49,6 @@ from logitnorm_plugin.registry.entry_points import (
 from logitnorm_plugin.training.runs import load_trained
 
 __all__ = [
-    "DEFAULT_DETECTORS",
     "BenchmarkData",
     "DetectorSpec",
     "DuplicateModelLabelError",
@@ -63,8 +62,6 @@ __all__ = [
 ]
 
 #: the detectors evaluated when none are named
-#: the detectors of a run that names none (bench, evaluate): the order of the tables
-DEFAULT_DETECTORS = ("msp", "odin", "energy", "maxlogit", "logitnorm")
 
 
 # -- models ------------------------------------------------------------------------------------

@@ -11,9 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence, Tuple
 
-from logitnorm_plugin._core.conventions import canonical_name
+from logitnorm_plugin._core.conventions import DEFAULT_DETECTORS, canonical_name
 from logitnorm_plugin._core.errors import UserError
-from logitnorm_plugin.evaluation.specs import DEFAULT_DETECTORS
 
 __all__ = ["BenchRequest", "DEFAULTS"]
 
