@@ -169,6 +169,7 @@ def tune_t(
     command: str | None = None,
     stdout=None,
     threads: int | str | None = None,
+    executor=None,
     **recipe_overrides,
 ) -> Dict[str, Any]:
     """
@@ -210,6 +211,8 @@ def tune_t(
     :param threads: torch CPU threads while training and scoring, also in ``jobs`` workers
         (restored afterwards): a number, ``"auto"`` (1 for the digits on the CPU, see
         :func:`~logitnorm_plugin.device.resolve_threads`) or ``None`` (unchanged)
+    :param executor: an :class:`~logitnorm_plugin.workflows.executors.ExecutorSpec`: the grid
+        points train as jobs of a local pool or of Slurm (scored here); ``None``: as ``jobs``
     :param recipe_overrides: further recipe fields for every run (e.g. ``weight_decay=0.0``)
     :return: the ``recommended_t.json`` record (a dict; ``chosen_t`` is the answer)
     """
@@ -223,6 +226,8 @@ def tune_t(
         raise UserError("give at least one seed")
     if int(jobs) < 1:
         raise UserError(f"jobs must be >= 1, got {jobs}")
+    if executor is not None and not executor.wait:
+        raise UserError("--no-wait goes with bench only: tune-t scores its points as they end")
     if "train_split" in recipe_overrides or "loss_kwargs" in recipe_overrides:
         raise UserError("tune-t sets train_split='train' and the loss temperature itself")
     resolved_device = resolve_device(device)
@@ -238,6 +243,8 @@ def tune_t(
     with locks.hold(out, timeout=None, what="tuning folder"):
         atomic.remove_stale_temporaries(out)
         tuning = _Tuning(Path(out), grid, seeds, train_args, amp, resolved_device, force)
+        if executor is not None and executor.name != "inline":
+            tuning.executor = (executor, str(device), threads, command)
         val, noise = _load_validation(dataset, tuning.split_seed, noise_n, noise_seed, data_root,
                                       download)
         tuning.set_validation(val, noise, noise_seed, rule, rec.name, overrides)
@@ -299,6 +306,7 @@ class _Tuning:
 
         self.out, self.train_args, self.amp, self.device = out, train_args, amp, device
         self.force = force
+        self.executor = None  # (ExecutorSpec, device, threads, command) of --executor
         args = {k: v for k, v in train_args.items()
                 if k not in ("data_root", "download", "amp", "compile", "device", "progress")}
         # every name and value is checked here, before any data is read or any run starts
@@ -385,7 +393,9 @@ class _Tuning:
             if progress and reused:
                 _say(f"tune-t: {reused} of {len(self.configs)} grid points already in "
                      f"{self.out / STORE_FILE}")
-            if jobs == 1 or len(todo) <= 1:
+            if self.executor is not None and todo:
+                self._run_jobs(todo)
+            elif jobs == 1 or len(todo) <= 1:
                 for t, seed in todo:
                     try:
                         folder = _train_point(self.train_kwargs(t, seed))
@@ -396,6 +406,31 @@ class _Tuning:
             else:
                 _train_parallel(todo, self.train_kwargs, jobs, self.finish_point, threads)
         return self.points, self.trained, reused
+
+    def _run_jobs(self, todo) -> None:
+        """``--executor local|slurm``: train the points as jobs; score each finished one here
+        (one writer of the store); then report the jobs that failed."""
+        from logitnorm_plugin.workflows.jobs import TrainCallJob
+        from logitnorm_plugin.workflows.plan import report_failures, run_jobs
+
+        spec, device, threads, command = self.executor
+        folder = self.out / "workflow"
+        points = {self.run_dir(t, seed).name: (t, seed) for t, seed in todo}
+        jobs = [TrainCallJob(name=f"train t={t_text(t)}/s{seed}", slug=slug,
+                             status_dir=str(folder / "status"), device=device, threads=threads,
+                             dataset=self.train_args["dataset"],
+                             kwargs=self.train_kwargs(t, seed))
+                for slug, (t, seed) in points.items()]
+        outcomes = run_jobs(jobs, spec, folder, self.progress, name="tune-t")
+        for o in outcomes:
+            if o.ok:
+                t, seed = points[o.job.slug]
+                diverged = o.result.get("diverged")
+                self.finish_point(t, seed, o.result.get("run_dir"),
+                                  TrainingDivergedError(diverged) if diverged else None)
+        failed = [o for o in outcomes if not o.ok]
+        if failed:
+            report_failures(failed, len(outcomes), command)
 
     def finish_point(self, t: float, seed: int, folder, error=None) -> None:
         """Score a trained point on the validation data (or record its divergence)."""

@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from logitnorm_plugin.cli import _args
+from logitnorm_plugin.cli.bench import add_executor_arguments, executor_spec
 from logitnorm_plugin.conventions import PAPER_FPR_KEY
 from logitnorm_plugin.errors import UserError
 from logitnorm_plugin.t_selection import DEFAULT_GRID, METRICS, VALIDATION_NOISE_SEED, t_text
@@ -59,6 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true",
                         help="recompute points already in the store")
     _args.add_threads(parser)
+    add_executor_arguments(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -78,6 +80,6 @@ def run(args) -> int:
         noise_seed=args.noise_seed, data_root=args.data_root, download=args.download,
         force=args.force, jobs=args.jobs, amp=args.amp, compile=args.compile,
         progress=not args.quiet, command=_args.command_line("tune-t"),
-        threads=_args.threads(args.threads),
+        threads=_args.threads(args.threads), executor=executor_spec(args),
     )
     return 0
