@@ -280,6 +280,32 @@ def test_a_killed_pool_worker_is_reported_and_its_training_resumes(tmp_path):
     assert epochs == list(range(1, 21))
 
 
+TUNE = ["tune-t", "--dataset", "digits", "--grid", "0.04,0.08", "--seeds", "0", "--epochs", "1"]
+
+
+@pytest.fixture(scope="module")
+def tuned_inline(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tune")
+    done = cli(*TUNE, "--out", "out", "--quiet", cwd=root)
+    assert done.returncode == 0, done.stderr
+    return json.loads((root / "out" / "recommended_t.json").read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("executor", ["local", "slurm"])
+def test_tune_t_points_as_jobs_give_the_inline_record(executor, tuned_inline, tmp_path,
+                                                      request):
+    if executor == "slurm":
+        request.getfixturevalue("slurm_cluster")
+    done = cli(*TUNE, "--out", "out", "--executor", executor, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    record = json.loads((tmp_path / "out" / "recommended_t.json").read_text())
+    assert record["chosen_t"] == tuned_inline["chosen_t"]
+    assert record["results"] == tuned_inline["results"]  # every point's metrics, bit for bit
+    assert "tune-t: [2/2] train t=" in done.stderr
+    assert record["points"] == {"total": 2, "computed": 2, "reused": 0}
+
+
 # -- no cluster needed -------------------------------------------------------------------------
 
 

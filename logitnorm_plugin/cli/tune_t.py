@@ -8,6 +8,7 @@ from logitnorm_plugin._core.arg_checks import check_values
 from logitnorm_plugin._core.conventions import PAPER_FPR_KEY
 from logitnorm_plugin._core.errors import UserError
 from logitnorm_plugin.cli import _args
+from logitnorm_plugin.cli.bench import add_executor_arguments, executor_spec
 from logitnorm_plugin.workflows.t_selection import (
     DEFAULT_GRID,
     METRICS,
@@ -68,6 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true",
                         help="recompute points already in the store")
     _args.add_threads(parser)
+    add_executor_arguments(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -90,6 +92,6 @@ def run(args) -> int:
         noise_seed=args.noise_seed, data_root=args.data_root, download=args.download,
         force=args.force, jobs=args.jobs, amp=args.amp, compile=args.compile,
         progress=not args.quiet, command=_args.command_line("tune-t"),
-        threads=_args.threads(args.threads), loss=args.loss,
+        threads=_args.threads(args.threads), loss=args.loss, executor=executor_spec(args),
     )
     return 0

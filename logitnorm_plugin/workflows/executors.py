@@ -112,10 +112,10 @@ def import_submitit():
     return submitit
 
 
-def _say(progress: bool, text: str) -> None:
+def _say(progress: bool, text: str, who: str = "bench") -> None:
     """A progress line per finished job (tqdm's channel: it does not break a bar)."""
     if progress:
-        tqdm.write(f"bench: {text}", file=sys.stderr)
+        tqdm.write(f"{who}: {text}", file=sys.stderr)
 
 
 def _finished_line(outcome: Outcome, done: int, total: int) -> str:
@@ -144,12 +144,16 @@ def _cuda_devices() -> int:
 class LocalPool:
     """A process pool on this machine (``--executor local``)."""
 
-    def __init__(self, spec: ExecutorSpec, folder: Path, progress: bool = True):
+    def __init__(self, spec: ExecutorSpec, folder: Path, progress: bool = True, name="bench"):
+        self.name = name
         self.gpus = _cuda_devices()
         self.per_gpu = spec.jobs_per_gpu
         default = self.gpus * self.per_gpu if self.gpus else (os.cpu_count() or 1)
         self.workers = spec.workers or default
         self.folder, self.progress = Path(folder), progress
+
+    def _say(self, text: str) -> None:
+        _say(self.progress, text, self.name)
 
     def _prepare(self, job: Job) -> Job:
         if self.gpus and job.device.startswith("cuda"):
@@ -165,9 +169,9 @@ class LocalPool:
         for job in plan.evaluations:
             waiting.setdefault(job.after, []).append(job)
         outcomes, total = [], len(plan.trainings) + len(plan.evaluations)
-        _say(self.progress, f"{total} jobs on a local pool of {self.workers} workers"
-             + (f" ({self.per_gpu} per GPU, {self.gpus} GPUs)" if self.gpus else "")
-             + f"; logs in {self.folder / 'logs'}")
+        self._say(f"{total} jobs on a local pool of {self.workers} workers"
+                  + (f" ({self.per_gpu} per GPU, {self.gpus} GPUs)" if self.gpus else "")
+                  + f"; logs in {self.folder / 'logs'}")
         with cf.ProcessPoolExecutor(self.workers, mp_context=context, initializer=_pin,
                                     initargs=(counter, self.gpus, self.per_gpu)) as pool:
             running = {}
@@ -188,7 +192,7 @@ class LocalPool:
                     job = running.pop(future)
                     outcome = self._outcome(job, future)
                     outcomes.append(outcome)
-                    _say(self.progress, _finished_line(outcome, len(outcomes), total))
+                    self._say(_finished_line(outcome, len(outcomes), total))
                     for follower in waiting.pop(job.slug, []):
                         if outcome.ok:
                             start(follower)
@@ -224,6 +228,9 @@ class SlurmArrays:
                             "node, or use --executor local)")
         self.spec, self.folder, self.progress, self.name = spec, Path(folder), progress, name
 
+    def _say(self, text: str) -> None:
+        _say(self.progress, text, self.name)
+
     def _executor(self, dependency: str | None = None):
         executor = self.submitit.AutoExecutor(folder=self.folder, cluster="slurm")
         params = {"name": self.name, "timeout_min": 60, **dict(self.spec.slurm)}
@@ -251,9 +258,9 @@ class SlurmArrays:
             jobs = self._executor(dependency).submit_array(list(plan.evaluations))
             submitted += list(zip(plan.evaluations, (j.job_id for j in jobs)))
         arrays = sorted({job_id.split("_")[0] for _, job_id in submitted})
-        _say(self.progress, f"submitted {len(plan.trainings)} training and "
-             f"{len(plan.evaluations)} evaluation jobs to Slurm (job arrays "
-             f"{', '.join(arrays)}); logs in {self.folder}")
+        self._say(f"submitted {len(plan.trainings)} training and "
+                  f"{len(plan.evaluations)} evaluation jobs to Slurm (job arrays "
+                  f"{', '.join(arrays)}); logs in {self.folder}")
         return submitted
 
     def run(self, plan) -> list[Outcome]:
@@ -271,7 +278,7 @@ class SlurmArrays:
                     continue
                 pending.remove((job, job_id))
                 outcomes.append(outcome)
-                _say(self.progress, _finished_line(outcome, len(outcomes), total))
+                self._say(_finished_line(outcome, len(outcomes), total))
             if pending:
                 time.sleep(POLL_SECONDS)
         return outcomes

@@ -30,12 +30,13 @@ import torch
 from logitnorm_plugin._core import provenance
 from logitnorm_plugin._core.atomic import temporary_path, write_json
 from logitnorm_plugin._core.device import resolve_device, resolve_threads
-from logitnorm_plugin._core.errors import UserError
+from logitnorm_plugin._core.errors import TrainingDivergedError, UserError
 from logitnorm_plugin.evaluation.engine import evaluate
 from logitnorm_plugin.evaluation.specs import resolve_model
+from logitnorm_plugin.training.loop import train
 from logitnorm_plugin.training.runs import CARD_FILE
 
-__all__ = ["EvaluateJob", "Job", "TrainJob", "job_status", "log_tail"]
+__all__ = ["EvaluateJob", "Job", "TrainCallJob", "TrainJob", "job_status", "log_tail"]
 
 #: the lines of a failed job's log shown by the driver
 TAIL_LINES = 8
@@ -97,6 +98,23 @@ class TrainJob(Job):
         import submitit  # only ever called inside a submitit task
 
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+
+@dataclass(frozen=True)
+class TrainCallJob(Job):
+    """One :func:`~logitnorm_plugin.training.loop.train` call (a grid point of ``tune-t``); a
+    run that diverges is a result (its error recorded), not a failed job."""
+
+    kwargs: Any = None
+
+    def work(self, device: str) -> dict:
+        try:
+            folder = train(**{**self.kwargs, "device": device})
+        except TrainingDivergedError as exc:
+            return {"diverged": str(exc)}
+        return {"run_dir": os.fspath(folder)}
+
+    checkpoint = TrainJob.checkpoint
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,8 @@ from logitnorm_plugin.workflows.executors import ExecutorSpec, LocalPool, Outcom
 from logitnorm_plugin.workflows.jobs import EvaluateJob, EvaluationRequest, Job, TrainJob
 from logitnorm_plugin.workflows.shards import WORKFLOW_DIR, merge_shards, shard_path
 
-__all__ = ["JobsFailedError", "Plan", "RemoteResult", "bench_plan", "run_remote"]
+__all__ = ["JobsFailedError", "Plan", "RemoteResult", "bench_plan", "report_failures",
+           "run_jobs", "run_remote"]
 
 _log = logging.getLogger(__name__)
 
@@ -181,7 +182,7 @@ def run_remote(comparison, spec: ExecutorSpec, device: str, threads: int | str |
         if o.job.after in failed_training:  # Slurm ran it (afterany) without its model
             o.state, o.error, o.tail = "NOT RUN", "its training job failed", []
     if failed:
-        _report(failed, len(outcomes), c.command)
+        report_failures(failed, len(outcomes), c.command)
     left = bench_plan(c, ctx, force=False)
     if left:
         raise UserError(f"{len(left)} jobs of this bench are still missing after every job "
@@ -230,7 +231,19 @@ def read_call(out) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _report(failed: list[Outcome], total: int, command: str | None) -> None:
+def run_jobs(jobs, spec: ExecutorSpec, folder: Path, progress: bool = True,
+             name: str = "jobs") -> list[Outcome]:
+    """Run independent jobs (``tune-t``'s grid points) on ``spec``'s executor and wait for
+    them; one :class:`Outcome` each (failures are for the caller to report)."""
+    if not spec.wait:
+        raise UserError("--no-wait goes with bench only (this command waits for its jobs)")
+    plan = Plan(trainings=list(jobs))
+    if spec.name == "local":
+        return LocalPool(spec, folder, progress, name=name).run(plan)
+    return SlurmArrays(spec, folder / "slurm", progress, name=name).run(plan)
+
+
+def report_failures(failed: list[Outcome], total: int, command: str | None) -> None:
     """Print the last log lines of each failed job, then raise one line per job."""
     lines = []
     for o in failed:
@@ -239,9 +252,9 @@ def _report(failed: list[Outcome], total: int, command: str | None) -> None:
         log = f"; log: {o.log}" if o.log else ""
         lines.append(f"{o.job.name}{slurm}{where}: {o.state}: {o.error}{log}")
         if o.tail:
-            _log.warning("\n".join([f"bench: last lines of {o.job.name}'s log ({o.log}):",
+            _log.warning("\n".join([f"last lines of {o.job.name}'s log ({o.log}):",
                                     *(f"    {line}" for line in o.tail)]))
-    rerun = command or "the same bench command"
+    rerun = command or "the same command"
     raise JobsFailedError(
         f"{len(failed)} of {total} jobs failed:\n" + "\n".join(f"  {line}" for line in lines)
         + f"\nrerun `{rerun}`: it resubmits only the missing work (finished models and cells "

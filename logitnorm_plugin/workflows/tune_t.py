@@ -186,6 +186,7 @@ def tune_t(
     stdout=None,
     threads: int | str | None = None,
     loss: str = "logitnorm",
+    executor=None,
     **recipe_overrides,
 ) -> Dict[str, Any]:
     """
@@ -229,6 +230,8 @@ def tune_t(
         :func:`~logitnorm_plugin._core.device.resolve_threads`) or ``None`` (unchanged)
     :param loss: the objective whose ``t`` is tuned: ``"logitnorm"``, or another registered
         loss with a temperature ``t`` (``"t2fnorm"``: its tau), by the same protocol
+    :param executor: an :class:`~logitnorm_plugin.workflows.executors.ExecutorSpec`: the grid
+        points train as jobs of a local pool or of Slurm (scored here); ``None``: as ``jobs``
     :param recipe_overrides: further recipe fields for every run (e.g. ``weight_decay=0.0``)
     :return: the ``recommended_t.json`` record (a dict; ``chosen_t`` is the answer)
     """
@@ -241,6 +244,8 @@ def tune_t(
     )
     rule = SelectionRule(acc_margin=float(acc_margin), metric=metric)
     grid, seeds = list(request.grid), list(request.seeds)
+    if executor is not None and not executor.wait:
+        raise UserError("--no-wait goes with bench only: tune-t scores its points as they end")
     if "train_split" in recipe_overrides or "loss_kwargs" in recipe_overrides:
         raise UserError("tune-t sets train_split='train' and the loss temperature itself")
     loss = canonical_name(loss)
@@ -259,6 +264,8 @@ def tune_t(
     with locks.hold(out, timeout=None, what="tuning folder"):
         atomic.remove_stale_temporaries(out)
         tuning = _Tuning(Path(out), grid, seeds, train_args, amp, resolved_device, force, loss)
+        if executor is not None and executor.name != "inline":
+            tuning.executor = (executor, str(device), threads, command)
         val, noise = _load_validation(dataset, tuning.split_seed, noise_n, noise_seed, data_root,
                                       download)
         tuning.set_validation(val, noise, noise_seed, rule, rec.name, overrides)
@@ -319,6 +326,7 @@ class _Tuning:
 
         self.out, self.train_args, self.amp, self.device = out, train_args, amp, device
         self.force, self.loss = force, loss
+        self.executor = None  # (ExecutorSpec, device, threads, command) of --executor
         args = {k: v for k, v in train_args.items()
                 if k not in ("data_root", "download", "amp", "compile", "device", "progress")}
         # every name and value is checked here, before any data is read or any run starts
@@ -403,7 +411,9 @@ class _Tuning:
             if progress and reused:
                 _say(f"tune-t: {reused} of {len(self.configs)} grid points already in "
                      f"{self.out / STORE_FILE}")
-            if jobs == 1 or len(todo) <= 1:
+            if self.executor is not None and todo:
+                self._run_jobs(todo)
+            elif jobs == 1 or len(todo) <= 1:
                 for t, seed in todo:
                     try:
                         folder = _train_point(self.train_kwargs(t, seed))
@@ -414,6 +424,31 @@ class _Tuning:
             else:
                 _train_parallel(todo, self.train_kwargs, jobs, self.finish_point, threads)
         return self.points, self.trained, reused
+
+    def _run_jobs(self, todo) -> None:
+        """``--executor local|slurm``: train the points as jobs; score each finished one here
+        (one writer of the store); then report the jobs that failed."""
+        from logitnorm_plugin.workflows.jobs import TrainCallJob
+        from logitnorm_plugin.workflows.plan import report_failures, run_jobs
+
+        spec, device, threads, command = self.executor
+        folder = self.out / "workflow"
+        points = {self.run_dir(t, seed).name: (t, seed) for t, seed in todo}
+        jobs = [TrainCallJob(name=f"train t={t_text(t)}/s{seed}", slug=slug,
+                             status_dir=str(folder / "status"), device=device, threads=threads,
+                             dataset=self.train_args["dataset"],
+                             kwargs=self.train_kwargs(t, seed))
+                for slug, (t, seed) in points.items()]
+        outcomes = run_jobs(jobs, spec, folder, self.progress, name="tune-t")
+        for o in outcomes:
+            if o.ok:
+                t, seed = points[o.job.slug]
+                diverged = o.result.get("diverged")
+                self.finish_point(t, seed, o.result.get("run_dir"),
+                                  TrainingDivergedError(diverged) if diverged else None)
+        failed = [o for o in outcomes if not o.ok]
+        if failed:
+            report_failures(failed, len(outcomes), command)
 
     def finish_point(self, t: float, seed: int, folder, error=None) -> None:
         """Score a trained point on the validation data (or record its divergence)."""
