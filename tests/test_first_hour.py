@@ -115,7 +115,8 @@ def test_tune_t_threads_and_seed_lists(monkeypatch, tmp_path):
 
 def test_bench_seeds_with_commas_or_spaces(monkeypatch):
     calls = []
-    monkeypatch.setattr(bench, "run", lambda request: calls.append(request) or {"markdown": ""})
+    monkeypatch.setattr(bench, "run",
+                        lambda request, **kw: calls.append(request) or {"markdown": ""})
     assert main(["bench", "--seeds", "0,1,2"]) == 0
     assert main(["bench", "--seeds", "0", "1", "2"]) == 0
     assert [c.seeds for c in calls] == [(0, 1, 2), (0, 1, 2)]

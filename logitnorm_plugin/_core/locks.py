@@ -207,10 +207,13 @@ def hold(
         _HELD.discard(key)
         with contextlib.suppress(OSError):
             os.unlink(path)  # still ours: a waiter on this inode sees it unlinked and re-tries
-        lock.release()
         if created:
+            # only if empty: a command that wrote nothing leaves nothing. Before the release: a
+            # waiter polls by opening the lock file again, and once the lock is free it could
+            # create one here first; then the folder would stay and belong to nobody
             with contextlib.suppress(OSError):
-                os.rmdir(folder)  # only if empty: a command that wrote nothing leaves nothing
+                os.rmdir(folder)
+        lock.release()
 
 
 def _acquire(lock: FileLock, folder: Path, timeout, what: str, advice: str, say) -> bool:
