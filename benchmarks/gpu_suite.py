@@ -28,6 +28,11 @@ figures (its error text and the tail of its log are recorded instead):
     channels_last but without ``torch.compile`` (eight compilations would not fit the budget;
     the objectives differ only outside the compiled forward pass). Last in the order: on a
     slow device it gets what the others leave (``--parts objective_step`` runs it alone).
+(g) ``concurrent_training``: K = 1, 2, 4 trainings at once on the one device
+    (``benchmarks/concurrent_training.py``: WRN-40-2, batch 128, our fast-path step per process),
+    the aggregate images/s and the speed-up over K = 1: what ``bench --executor local
+    --jobs-per-gpu K`` puts on one GPU (goal: >= 2x at K = 4); the default K stays 1 until it
+    has run on a GPU.
 
 Output: ``gpu_suite.json`` (device name, torch / CUDA / cuDNN versions, every figure of every
 part, status, seconds, errors), ``gpu_suite.md`` (a short summary) and ``gpu_suite.log`` (all
@@ -90,13 +95,14 @@ PARTS = {
     "ddp": "e",
     "bench": "d",
     "objective_step": "f",
+    "concurrent_training": "g",
 }
 #: seconds each part may take (the whole suite is also held to --budget)
 BUDGETS = {
     "cuda": {"train_throughput": 140, "eval_throughput": 60, "fast_path_resume": 170,
-             "ddp": 70, "bench": 120, "objective_step": 90},
+             "ddp": 70, "bench": 120, "objective_step": 90, "concurrent_training": 120},
     "smoke": {"train_throughput": 60, "eval_throughput": 50, "fast_path_resume": 90,
-              "ddp": 90, "bench": 90, "objective_step": 60},
+              "ddp": 90, "bench": 90, "objective_step": 60, "concurrent_training": 90},
 }
 TOTAL_BUDGET = {"cuda": 480, "smoke": 360}
 STRIDE_WARNING = "Grad strides do not match bucket view strides"
@@ -400,6 +406,21 @@ def part_objective_step(part: Part) -> None:
         part.figures[f"c{num_classes}"] = json.loads(out.read_text(encoding="utf-8"))
 
 
+def part_concurrent_training(part: Part) -> None:
+    """K = 1, 2, 4 trainings at once on the one device (what ``bench --executor local
+    --jobs-per-gpu K`` does): the aggregate images/s and the speed-up over K = 1."""
+    import concurrent_training
+
+    out = part.work / "concurrent_training.json"
+    argv = ["--device", part.args.device, "--json", str(out)]
+    argv += (["--ks", "1", "2", "--steps", "2", "--warmup", "1", "--arch-arg", "depth=10"]
+             if part.args.smoke else ["--ks", "1", "2", "4", "--steps", "100"])
+    concurrent_training.main(argv)
+    record = json.loads(out.read_text(encoding="utf-8"))
+    part.figures["runs"] = record["runs"]
+    part.figures["speedup"] = {str(r["k"]): r["speedup"] for r in record["runs"]}
+
+
 PART_FUNCTIONS = {
     "train_throughput": part_train_throughput,
     "eval_throughput": part_eval_throughput,
@@ -407,6 +428,7 @@ PART_FUNCTIONS = {
     "bench": part_bench,
     "ddp": part_ddp,
     "objective_step": part_objective_step,
+    "concurrent_training": part_concurrent_training,
 }
 
 
@@ -788,6 +810,9 @@ def _headline(name: str, f: dict) -> str:
                 if n != "logitnorm")
             + f" of LogitNorm's {_num(r.get('step_ms', {}).get('logitnorm'), '{:.1f}')} ms/step"
             for c, r in f.items())
+    if name == "concurrent_training":
+        return "; ".join(f"K={r.get('k')}: {_num(r.get('images_per_s'), '{:.0f}')} img/s "
+                         f"({_num(r.get('speedup'), '{:.2f}')}x)" for r in f.get("runs", []))
     if name == "ddp":
         run, step = f.get("torchrun", {}), f.get("ddp_step", {})
         return (f"torchrun x{run.get('nproc_per_node')} ({run.get('backend')}) exit "

@@ -59,8 +59,11 @@ def test_smoke_run_on_the_cpu_has_every_part_with_numbers(tmp_path):
     assert not failed, failed
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert set(parts) == {"train_throughput", "fast_path_resume", "eval_throughput", "bench",
-                          "ddp", "objective_step"}
-    assert {p["letter"] for p in parts.values()} == set("abcdef")
+                          "ddp", "objective_step", "concurrent_training"}
+    assert {p["letter"] for p in parts.values()} == set("abcdefg")
+    g = parts["concurrent_training"]["figures"]
+    assert [r["k"] for r in g["runs"]] == [1, 2] and g["speedup"]["1"] == 1.0
+    assert all(r["images_per_s"] > 0 for r in g["runs"])
     for key in ("device", "device_name", "torch", "python", "versions"):
         assert record[key], key
     assert record["smoke"] is True and _number(record["seconds"])
