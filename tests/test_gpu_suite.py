@@ -99,4 +99,4 @@ def test_smoke_run_on_the_cpu_has_every_part_with_numbers(tmp_path):
     assert set(f["loss_only_ms"]) == set(f["step_ms"])
     assert all(_number(v) for d in f["distances"].values() for v in d.values())
     summary = (out / "gpu_suite.md").read_text()
-    assert summary.startswith("# GPU suite:") and summary.count("| ok |") == 6
+    assert summary.startswith("# GPU suite:") and summary.count("| ok |") == len(parts) == 7
