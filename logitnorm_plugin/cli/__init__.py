@@ -103,7 +103,9 @@ def main(argv: List[str] | None = None) -> int:
     )
     warnings.showwarning = _once_per_message(warnings.showwarning)
     # the package's diagnostics (logging) as one line each on stderr; stdout stays for results
-    handler = _log_handler()
+    # made per call, so it writes to the stderr of this call (pytest's capsys swaps it)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("logitnorm-ood: %(message)s"))
     logger = logging.getLogger("logitnorm_plugin")
     level = logger.level
     logger.addHandler(handler)
@@ -121,18 +123,3 @@ def main(argv: List[str] | None = None) -> int:
         logger.removeHandler(handler)
         logger.setLevel(level)
 
-
-def _log_handler() -> logging.Handler:
-    # sys.stderr looked up when a record is written (pytest's capsys swaps it)
-    class Stderr(logging.StreamHandler):
-        @property
-        def stream(self):
-            return sys.stderr
-
-        @stream.setter
-        def stream(self, value):
-            pass
-
-    handler = Stderr()
-    handler.setFormatter(logging.Formatter("logitnorm-ood: %(message)s"))
-    return handler

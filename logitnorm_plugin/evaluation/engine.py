@@ -48,7 +48,7 @@ from pytorch_ood.api import Detector, GradientDetector, LogitsDetector
 from pytorch_ood.detector import ODIN
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm as _tqdm
+from tqdm.auto import tqdm
 
 from logitnorm_plugin._core import provenance as provenance_module
 from logitnorm_plugin._core.conventions import DEFAULT_DETECTORS, ID_DATASET
@@ -253,8 +253,6 @@ class _EvaluationModel:
 
 
 def _progress(iterable, enabled: bool, **kwargs):
-    from tqdm.auto import tqdm
-
     # disable=None: bars only on a terminal
     return tqdm(iterable, disable=None if enabled else True, leave=False, **kwargs)
 
@@ -262,7 +260,7 @@ def _progress(iterable, enabled: bool, **kwargs):
 def _say_without_terminal(enabled: bool, text: str) -> None:
     """A progress line where no bar shows (stderr is not a terminal: a log, CI)."""
     if enabled and not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty()):
-        _tqdm.write(text, file=sys.stderr)
+        tqdm.write(text, file=sys.stderr)
 
 
 

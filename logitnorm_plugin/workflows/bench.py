@@ -37,7 +37,7 @@ import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from tqdm import tqdm as _tqdm
+from tqdm.auto import tqdm
 
 from logitnorm_plugin._core import locks, provenance
 from logitnorm_plugin._core.atomic import remove_stale_temporaries, write_json, write_text
@@ -160,7 +160,7 @@ class _TrainRequest:
         write_json(self.run_dir / REQUEST_FILE, self.request)
         if kwargs["progress"] == "bar":
             last = result.metrics[-1]
-            _tqdm.write(f"bench: trained {self.loss} s{self.seed}: {last['epoch']} epochs, "
+            tqdm.write(f"bench: trained {self.loss} s{self.seed}: {last['epoch']} epochs, "
                         f"{sum(r['seconds'] for r in result.metrics):.1f} s, accuracy "
                         f"{result.card['metrics']['final_accuracy']:.4f}", file=sys.stderr)
         return True
@@ -205,7 +205,7 @@ def run(request: BenchRequest | None = None, *, stdout=None, executor=None,
     elif options:
         raise TypeError(f"give a BenchRequest or its fields, not both ({sorted(options)})")
     # the request's fields, recorded by a --no-wait submission for gather
-    call = {f.name: getattr(request, f.name) for f in fields(request) if f.compare}
+    call = {f.name: getattr(request, f.name) for f in fields(request)}
     # the jobs of another executor resolve the device where they run
     device = str(resolve_device(request.device))
     with torch_threads(resolve_threads(request.threads, device, request.benchmark)):
@@ -348,7 +348,7 @@ class _Comparison:
         with ResultStore(self.out / STORE_FILE, replace_incompatible=self.force) as store:
             cells_before = 0 if self.force else self._stored_cells(store, specs, cfg)
             # also without progress output: what is reused decides what the numbers mean
-            _tqdm.write(self._reuse_line(specs, cells_before), file=sys.stderr)
+            tqdm.write(self._reuse_line(specs, cells_before), file=sys.stderr)
             cells_before -= self.cells_elsewhere  # computed by this run's jobs
             while True:
                 try:

@@ -7,7 +7,7 @@ through a chain of signatures and a swapped pair cannot go unnoticed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence, Tuple
 
@@ -51,7 +51,8 @@ class BenchRequest:
     :param epochs: override the recipe's epochs
     :param t: LogitNorm temperature of the LogitNorm models
     :param t_from: a ``recommended_t.json`` for the LogitNorm models
-    :param progress: progress bars and the one-line summaries on stderr
+    :param progress: a bar and one line per trained model on stderr; ``"epochs"``: also a
+        line per epoch (``--verbose``); ``False``: none
     :param plots: write score histograms
     :param num_workers: DataLoader workers of the evaluation
     :param threads: torch CPU threads: a number, ``"auto"`` (1 for the digits benchmark on the
@@ -79,15 +80,13 @@ class BenchRequest:
     epochs: int | None = None
     t: float | None = None
     t_from: str | None = None
-    progress: bool = True
+    progress: bool | str = True
     plots: bool = True
     num_workers: int = 0
     threads: int | str | None = None
     command: str | None = None
     outliers: str | None = None
     lock_timeout: float | None = None
-    #: options the caller did not give (for messages that say what differs)
-    extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
         if self.batch_size < 1:

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from logitnorm_plugin._core.errors import UnknownNameError, UserError, one_line
 from logitnorm_plugin.workflows.jobs import Job, job_status, log_tail

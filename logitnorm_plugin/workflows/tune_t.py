@@ -45,7 +45,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Sequence, Tuple
 
-from tqdm import tqdm as _tqdm
+from tqdm.auto import tqdm
 
 from logitnorm_plugin import data
 from logitnorm_plugin._core import atomic, locks, provenance
@@ -543,7 +543,7 @@ def _stored_point(store, pid: str, t: float, seed: int) -> Dict[str, Any] | None
 
 def _say(text: str) -> None:
     """A progress line (tqdm's channel: it does not break a bar on the terminal)."""
-    _tqdm.write(text, file=sys.stderr)
+    tqdm.write(text, file=sys.stderr)
 
 
 def _point_line(p: Mapping[str, Any]) -> str:
