@@ -75,6 +75,10 @@ def test_objective_that_needs_outliers_is_refused_without_them_before_any_data_i
 
     monkeypatch.setattr(data, "load_split", no_reading)
     monkeypatch.setattr(data, "dataset_meta", no_reading)
+    # the trainer opens its dataset once, through the name its configuration imported
+    import logitnorm_plugin.training.config as train_config
+
+    monkeypatch.setattr(train_config, "open_dataset", no_reading)
     with pytest.raises(UserError, match=f"loss '{loss}' is trained with auxiliary outliers"):
         train(loss=loss, out=tmp_path / "run", **QUICK)
     assert not (tmp_path / "run").exists()

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Tuple
 
 from logitnorm_plugin._core.conventions import canonical_name, dataset_tag
 from logitnorm_plugin._core.errors import UserError
-from logitnorm_plugin.data import DATASETS, dataset_meta
+from logitnorm_plugin.data import OpenedDataset, open_dataset
 from logitnorm_plugin.data.outliers import resolve_outlier_source
 from logitnorm_plugin.objectives import needs_outliers, objective_values
 from logitnorm_plugin.registry import entry_points as registry
@@ -118,13 +118,6 @@ class TrainConfig(recipes.RecipeFields):
         return {key: values[key] for key in order}
 
 
-def _dataset_key(dataset: str) -> str:
-    """The dataset as recorded in the config: a known name in canonical form, else the path."""
-
-    key = canonical_name(dataset)
-    return key if key in DATASETS else str(dataset)
-
-
 def _loss_identity(loss) -> Tuple[str, type]:
     """``(name recorded in the config, class)`` of a loss name or class."""
 
@@ -152,12 +145,19 @@ def resolve_config(dataset: str = "digits", arch: str | None = None, loss="logit
         (``"bf16"``, ``"fp16"``, ``None``), and other recipe fields, e.g. ``momentum=0.0``
     """
     request = TrainRequest.of(dataset=dataset, arch=arch, loss=loss, **options)
-    return configure(request, amp=request.amp)
+    config, loss_cls, _ = configure(request, amp=request.amp)
+    return config, loss_cls
 
 
-def configure(request: TrainRequest, amp: str | None = None) -> Tuple[TrainConfig, type]:
-    """The configuration of ``request``'s run and the loss class, every name and value checked
-    before any data is read.
+def configure(request: TrainRequest, amp: str | None = None
+              ) -> Tuple[TrainConfig, type, OpenedDataset]:
+    """The configuration of ``request``'s run, the loss class and the opened dataset, every
+    name and value checked before any data is read.
+
+    The dataset name is read and resolved once here
+    (:func:`~logitnorm_plugin.data.open_dataset`); the trainer loads its splits from the
+    returned :class:`~logitnorm_plugin.data.OpenedDataset` (an image folder's training
+    images are decoded once).
 
     Values left ``None`` come from the recipe (default: ``digits`` for the digits, ``paper``
     otherwise). The temperature follows :func:`logitnorm_plugin.training.recipes.resolve_t`.
@@ -174,10 +174,12 @@ def configure(request: TrainRequest, amp: str | None = None) -> Tuple[TrainConfi
     dataset, recipe, seed = request.dataset, request.recipe, request.seed
     outliers, outlier_ratio = request.outliers, request.outlier_ratio
     outlier_seed = request.outlier_seed
-    rec = recipes.get_recipe(recipe if recipe is not None else recipes.default_recipe_for(dataset))
+    key = canonical_name(dataset)  # the name read once: the rest goes by the opened dataset
+    rec = recipes.get_recipe(recipe if recipe is not None else recipes.recipe_for_key(key))
     loss_name, loss_cls = _loss_identity(request.loss)
     published = _outlier_objective(loss_cls, loss_name, outliers, outlier_ratio, outlier_seed)
-    meta = dataset_meta(dataset)
+    opened = open_dataset(dataset, key)
+    meta = opened.meta
     arch_name = arch_display_name(request.arch or rec.arch)
     kwargs = dict(rec.arch_kwargs) if arch_name == rec.arch else {}
     kwargs.update(request.arch_kwargs or {})
@@ -195,7 +197,7 @@ def configure(request: TrainRequest, amp: str | None = None) -> Tuple[TrainConfi
     if published is not None:  # the published loss weights, unless given
         loss_kwargs = {**dict(published.loss_kwargs), **loss_kwargs}
     choice = recipes.resolve_t(loss_cls, loss_name, loss_kwargs, request.t_from, rec,
-                               dataset_tag(dataset))
+                               opened.tag)
     if choice.t is not None:
         loss_kwargs["t"] = choice.t
     elif recipes.own_t(loss_cls) and "t" not in loss_kwargs:  # recorded, not implied
@@ -219,7 +221,7 @@ def configure(request: TrainRequest, amp: str | None = None) -> Tuple[TrainConfi
         if getattr(request, key) is not None:
             values[key] = getattr(request, key)
     config = TrainConfig(
-        dataset=_dataset_key(dataset),
+        dataset=opened.key,
         num_classes=int(meta["num_classes"]),
         in_channels=int(meta["in_channels"]),
         preprocessing={
@@ -246,7 +248,7 @@ def configure(request: TrainRequest, amp: str | None = None) -> Tuple[TrainConfi
         **_outlier_values(published, outliers, outlier_ratio, outlier_seed, dataset,
                           int(values["batch_size"]), seed),
     )
-    return config, loss_cls
+    return config, loss_cls, opened
 
 
 # -- auxiliary outliers --------------------------------------------------------------------------

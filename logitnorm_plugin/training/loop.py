@@ -31,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from logitnorm_plugin._core import atomic, locks
+from logitnorm_plugin.data import OpenedDataset
 from logitnorm_plugin.training import checkpoints, distributed, runs
 from logitnorm_plugin.training.config import configure, default_run_dir
 from logitnorm_plugin.training.request import TrainRequest
@@ -177,7 +178,7 @@ def run_training(request: TrainRequest) -> runs.TrainResult:
     try:
         fast = fast_path_defaults(dev, ctx.world_size, request.deterministic, request.amp,
                                   request.compile, request.channels_last)
-        config, loss_cls = configure(request, amp=amp_name(fast["amp_dtype"]))
+        config, loss_cls, dataset = configure(request, amp=amp_name(fast["amp_dtype"]))
         runtime = {
             "device": str(dev),
             "world_size": ctx.world_size,
@@ -198,7 +199,8 @@ def run_training(request: TrainRequest) -> runs.TrainResult:
                 held.enter_context(locks.hold(out, timeout=0, what="run folder"))
                 atomic.remove_stale_temporaries(out)
             ctx.barrier()
-            return _train_in(request, out, config, loss_cls, runtime, ctx, dev, wall_start)
+            return _train_in(request, out, config, loss_cls, dataset, runtime, ctx, dev,
+                             wall_start)
     finally:
         torch.use_deterministic_algorithms(saved_flags[0])
         torch.backends.cudnn.benchmark = saved_flags[1]
@@ -210,9 +212,10 @@ def _say(message: str) -> None:
     _log.warning(message)
 
 
-def _train_in(request: TrainRequest, out: Path, config, loss_cls, runtime, ctx, dev,
-              wall_start) -> runs.TrainResult:
-    """The part of :func:`train` that runs while the run folder ``out`` is locked."""
+def _train_in(request: TrainRequest, out: Path, config, loss_cls, dataset: OpenedDataset,
+              runtime, ctx, dev, wall_start) -> runs.TrainResult:
+    """The part of :func:`train` that runs while the run folder ``out`` is locked (the
+    dataset resolved with the configuration: its splits are read from it)."""
     resume, progress = request.resume, request.progress
     runs.check_run_folder(out, config.to_dict(), resume)
     ckpt, current_ok = None, True
@@ -233,7 +236,7 @@ def _train_in(request: TrainRequest, out: Path, config, loss_cls, runtime, ctx, 
         torch.backends.cudnn.benchmark = True
 
     run = TrainingSession(config, loss_cls, runtime, ctx, dev, out, progress)
-    run.load_data(request.data_root, request.download)
+    run.load_data(dataset, request.data_root, request.download)
     if ctx.is_main:
         runs.write_config(out, config.to_dict(), runtime)
     run.build()

@@ -381,15 +381,20 @@ def get_recipe(name) -> Recipe:
     """
     if isinstance(name, Recipe):
         return name
-    for recipe in RECIPES.values():
-        if canonical_name(recipe.name) == canonical_name(name):
-            return recipe
+    recipe = RECIPES.get(canonical_name(name))  # the table's keys are canonical names
+    if recipe is not None:
+        return recipe
     raise UnknownNameError("recipe", str(name), RECIPES, closest_match(str(name), RECIPES))
 
 
 def default_recipe_for(dataset: str) -> str:
     """The recipe used when none is named: ``digits`` for the digits, ``paper`` otherwise."""
-    return "digits" if canonical_name(dataset) == "digits" else "paper"
+    return recipe_for_key(canonical_name(dataset))
+
+
+def recipe_for_key(key: str) -> str:
+    """:func:`default_recipe_for` a dataset name already in canonical form (or a folder)."""
+    return "digits" if key == "digits" else "paper"
 
 
 # -- where the temperature of a run comes from ------------------------------------------------

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from logitnorm_plugin._core import rng
 from logitnorm_plugin._core.errors import TrainingDivergedError, UserError
-from logitnorm_plugin.data import load_split
+from logitnorm_plugin.data import OpenedDataset
 from logitnorm_plugin.data.outliers import outlier_stream
 from logitnorm_plugin.plots import plot_logit_norms, run_label
 from logitnorm_plugin.registry.architectures import resolve_class
@@ -62,21 +62,20 @@ class TrainingSession:
 
     # -- set-up -------------------------------------------------------------------------------
 
-    def load_data(self, data_root, download: bool) -> None:
+    def load_data(self, dataset: OpenedDataset, data_root, download: bool) -> None:
+        """Read the splits the run uses from ``dataset`` (opened with the configuration)."""
 
         c = self.config
         # auxiliary outliers (None without): a missing set fails before the ID data is read
         self.outliers = outlier_stream(c, self.ctx.rank, self.ctx.world_size, self.device,
                                        data_root, download)
         # every rank reads (the files are shared); only the tensors on this device are used
-        train = load_split(c.dataset, c.train_split, data_root, download, c.split_seed)
+        train = dataset.split(c.train_split, data_root, download, c.split_seed)
         # the per-epoch evaluation set ("test" unless a tuning run keeps the test split unseen)
-        test = load_split(
-            c.dataset, c.eval_split, data_root, download, c.split_seed
-        )
+        test = dataset.split(c.eval_split, data_root, download, c.split_seed)
         val = None
         if c.keep == "best_val":
-            val = load_split(c.dataset, "val", data_root, download, c.split_seed)
+            val = dataset.split("val", data_root, download, c.split_seed)
         labels = train.labels
         if len(labels) == 0:
             raise UserError(f"dataset {c.dataset!r} has no training images")
