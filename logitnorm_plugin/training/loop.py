@@ -1,9 +1,12 @@
-"""Training: a :class:`~logitnorm_plugin.training.config.TrainConfig` in, a run folder out.
+"""Training: a :class:`~logitnorm_plugin.training.request.TrainRequest` in, a run folder out.
 
 :func:`train` (``lp.train``; ``logitnorm-ood train`` on the command line) trains any loss of
-the ``pytorch_ood.losses`` registry group on an ID dataset with a named recipe. It resolves
-the configuration first (:func:`~logitnorm_plugin.training.config.resolve_config`: every name and
-conflict is checked before data is read), then trains with the fast-path step of
+the ``pytorch_ood.losses`` registry group on an ID dataset with a named recipe. Its keyword
+arguments (or the command line) become one
+:class:`~logitnorm_plugin.training.request.TrainRequest`, which :func:`run_training` takes
+whole. It resolves the configuration first
+(:func:`~logitnorm_plugin.training.config.configure`: every name and conflict is checked
+before data is read, the dataset name is resolved once), then trains with the fast-path step of
 :mod:`logitnorm_plugin.training.step` and writes the run folder described in
 :mod:`logitnorm_plugin.training.runs`: ``config.json``, a checkpoint after every epoch
 (``--resume``
