@@ -79,6 +79,14 @@ def test_the_request_is_checked_once_naming_the_field(options, field):
     assert isinstance(info.value, UserError)  # the command line prints it as one line
 
 
+def test_a_numpy_seed_is_recorded_as_an_int():
+    import numpy as np
+
+    request = TrainRequest(seed=np.int64(3), outlier_seed=np.uint32(4))
+    assert (request.seed, request.outlier_seed) == (3, 4)
+    assert type(request.seed) is int and type(request.outlier_seed) is int
+
+
 def test_the_request_is_frozen_and_keeps_its_own_copies():
     loss_kwargs = {"t": 0.1}
     request = TrainRequest.of(loss_kwargs=loss_kwargs, momentum=0.5)

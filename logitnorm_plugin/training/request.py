@@ -10,6 +10,7 @@ cannot go unnoticed. Torch-free.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Dict, Mapping
 
@@ -88,11 +89,12 @@ class TrainRequest:
             value = getattr(self, name)
             if value is None and name == "outlier_seed":
                 continue
-            if isinstance(value, bool) or not isinstance(value, int) or not (
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not (
                 0 <= value <= MAX_SEED
             ):
                 what = "the seed" if name == "seed" else "the outlier seed"
                 raise UsageError(f"{what} must be an integer in 0..{MAX_SEED}, got {value!r}")
+            object.__setattr__(self, name, int(value))  # a numpy integer is recorded as int
         if self.eval_split not in ("test", "val"):
             raise UsageError(f"eval_split must be 'test' or 'val', got {self.eval_split!r}")
         _positive(self.outlier_ratio, "outlier_ratio", "the outlier ratio")
