@@ -87,11 +87,12 @@ def test_train_threads_follow_the_one_rule(monkeypatch, given, expected):
                 "wall_time_s": 0.0}
         run_dir = "x"
 
-    def fake_train(**kwargs):
+    def fake_run_training(request):
+        assert request.dataset == "digits" and request.device == "cpu"  # one TrainRequest
         seen.append(torch.get_num_threads())
         return Result()
 
-    monkeypatch.setattr(training, "train", fake_train)
+    monkeypatch.setattr(training, "run_training", fake_run_training)
     torch.set_num_threads(3)
     try:
         assert main(["train", "--dataset", "digits", "--device", "cpu", "--threads", given]) == 0

@@ -65,9 +65,11 @@ def test_lookup_is_forgiving_and_errors_name_the_closest():
 
 def test_invalid_recipe_records_are_refused():
     with pytest.raises(ValueError, match="schedule"):
-        Recipe("x", "d", "digits-cnn", 1, 1, 0.1, schedule="steps")
+        Recipe(name="x", description="d", arch="digits-cnn", epochs=1, batch_size=1, lr=0.1,
+               schedule="steps")
     with pytest.raises(ValueError, match="best_val"):
-        Recipe("x", "d", "digits-cnn", 1, 1, 0.1, keep="best_val", train_split="train_full")
+        Recipe(name="x", description="d", arch="digits-cnn", epochs=1, batch_size=1, lr=0.1,
+               keep="best_val", train_split="train_full")
 
 
 def test_default_recipe_depends_on_dataset():
@@ -78,29 +80,29 @@ def test_default_recipe_depends_on_dataset():
 def test_resolve_config_fills_from_recipe_and_applies_overrides():
     config, cls = resolve_config("digits", loss="logitnorm", epochs=3, momentum=0.5)
     r = get_recipe("digits")
-    assert config["recipe"] == "digits" and config["arch"] == r.arch
-    assert config["epochs"] == 3 and config["momentum"] == 0.5
-    assert config["lr"] == r.lr and config["batch_size"] == r.batch_size
+    assert config.recipe == "digits" and config.arch == r.arch
+    assert config.epochs == 3 and config.momentum == 0.5
+    assert config.lr == r.lr and config.batch_size == r.batch_size
     # the digits recipe carries the t that tune-t chose and the package ships
     from logitnorm_plugin.training.recipes import recommended_digits_t
 
     tuned = recommended_digits_t()
-    assert config["loss_kwargs"] == {"t": tuned} and config["t"] == tuned
-    assert config["t_source"] == r.t_for("digits")[1]
+    assert config.loss_kwargs == {"t": tuned} and config.t == tuned
+    assert config.t_source == r.t_for("digits")[1]
     assert cls.__name__ == "LogitNormLoss"
     json.dumps(config.to_dict())  # plain JSON all the way down
 
 
 def test_resolve_config_paper_on_cifar100_uses_the_authors_t():
     config, _ = resolve_config("cifar100", loss="logitnorm")
-    assert config["t"] == 0.0085 and "issue #2" in config["t_source"]
-    assert config["arch_kwargs"]["drop_rate"] == 0.3
-    assert config["arch_kwargs"]["num_classes"] == 100
+    assert config.t == 0.0085 and "issue #2" in config.t_source
+    assert config.arch_kwargs["drop_rate"] == 0.3
+    assert config.arch_kwargs["num_classes"] == 100
 
 
 def test_resolve_config_without_temperature_for_cross_entropy():
     config, _ = resolve_config("digits", loss="cross_entropy")
-    assert config["t"] is None and config["loss_kwargs"] == {}
+    assert config.t is None and config.loss_kwargs == {}
 
 
 def test_resolve_config_rejects_unknown_options_and_bad_loss_arguments():

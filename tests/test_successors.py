@@ -346,9 +346,9 @@ def test_t2fnorm_t_is_its_own_not_the_recipes(tmp_path):
     from logitnorm_plugin.training.config import resolve_config
 
     config, _ = resolve_config(loss="t2fnorm")
-    assert config["loss_kwargs"] == {"t": PUBLISHED_T} and config["t"] is None
+    assert config.loss_kwargs == {"t": PUBLISHED_T} and config.t is None
     config, _ = resolve_config(loss="t2fnorm", loss_kwargs={"t": 0.5})
-    assert config["loss_kwargs"] == {"t": 0.5} and config["t"] is None
+    assert config.loss_kwargs == {"t": 0.5} and config.t is None
     with pytest.raises(UserError, match="temperature of its own"):
         resolve_config(loss="t2fnorm", t_from=tmp_path / "recommended_t.json")
     with pytest.raises(UserError, match="rejects"):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from logitnorm_plugin._core.arg_checks import check_values
 from logitnorm_plugin.cli import _args
+from logitnorm_plugin.training.request import TrainRequest
 
 HELP = "train a model with any registered loss"
 
@@ -67,14 +68,15 @@ def run(args) -> int:
     # values first, before torch loads: an argument error answers at once
     check_values(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seeds=[args.seed])
     from logitnorm_plugin._core.device import resolve_threads, torch_threads
-    from logitnorm_plugin.training.loop import train
+    from logitnorm_plugin.training.loop import run_training
 
     kwargs = _train_kwargs(args)
     if args.resume and args.out:
         kwargs = _stored_kwargs(args, kwargs)
-    threads = resolve_threads(_args.threads(args.threads), args.device, kwargs["dataset"])
+    request = TrainRequest(**kwargs)  # the one request object of this command
+    threads = resolve_threads(_args.threads(args.threads), args.device, request.dataset)
     with torch_threads(threads):
-        result = train(**kwargs)
+        result = run_training(request)
     if int(os.environ.get("RANK", "0")) == 0:
         card = result.card
         print(

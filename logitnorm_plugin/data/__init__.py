@@ -27,13 +27,14 @@ Data root
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from logitnorm_plugin._core.conventions import canonical_name
+from logitnorm_plugin._core.conventions import canonical_name, dataset_tag
 
 # the readers are looked up on their module when called: a benchmark script can substitute one
 from logitnorm_plugin.data import cifar
@@ -52,6 +53,7 @@ from logitnorm_plugin.data.images import (
     load_folder_dataset,
     load_ood_folder,
     resize_tensors,
+    training_statistics,
 )
 from logitnorm_plugin.data.noise import NoiseDataset
 from logitnorm_plugin.data.tensors import ImageTensors
@@ -64,12 +66,14 @@ __all__ = [
     "DatasetEntry",
     "ImageTensors",
     "OODEntry",
+    "OpenedDataset",
     "dataset_meta",
     "default_root",
     "load_ood",
     "list_datasets",
     "list_ood_sets",
     "load_split",
+    "open_dataset",
     "paper_ood_size",
     "stratified_holdout",
     "subsample_ood",
@@ -102,7 +106,11 @@ def dataset_meta(name: str) -> dict:
     if _is_folder_dataset(name):
 
         return folder_dataset_meta(Path(str(name)).expanduser())
-    e = dataset_entry(name)
+    return entry_meta(dataset_entry(name))
+
+
+def entry_meta(e: DatasetEntry) -> dict:
+    """:func:`dataset_meta` of a registered dataset."""
     return {
         "num_classes": e.num_classes,
         "in_channels": e.in_channels,
@@ -162,21 +170,88 @@ def load_split(
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}, expected one of {SPLITS}")
-    if _is_folder_dataset(name):
+    return open_dataset(name, read=False).split(split, root, download, seed)
 
-        path = Path(str(name)).expanduser()
+
+# -- an ID dataset resolved once ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OpenedDataset:
+    """An ID dataset whose name was read and resolved once (:func:`open_dataset`).
+
+    The rule: a run resolves its dataset name once (canonical form, registered name or image
+    folder, statistics) and reads an image folder's training images once; everything after
+    that goes by this record. Its splits are those :func:`load_split` gives.
+
+    :param key: the dataset as a configuration records it: the canonical registered name, or
+        the image folder's path as given
+    :param entry: the registered dataset (``None`` for an image folder)
+    :param folder: the image folder (``None`` for a registered dataset)
+    :param meta: ``dict(num_classes, in_channels, size, mean, std)`` (:func:`dataset_meta`)
+    :param train_full: an image folder's training images, decoded once and normalised with
+        ``meta`` (``None`` for a registered dataset, whose splits are read when asked for)
+    """
+
+    key: str
+    entry: DatasetEntry | None
+    folder: Path | None
+    meta: Dict[str, Any] | None
+    train_full: ImageTensors | None = None
+
+    @property
+    def tag(self) -> str:
+        """The dataset part of a model key and a run-folder name (:func:`dataset_tag`)."""
+        return self.key if self.folder is None else dataset_tag(self.key)
+
+    def split(self, split: str, root=None, download: bool = False, seed: int = 0
+              ) -> ImageTensors:
+        """One split, as :func:`load_split` gives it."""
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}, expected one of {SPLITS}")
+        if self.folder is not None:
+            if split == "test":
+                size, mean, std = (None, None, None) if self.meta is None else (
+                    tuple(self.meta["size"]), self.meta["mean"], self.meta["std"])
+                return load_folder_dataset(self.folder, "test", size, mean, std)
+            train_full = self.train_full
+            if train_full is None:
+                train_full = load_folder_dataset(self.folder, "train")
+            return _split_of(train_full, split, seed)
+        if self.entry.name == "digits":
+
+            return load_digits_split(split, seed)
+
         if split == "test":
-            return load_folder_dataset(path, "test")
-        return _split_of(load_folder_dataset(path, "train"), split, seed)
-    entry = dataset_entry(name)
-    if entry.name == "digits":
+            return cifar.load_cifar(self.entry.name, train=False, root=_root(root),
+                                    download=download)
+        full = cifar.load_cifar(self.entry.name, train=True, root=_root(root), download=download)
+        return _split_of(full, split, seed)
 
-        return load_digits_split(split, seed)
 
-    if split == "test":
-        return cifar.load_cifar(entry.name, train=False, root=_root(root), download=download)
-    full = cifar.load_cifar(entry.name, train=True, root=_root(root), download=download)
-    return _split_of(full, split, seed)
+def open_dataset(name, key: str | None = None, read: bool = True) -> OpenedDataset:
+    """The ID dataset called ``name`` (a registered name, case-insensitive, or an image-folder
+    path), resolved once; with ``read``, an image folder's training images are decoded here
+    (for its statistics, and kept for its training splits).
+
+    :param key: ``canonical_name(name)`` where the caller has it already
+    :param read: ``False``: resolve the name only (``meta`` of an image folder is then
+        ``None``; its splits are read when asked for, as :func:`load_split` does)
+    :raises UnknownNameError: for a name that is neither registered nor a folder
+    """
+    key = canonical_name(name) if key is None else key
+    entry = DATASETS.get(key)
+    folder = Path(str(name)).expanduser()
+    if entry is None and folder.is_dir():
+        if not read:
+            return OpenedDataset(str(name), None, folder, None)
+        decoded = load_folder_dataset(folder, "train", mean=(0.0,) * 3, std=(1.0,) * 3)
+        meta = training_statistics(decoded)
+        return OpenedDataset(str(name), None, folder, meta,
+                             decoded.with_normalization(meta["mean"], meta["std"]))
+    if entry is None:
+        entry = dataset_entry(name)  # raises, naming the closest registered dataset
+    return OpenedDataset(key, entry, None, entry_meta(entry))
 
 
 def load_ood(
@@ -189,7 +264,7 @@ def load_ood(
     seed: int = 0,
     n: int | None = None,
     channels: int | None = None,
-    like: str | None = None,
+    like: str | OpenedDataset | None = None,
 ) -> ImageTensors:
     """An OOD test set as :class:`ImageTensors` with labels ``-1``.
 
@@ -205,13 +280,16 @@ def load_ood(
     :param seed: seed of noise images, patch positions, rotations and of ``n``-subsampling
     :param n: number of images (noise: generated; others: seeded subsample, all if ``None``)
     :param channels: 1 (grey) or 3 (RGB)
-    :param like: ID dataset whose metadata fills the defaults
+    :param like: ID dataset whose metadata fills the defaults: a name, or the
+        :class:`OpenedDataset` of one (resolved once by the caller)
     :raises MissingDataError: data not under ``root`` and ``download`` is false
     """
     entry = ood_entry(name)
     if like is None:
         like = "digits" if entry.family == "digits" else "cifar10"
-    meta = dataset_meta(like)
+    if not isinstance(like, OpenedDataset):
+        like = open_dataset(like)
+    meta = like.meta
     size = tuple(size) if size is not None else tuple(meta["size"])
     channels = int(channels) if channels is not None else int(meta["in_channels"])
     mean = tuple(mean) if mean is not None else tuple(meta["mean"])
@@ -225,8 +303,8 @@ def load_ood(
     if entry.family == "noise":
 
         if n is None:
-            n = DATASETS[canonical_name(like)].test_size if not _is_folder_dataset(like) else 1000
-        levels = 17 if canonical_name(like) == "digits" else 256
+            n = like.entry.test_size if like.entry is not None else 1000
+        levels = 17 if like.key == "digits" else 256
         shape = (channels, *size)
         return NoiseDataset(entry.name, n, shape, seed, mean, std, levels).materialize()
 

@@ -40,10 +40,10 @@ from logitnorm_plugin.data import (
     OOD_SETS,
     PAPER_OOD,
     ImageTensors,
-    dataset_meta,
+    OpenedDataset,
     default_root,
     load_ood,
-    load_split,
+    open_dataset,
     paper_ood_size,
     subsample_ood,
 )
@@ -118,25 +118,31 @@ class TensorBenchmark(Benchmark):
 
     # -- what subclasses provide ----------------------------------------------------------------
 
+    def _opened(self) -> OpenedDataset:
+        """The ID dataset, its name resolved once per benchmark object."""
+        if getattr(self, "_opened_dataset", None) is None:
+            self._opened_dataset = open_dataset(self.dataset)
+        return self._opened_dataset
+
     def _meta(self) -> dict:
-        return dataset_meta(self.dataset)
+        return self._opened().meta
 
     def _check_data(self) -> None:
         """Raise MissingDataError early (without decoding) if data is missing."""
 
     def _load_split(self, split: str) -> ImageTensors:
-        return load_split(self.dataset, split, self.root, self.download, self.seed)
+        return self._opened().split(split, self.root, self.download, self.seed)
 
     def _load_ood(self, name: str) -> ImageTensors:
         return load_ood(name, self.root, self.download, self.size, None, None, self.seed,
-                        like=self.dataset)
+                        like=self._opened())
 
     def _load_val_ood(self) -> ImageTensors:
         # Gaussian noise with its own seed: the paper's validation set for tuning t; never the
         # test noise images
         n = paper_ood_size(len(self.id_test_set())) or 1
         return load_ood("gaussian", None, False, self.size, None, None, self.seed + 1_000_003,
-                        n=n, channels=self.in_channels, like=self.dataset).as_ood("gaussian_val")
+                        n=n, channels=self.in_channels, like=self._opened()).as_ood("gaussian_val")
 
     # -- public API -------------------------------------------------------------------------------
 

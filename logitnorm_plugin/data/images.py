@@ -253,6 +253,11 @@ def folder_dataset_meta(path: Path, size: Tuple[int, int] | None = None) -> dict
     """``dataset_meta`` of an image-folder dataset: statistics of its training images."""
     path = Path(path)
     train = load_folder_dataset(path, "train", size=size, mean=(0.0,) * 3, std=(1.0,) * 3)
+    return training_statistics(train)
+
+
+def training_statistics(train: ImageTensors) -> dict:
+    """``dataset_meta`` of an image-folder dataset from its decoded training images."""
     x = train.images.to(torch.float64) / 255
     return {
         "num_classes": len(train.classes),

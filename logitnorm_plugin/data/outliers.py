@@ -388,9 +388,9 @@ def outlier_stream(config, rank: int, world_size: int, device, root=None,
     :param config: the run's :class:`~logitnorm_plugin.training.config.TrainConfig`
     """
 
-    if config.get("outliers") is None:
+    if config.outliers is None:
         return None
-    ood = load_outliers(config["outliers"], config["dataset"], config["outlier_seed"],
-                        config["train_split"], config["split_seed"], root, download)
-    return OutlierStream(ood.images.to(device), config["outlier_batch_size"],
-                         config["outlier_seed"], rank, world_size)
+    ood = load_outliers(config.outliers, config.dataset, config.outlier_seed,
+                        config.train_split, config.split_seed, root, download)
+    return OutlierStream(ood.images.to(device), config.outlier_batch_size,
+                         config.outlier_seed, rank, world_size)

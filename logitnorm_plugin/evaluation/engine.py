@@ -58,6 +58,7 @@ from logitnorm_plugin._core.model_groups import CONFIG_FIELD, GROUP_FIELD, model
 from logitnorm_plugin.evaluation import feeds
 from logitnorm_plugin.evaluation.fit_cache import FitCache, pass_config
 from logitnorm_plugin.evaluation.protocol import paper_subsample_indices, protocol_metrics
+from logitnorm_plugin.evaluation.request import EvaluateRequest
 from logitnorm_plugin.evaluation.specs import (
     BenchmarkData,
     DetectorSpec,
@@ -71,7 +72,7 @@ from logitnorm_plugin.metrics import accuracy, expected_calibration_error
 from logitnorm_plugin.registry.entry_points import create_detector
 from logitnorm_plugin.store.results import ResultStore
 
-__all__ = ["evaluate"]
+__all__ = ["evaluate", "run_evaluation"]
 
 
 # -- data passes -------------------------------------------------------------------------------
@@ -331,38 +332,43 @@ def evaluate(
     :return: list of dicts with the keys of
         :data:`~logitnorm_plugin._core.conventions.ROW_KEYS`, ordered by model, detector, dataset
     """
-    if protocol not in ("full", "paper"):
-        raise ValueError(f"protocol must be 'full' or 'paper', got {protocol!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    device = resolve_device(device)
-    specs = resolve_models(models, download)
-    detector_specs = parse_detectors(detectors)
-    bench = resolve_benchmark(
-        benchmark, data_root=data_root, download=download, seed=seed, **(benchmark_kwargs or {})
-    )
-    run_config = evaluation_config(bench, protocol, repetitions, seed)
-    own_store = False
+    return run_evaluation(EvaluateRequest(
+        models=models, benchmark=benchmark, detectors=detectors, device=device,
+        batch_size=batch_size, seed=seed, store=store, force=force, progress=progress,
+        protocol=protocol, repetitions=repetitions, data_root=data_root, download=download,
+        benchmark_kwargs=benchmark_kwargs, keep_scores=keep_scores, scores_out=scores_out,
+        num_workers=num_workers, provenance=provenance, cache_dir=cache_dir,
+    ))
+
+
+def run_evaluation(request: EvaluateRequest) -> List[Dict[str, Any]]:
+    """What :func:`evaluate` does, for a request built once: see there."""
+    r = request
+    device = resolve_device(r.device)
+    specs = resolve_models(r.models, r.download)
+    detector_specs = parse_detectors(r.detectors)
+    bench = resolve_benchmark(r.benchmark, data_root=r.data_root, download=r.download,
+                              seed=r.seed, **(r.benchmark_kwargs or {}))
+    run_config = evaluation_config(bench, r.protocol, r.repetitions, r.seed)
+    store, own_store = r.store, False
     if store is not None and not hasattr(store, "put"):
 
         store, own_store = ResultStore(store), True
     try:
         job = _Evaluation(
-            bench=bench, detectors=detector_specs, device=device, batch_size=batch_size,
-            store=store, config_id=config_hash(run_config), force=force, progress=progress,
-            protocol=protocol, repetitions=repetitions, seed=seed, keep_scores=keep_scores,
-            scores_out=scores_out, num_workers=num_workers,
-            fit_cache=FitCache(cache_dir) if cache_dir is not None else None,
+            request=r, bench=bench, detectors=detector_specs, device=device, store=store,
+            config_id=config_hash(run_config),
+            fit_cache=FitCache(r.cache_dir) if r.cache_dir is not None else None,
         )
         if store is not None:
 
             store.register_config(job.config_id, {**run_config, "groups": bench.groups})
-            record = dict(provenance) if provenance is not None else provenance_module.collect(
-                device=device, config=run_config
-            )
+            record = dict(r.provenance) if r.provenance is not None else \
+                provenance_module.collect(device=device, config=run_config)
             job.run_id = store.start_run(record)
         rows: List[Dict[str, Any]] = []
-        for spec in _progress(specs, progress and len(specs) > 1, desc="evaluate", unit="model"):
+        for spec in _progress(specs, r.progress and len(specs) > 1, desc="evaluate",
+                              unit="model"):
             rows.extend(job.model_rows(spec))
         return rows
     finally:
@@ -372,22 +378,14 @@ def evaluate(
 
 @dataclass
 class _Evaluation:
-    """One call of :func:`evaluate`: what every model is evaluated with."""
+    """One call of :func:`evaluate`: the request, and what it resolved to."""
 
+    request: EvaluateRequest
     bench: BenchmarkData
     detectors: List[DetectorSpec]
     device: torch.device
-    batch_size: int
     store: Any
     config_id: str
-    force: bool
-    progress: bool
-    protocol: str
-    repetitions: int
-    seed: int
-    keep_scores: Union[bool, Callable[[ModelSpec], bool]]
-    scores_out: Dict[Tuple[str, str, str], Tensor] | None
-    num_workers: int
     fit_cache: FitCache | None = None
     run_id: int | None = None
 
@@ -402,7 +400,7 @@ class _Evaluation:
             "Dataset": dataset,
             "Group": next((g for g, names in groups if dataset in names), None),
             "Benchmark": self.bench.name,
-            "Protocol": self.protocol,
+            "Protocol": self.request.protocol,
             **model_group_fields(spec.model_config()),
             # the run folder, for the report's reliability diagrams and logit-norm curves
             **({"Run": spec.extra["path"]} if spec.extra.get("path") else {}),
@@ -415,7 +413,7 @@ class _Evaluation:
         cells = [(k, name) for k in keys for name in self.bench.ood_names]
         model_id = spec.model_id() if self.store is not None else None
         done: Dict[Tuple[str, str], Dict[str, Any]] = {}
-        if self.store is not None and not self.force:
+        if self.store is not None and not self.request.force:
             done = self.store.cells(model_id, self.config_id)
             labels = self.row_labels(spec, "", "")
             if any(GROUP_FIELD not in row for row in done.values()) and GROUP_FIELD in labels:
@@ -427,7 +425,7 @@ class _Evaluation:
         todo = {cell for cell in cells if cell not in done}
         results = {c: done[c] for c in cells if c in done}
         if todo:
-            _say_without_terminal(self.progress, f"evaluate {spec.label}: "
+            _say_without_terminal(self.request.progress, f"evaluate {spec.label}: "
                                   f"{len(todo)} of {len(cells)} cells to compute")
             work = _ModelWork(self, spec, model_id, extras, keys, todo)
             results.update(work.compute())
@@ -459,8 +457,8 @@ class _ModelWork:
         needed = {k for k, _ in self.todo}
         self.name_of = {k: d.row_name or d.name for k, d in zip(self.keys, job.detectors)}
         self.group_of = {k: d.group() for k, d in zip(self.keys, job.detectors)}
-        self.keep = (job.keep_scores(spec) if callable(job.keep_scores)
-                     else bool(job.keep_scores))
+        self.keep = (job.request.keep_scores(spec) if callable(job.request.keep_scores)
+                     else bool(job.request.keep_scores))
         with _EvaluationModel(model, job.device) as net, _Borrowed(job.detectors, model, net):
             detectors = self._build(net, needed)
             logits_dets = {
@@ -478,17 +476,17 @@ class _ModelWork:
             feeds.fit_all(detectors, self.feed_of,
                           lambda: job.bench.train_set(spec.mean, spec.std),
                           lambda train, maps: self._train_pass(net, train, split, maps),
-                          job.batch_size, job.num_workers)
+                          job.request.batch_size, job.request.num_workers)
 
             def forward(dataset, wanted: Iterable[str]):
                 wanted = set(wanted)
                 if split is not None:
                     split.maps = any(self.feed_of[k].scored_from == feeds.MAPS for k in wanted)
                 return _forward_pass(
-                    net, dataset, job.device, job.batch_size,
+                    net, dataset, job.device, job.request.batch_size,
                     {k: d for k, d in fused.items() if k in wanted},
                     {k: d for k, d in inputs.items() if k in wanted},
-                    job.num_workers, split,
+                    job.request.num_workers, split,
                     {k: v for k, v in shared.items() if k in wanted},
                 )
 
@@ -503,7 +501,8 @@ class _ModelWork:
             self._keep_scores(ID_DATASET, id_scores)
             results = {}
             sets = list(zip(job.bench.ood_names, ood_sets))
-            for dataset, ood_set in _progress(sets, job.progress, desc=f"evaluate {spec.label}"):
+            for dataset, ood_set in _progress(sets, job.request.progress,
+                                              desc=f"evaluate {spec.label}"):
                 wanted = [k for k in detectors if (k, dataset) in self.todo]
                 if not wanted:
                     continue
@@ -511,9 +510,10 @@ class _ModelWork:
                 ood_scores = {k: _scores(k, detectors[k], ood_pass) for k in wanted}
                 self._keep_scores(dataset, ood_scores)
                 subsets = None
-                if job.protocol == "paper":
+                if job.request.protocol == "paper":
                     subsets = paper_subsample_indices(
-                        len(ood_pass.labels), len(id_pass.labels), job.repetitions, job.seed
+                        len(ood_pass.labels), len(id_pass.labels), job.request.repetitions,
+                        job.request.seed,
                     )
                 for key in wanted:
                     results[(key, dataset)] = self._cell(
@@ -547,8 +547,8 @@ class _ModelWork:
 
         def compute():
             with feeds.keeping(split, maps):
-                data = _forward_pass(net, train, job.device, job.batch_size, {}, {},
-                                     job.num_workers, split)
+                data = _forward_pass(net, train, job.device, job.request.batch_size, {}, {},
+                                     job.request.num_workers, split)
             return feeds.train_data(data.logits, data.labels, split)
 
         if job.fit_cache is None:
@@ -577,8 +577,8 @@ class _ModelWork:
         job = self.job
         for key, values in scores.items():
             cpu = values.detach().to("cpu", torch.float32)
-            if job.scores_out is not None:
-                job.scores_out[(self.spec.label, self.name_of[key], dataset)] = cpu
+            if job.request.scores_out is not None:
+                job.request.scores_out[(self.spec.label, self.name_of[key], dataset)] = cpu
             if job.store is not None:
                 job.store.put_scores(self.model_id, job.config_id, key, dataset, cpu)
 

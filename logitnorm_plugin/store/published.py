@@ -39,8 +39,9 @@ def match_published(
     if arch is None or loss is None:
         return []
     found = []
+    benchmark = canonical_name(benchmark)  # the row's name, read once for all entries
     for entry in published.get("entries", []):
-        if not _same(entry["benchmark"], benchmark):
+        if canonical_name(entry["benchmark"]) != benchmark:
             continue
         if entry.get("protocol") is not None and entry["protocol"] != protocol:
             continue

@@ -20,15 +20,16 @@ from typing import Any, Dict, List, Tuple
 
 from logitnorm_plugin._core.conventions import canonical_name, dataset_tag
 from logitnorm_plugin._core.errors import UserError
-from logitnorm_plugin.data import DATASETS, dataset_meta
+from logitnorm_plugin.data import OpenedDataset, open_dataset
 from logitnorm_plugin.data.outliers import resolve_outlier_source
 from logitnorm_plugin.objectives import needs_outliers, objective_values
 from logitnorm_plugin.registry import entry_points as registry
 from logitnorm_plugin.registry.architectures import arch_display_name, arch_spec, resolve_class
 from logitnorm_plugin.registry.split import build_loss, loss_parts
 from logitnorm_plugin.training import recipes
+from logitnorm_plugin.training.request import TrainRequest
 
-__all__ = ["CONFIG_FORMAT", "OUTLIER_FIELDS", "TrainConfig", "default_run_dir",
+__all__ = ["CONFIG_FORMAT", "OUTLIER_FIELDS", "TrainConfig", "configure", "default_run_dir",
            "resolve_config"]
 
 CONFIG_FORMAT = 1
@@ -40,12 +41,16 @@ _MAX_SEED = 2**32 - 1
 OUTLIER_FIELDS = ("outliers", "outlier_ratio", "outlier_batch_size", "outlier_seed")
 
 
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """Every value a training run uses, except where and how fast it runs.
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainConfig(recipes.RecipeFields):
+    """Every value a training run uses, except where and how fast it runs: the training
+    choices of :class:`~logitnorm_plugin.training.recipes.RecipeFields` (the recipe's values
+    with the run's overrides) plus what the run trains (dataset, architecture, loss and its
+    temperature, seeds, precision, auxiliary outliers).
 
-    Read a value as ``config.epochs`` or, as in ``config.json``, ``config["epochs"]``.
-    Build it with :func:`resolve_config`; :meth:`to_dict` is what ``config.json`` holds.
+    Build it with :func:`configure` (or :func:`resolve_config`); :meth:`to_dict` is what
+    ``config.json`` holds, in the same form and key order as ever, so the configuration
+    hashes of existing run folders still match.
     """
 
     dataset: str
@@ -63,22 +68,7 @@ class TrainConfig:
     t_from: str | None
     recipe: str
     recipe_description: str
-    epochs: int
-    batch_size: int
-    lr: float
-    momentum: float
-    weight_decay: float
-    nesterov: bool
-    schedule: str
-    milestones: List[int]
-    gamma: float
-    lr_min: float
-    warmup_epochs: float
-    crop_padding: int
-    flip: bool
-    drop_last: bool
-    train_split: str
-    keep: str
+    # -- the recipe's choices come here in config.json (see to_dict) --
     split_seed: int
     seed: int
     amp: str | None
@@ -95,12 +85,7 @@ class TrainConfig:
     format: int = CONFIG_FORMAT
 
     def __post_init__(self):
-        if self.epochs < 1:
-            raise UserError(f"the number of epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise UserError(f"the batch size must be >= 1, got {self.batch_size}")
-        if not self.lr > 0:
-            raise UserError(f"the learning rate must be > 0, got {self.lr}")
+        super().__post_init__()
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not (
             0 <= self.seed <= _MAX_SEED
         ):
@@ -111,23 +96,7 @@ class TrainConfig:
             raise UserError(
                 "eval_split='val' needs train_split='train' (the val split is held out)"
             )
-        if self.keep == "best_val" and self.train_split != "train":
-            raise UserError(
-                "keep='best_val' needs train_split='train' (the val split is held out)"
-            )
         _check_outlier_fields(self)
-
-    def __getitem__(self, key: str) -> Any:
-        if key not in self._names():
-            raise KeyError(key)
-        return getattr(self, key)
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return getattr(self, key) if key in self._names() else default
-
-    @classmethod
-    def _names(cls) -> frozenset:
-        return frozenset(f.name for f in dataclasses.fields(cls))
 
     def run_name(self) -> str:
         """What the run is called in progress output: ``train <loss>[ t=<t>] s<seed>``."""
@@ -136,19 +105,17 @@ class TrainConfig:
         return f"train {self.loss}{t_part} s{self.seed}"
 
     def to_dict(self) -> Dict[str, Any]:
-        """The configuration as plain JSON types, ``format`` first (``config.json``)."""
+        """The configuration as plain JSON types (``config.json``): ``format`` first, what the
+        run trains up to ``recipe_description``, the recipe's choices, then the rest."""
         values = dataclasses.asdict(self)
         if values["outliers"] is None:
             for key in OUTLIER_FIELDS:
                 del values[key]
-        return {"format": values.pop("format"), **values}
-
-
-def _dataset_key(dataset: str) -> str:
-    """The dataset as recorded in the config: a known name in canonical form, else the path."""
-
-    key = canonical_name(dataset)
-    return key if key in DATASETS else str(dataset)
+        choices = recipes.RecipeFields.names()
+        own = [key for key in values if key not in choices and key != "format"]
+        cut = own.index("recipe_description") + 1
+        order = ["format", *own[:cut], *choices, *own[cut:]]
+        return {key: values[key] for key in order}
 
 
 def _loss_identity(loss) -> Tuple[str, type]:
@@ -166,56 +133,56 @@ def default_run_dir(config: TrainConfig) -> Path:
     return Path("runs") / f"{dataset_tag(config.dataset)}-{config.arch}-{loss}-s{config.seed}"
 
 
-def resolve_config(
-    dataset: str = "digits",
-    arch: str | None = None,
-    loss="logitnorm",
-    *,
-    loss_kwargs: Dict[str, Any] | None = None,
-    recipe=None,
-    epochs: int | None = None,
-    batch_size: int | None = None,
-    lr: float | None = None,
-    seed: int = 0,
-    t_from=None,
-    arch_kwargs: Dict[str, Any] | None = None,
-    amp: str | None = None,
-    eval_split: str = "test",
-    outliers=None,
-    outlier_ratio: float | None = None,
-    outlier_seed: int | None = None,
-    **overrides,
-) -> Tuple[TrainConfig, type]:
-    """The configuration of a run and the loss class, every name and value checked.
+def resolve_config(dataset: str = "digits", arch: str | None = None, loss="logitnorm",
+                   **options) -> Tuple[TrainConfig, type]:
+    """The configuration of a run and the loss class, every name and value checked: the
+    keyword form of :func:`configure`.
+
+    :param options: the configuration options of :func:`logitnorm_plugin.training.loop.train`
+        (``loss_kwargs``, ``recipe``, ``epochs``, ``batch_size``, ``lr``, ``seed``,
+        ``t_from``, ``arch_kwargs``, ``eval_split``, ``outliers``, ``outlier_ratio``,
+        ``outlier_seed``), ``amp`` as the autocast dtype name recorded in the config
+        (``"bf16"``, ``"fp16"``, ``None``), and other recipe fields, e.g. ``momentum=0.0``
+    """
+    request = TrainRequest.of(dataset=dataset, arch=arch, loss=loss, **options)
+    config, loss_cls, _ = configure(request, amp=request.amp)
+    return config, loss_cls
+
+
+def configure(request: TrainRequest, amp: str | None = None
+              ) -> Tuple[TrainConfig, type, OpenedDataset]:
+    """The configuration of ``request``'s run, the loss class and the opened dataset, every
+    name and value checked before any data is read.
+
+    The dataset name is read and resolved once here
+    (:func:`~logitnorm_plugin.data.open_dataset`); the trainer loads its splits from the
+    returned :class:`~logitnorm_plugin.data.OpenedDataset` (an image folder's training
+    images are decoded once).
 
     Values left ``None`` come from the recipe (default: ``digits`` for the digits, ``paper``
     otherwise). The temperature follows :func:`logitnorm_plugin.training.recipes.resolve_t`.
+    Auxiliary outliers (``request.outliers``, for an objective that needs them) get the
+    objective's published ratio and loss weights unless given (see
+    :mod:`logitnorm_plugin.objectives`); their seed defaults to the run's.
 
+    :param request: the run (only its configuration part is read here)
     :param amp: autocast dtype name recorded in the config (``"bf16"``, ``"fp16"``, ``None``)
-    :param outliers: auxiliary outlier source (a name or an image folder) for an objective
-        that needs outliers; the published ratio and loss weights are filled in (see
-        :mod:`logitnorm_plugin.objectives`)
-    :param outlier_ratio: outliers per ID image (default: the objective's published ratio)
-    :param outlier_seed: seed of the outlier source and stream (default: ``seed``)
-    :param overrides: other recipe fields, e.g. ``momentum=0.0``
     :raises UnknownNameError: unknown recipe, loss, architecture, dataset or outlier source
     :raises UserError: conflicting or invalid arguments, an objective that needs outliers
         without ``outliers`` or one that takes none with them
     """
-
-    rec = recipes.get_recipe(recipe if recipe is not None else recipes.default_recipe_for(dataset))
-    fields = {f.name for f in dataclasses.fields(recipes.Recipe)} - {
-        "name", "description", "arch", "arch_kwargs", "t", "source"
-    }
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise UserError(f"unknown training option(s) {unknown}; recipe fields: {sorted(fields)}")
-    loss_name, loss_cls = _loss_identity(loss)
+    dataset, recipe, seed = request.dataset, request.recipe, request.seed
+    outliers, outlier_ratio = request.outliers, request.outlier_ratio
+    outlier_seed = request.outlier_seed
+    key = canonical_name(dataset)  # the name read once: the rest goes by the opened dataset
+    rec = recipes.get_recipe(recipe if recipe is not None else recipes.recipe_for_key(key))
+    loss_name, loss_cls = _loss_identity(request.loss)
     published = _outlier_objective(loss_cls, loss_name, outliers, outlier_ratio, outlier_seed)
-    meta = dataset_meta(dataset)
-    arch_name = arch_display_name(arch or rec.arch)
+    opened = open_dataset(dataset, key)
+    meta = opened.meta
+    arch_name = arch_display_name(request.arch or rec.arch)
     kwargs = dict(rec.arch_kwargs) if arch_name == rec.arch else {}
-    kwargs.update(arch_kwargs or {})
+    kwargs.update(request.arch_kwargs or {})
     arch_class, resolved_arch_kwargs = arch_spec(
         arch_name, meta["num_classes"], meta["in_channels"], **kwargs
     )
@@ -226,11 +193,11 @@ def resolve_config(
             f"architecture '{arch_name}' rejects the arguments {resolved_arch_kwargs}: {exc}"
         ) from exc
 
-    loss_kwargs = dict(loss_kwargs or {})
+    loss_kwargs = dict(request.loss_kwargs or {})
     if published is not None:  # the published loss weights, unless given
         loss_kwargs = {**dict(published.loss_kwargs), **loss_kwargs}
-    choice = recipes.resolve_t(loss_cls, loss_name, loss_kwargs, t_from, rec,
-                               dataset_tag(dataset))
+    choice = recipes.resolve_t(loss_cls, loss_name, loss_kwargs, request.t_from, rec,
+                               opened.tag)
     if choice.t is not None:
         loss_kwargs["t"] = choice.t
     elif recipes.own_t(loss_cls) and "t" not in loss_kwargs:  # recorded, not implied
@@ -248,13 +215,13 @@ def resolve_config(
     except (TypeError, ValueError) as exc:
         raise UserError(f"loss '{loss_name}' rejects the arguments {loss_kwargs}: {exc}") from exc
 
-    values = rec.to_dict()
-    values.update(overrides)
-    for key, given in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr)):
-        if given is not None:
-            values[key] = given
+    # the recipe's choices, with the run's overrides (checked again as one record below)
+    values = {**rec.choices(), **request.overrides}
+    for key in ("epochs", "batch_size", "lr"):
+        if getattr(request, key) is not None:
+            values[key] = getattr(request, key)
     config = TrainConfig(
-        dataset=_dataset_key(dataset),
+        dataset=opened.key,
         num_classes=int(meta["num_classes"]),
         in_channels=int(meta["in_channels"]),
         preprocessing={
@@ -273,30 +240,15 @@ def resolve_config(
         t_from=choice.path,
         recipe=rec.name,
         recipe_description=rec.description,
-        epochs=int(values["epochs"]),
-        batch_size=int(values["batch_size"]),
-        lr=float(values["lr"]),
-        momentum=float(values["momentum"]),
-        weight_decay=float(values["weight_decay"]),
-        nesterov=bool(values["nesterov"]),
-        schedule=values["schedule"],
-        milestones=[int(m) for m in values["milestones"]],
-        gamma=float(values["gamma"]),
-        lr_min=float(values["lr_min"]),
-        warmup_epochs=float(values["warmup_epochs"]),
-        crop_padding=int(values["crop_padding"]),
-        flip=bool(values["flip"]),
-        drop_last=bool(values["drop_last"]),
-        train_split=values["train_split"],
-        keep=values["keep"],
+        **recipes.RecipeFields.coerce(values),
         split_seed=0,
-        seed=seed if isinstance(seed, bool) else int(seed),
+        seed=seed,
         amp=amp,
-        eval_split=eval_split,
+        eval_split=request.eval_split,
         **_outlier_values(published, outliers, outlier_ratio, outlier_seed, dataset,
                           int(values["batch_size"]), seed),
     )
-    return config, loss_cls
+    return config, loss_cls, opened
 
 
 # -- auxiliary outliers --------------------------------------------------------------------------

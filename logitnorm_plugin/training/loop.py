@@ -1,9 +1,12 @@
-"""Training: a :class:`~logitnorm_plugin.training.config.TrainConfig` in, a run folder out.
+"""Training: a :class:`~logitnorm_plugin.training.request.TrainRequest` in, a run folder out.
 
 :func:`train` (``lp.train``; ``logitnorm-ood train`` on the command line) trains any loss of
-the ``pytorch_ood.losses`` registry group on an ID dataset with a named recipe. It resolves
-the configuration first (:func:`~logitnorm_plugin.training.config.resolve_config`: every name and
-conflict is checked before data is read), then trains with the fast-path step of
+the ``pytorch_ood.losses`` registry group on an ID dataset with a named recipe. Its keyword
+arguments (or the command line) become one
+:class:`~logitnorm_plugin.training.request.TrainRequest`, which :func:`run_training` takes
+whole. It resolves the configuration first
+(:func:`~logitnorm_plugin.training.config.configure`: every name and conflict is checked
+before data is read, the dataset name is resolved once), then trains with the fast-path step of
 :mod:`logitnorm_plugin.training.step` and writes the run folder described in
 :mod:`logitnorm_plugin.training.runs`: ``config.json``, a checkpoint after every epoch
 (``--resume``
@@ -24,7 +27,6 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict
 
@@ -32,15 +34,17 @@ import torch
 from tqdm.auto import tqdm
 
 from logitnorm_plugin._core import atomic, locks
+from logitnorm_plugin.data import OpenedDataset
 from logitnorm_plugin.training import checkpoints, distributed, runs
-from logitnorm_plugin.training.config import default_run_dir, resolve_config
+from logitnorm_plugin.training.config import configure, default_run_dir
+from logitnorm_plugin.training.request import TrainRequest
 from logitnorm_plugin.training.session import TrainingSession
 from logitnorm_plugin.training.step import (
     amp_name,
     fast_path_defaults,
 )
 
-__all__ = ["train"]
+__all__ = ["run_training", "train"]
 
 _log = logging.getLogger(__name__)
 
@@ -152,47 +156,54 @@ def train(
     :raises ModelIntegrityError: no intact checkpoint to resume from
     :raises TrainingDivergedError: the loss became NaN/inf (the last good checkpoint is kept)
     """
-    if resume not in (False, True, "auto"):
-        raise ValueError(f"resume must be False, True or 'auto', got {resume!r}")
+    request = TrainRequest(
+        dataset=dataset, arch=arch, loss=loss, loss_kwargs=loss_kwargs, recipe=recipe,
+        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, out=out,
+        resume=resume, amp=amp, compile=compile, data_root=data_root, download=download,
+        t_from=t_from, deterministic=deterministic, progress=progress,
+        channels_last=channels_last, arch_kwargs=arch_kwargs, eval_batch_size=eval_batch_size,
+        check_every=check_every, callback=callback, eval_split=eval_split, outliers=outliers,
+        outlier_ratio=outlier_ratio, outlier_seed=outlier_seed, overrides=recipe_overrides,
+    )
+    return run_training(request)
+
+
+def run_training(request: TrainRequest) -> runs.TrainResult:
+    """What :func:`train` does, for a request built once (by ``logitnorm-ood train``, or by
+    :func:`train` from its keyword arguments): see there."""
     wall_start = time.perf_counter()
-    ctx, dev = distributed.setup(device)  # raises UserError for CUDA without CUDA
+    ctx, dev = distributed.setup(request.device)  # raises UserError for CUDA without CUDA
     saved_flags = (
         torch.are_deterministic_algorithms_enabled(),
         torch.backends.cudnn.benchmark,
         torch.backends.cudnn.deterministic,
     )
     try:
-        fast = fast_path_defaults(dev, ctx.world_size, deterministic, amp, compile,
-                                  channels_last)
-        config, loss_cls = resolve_config(
-            dataset, arch, loss, loss_kwargs=loss_kwargs, recipe=recipe, epochs=epochs,
-            batch_size=batch_size, lr=lr, seed=seed, t_from=t_from, arch_kwargs=arch_kwargs,
-            amp=amp_name(fast["amp_dtype"]), eval_split=eval_split, outliers=outliers,
-            outlier_ratio=outlier_ratio, outlier_seed=outlier_seed, **recipe_overrides,
-        )
+        fast = fast_path_defaults(dev, ctx.world_size, request.deterministic, request.amp,
+                                  request.compile, request.channels_last)
+        config, loss_cls, dataset = configure(request, amp=amp_name(fast["amp_dtype"]))
         runtime = {
             "device": str(dev),
             "world_size": ctx.world_size,
             "compile_mode": fast["compile_mode"],
             "channels_last": fast["channels_last"],
-            "deterministic": bool(deterministic),
-            "data_root": str(data_root) if data_root is not None else None,
-            "eval_batch_size": int(eval_batch_size),
-            "check_every": int(check_every),
+            "deterministic": bool(request.deterministic),
+            "data_root": str(request.data_root) if request.data_root is not None else None,
+            "eval_batch_size": int(request.eval_batch_size),
+            "check_every": int(request.check_every),
         }
-        out = Path(out) if out is not None else default_run_dir(config)
+        out = Path(request.out) if request.out is not None else default_run_dir(config)
         # checked once before anything is created (a quick answer), again under the lock
         if ctx.is_main:
             locks.check_free(out, "run folder")
-        runs.check_run_folder(out, config.to_dict(), resume)
+        runs.check_run_folder(out, config.to_dict(), request.resume)
         with contextlib.ExitStack() as held:
             if ctx.is_main:
                 held.enter_context(locks.hold(out, timeout=0, what="run folder"))
                 atomic.remove_stale_temporaries(out)
             ctx.barrier()
-            options = _RunOptions(out, resume, deterministic, data_root, download, progress,
-                                  callback)
-            return _train_in(config, loss_cls, runtime, ctx, dev, options, wall_start)
+            return _train_in(request, out, config, loss_cls, dataset, runtime, ctx, dev,
+                             wall_start)
     finally:
         torch.use_deterministic_algorithms(saved_flags[0])
         torch.backends.cudnn.benchmark = saved_flags[1]
@@ -204,24 +215,11 @@ def _say(message: str) -> None:
     _log.warning(message)
 
 
-@dataclass(frozen=True)
-class _RunOptions:
-    """How :func:`train` carries a run out: the options that are not part of its
-    configuration (they change no weight: where, whether to resume, data access, output)."""
-
-    out: Path
-    resume: bool | str
-    deterministic: bool
-    data_root: Any
-    download: bool
-    progress: bool
-    callback: Callable[[Dict[str, Any]], None] | None
-
-
-def _train_in(config, loss_cls, runtime, ctx, dev, options: _RunOptions, wall_start
-              ) -> runs.TrainResult:
-    """The part of :func:`train` that runs while the run folder is locked."""
-    out, resume, progress = options.out, options.resume, options.progress
+def _train_in(request: TrainRequest, out: Path, config, loss_cls, dataset: OpenedDataset,
+              runtime, ctx, dev, wall_start) -> runs.TrainResult:
+    """The part of :func:`train` that runs while the run folder ``out`` is locked (the
+    dataset resolved with the configuration: its splits are read from it)."""
+    resume, progress = request.resume, request.progress
     runs.check_run_folder(out, config.to_dict(), resume)
     ckpt, current_ok = None, True
     if resume:
@@ -231,7 +229,7 @@ def _train_in(config, loss_cls, runtime, ctx, dev, options: _RunOptions, wall_st
                                    else runs.PREVIOUS_CHECKPOINT_FILE,
                                    ckpt["config"], config.to_dict())
 
-    if options.deterministic:
+    if request.deterministic:
         if dev.type == "cuda":
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
@@ -241,7 +239,7 @@ def _train_in(config, loss_cls, runtime, ctx, dev, options: _RunOptions, wall_st
         torch.backends.cudnn.benchmark = True
 
     run = TrainingSession(config, loss_cls, runtime, ctx, dev, out, progress)
-    run.load_data(options.data_root, options.download)
+    run.load_data(dataset, request.data_root, request.download)
     if ctx.is_main:
         runs.write_config(out, config.to_dict(), runtime)
     run.build()
@@ -253,7 +251,7 @@ def _train_in(config, loss_cls, runtime, ctx, dev, options: _RunOptions, wall_st
         del ckpt
         if ctx.is_main and progress:
             tqdm.write(f"resuming {out} after epoch {resumed_from}", file=sys.stderr)
-    run.fit(options.callback)
+    run.fit(request.callback)
     card = run.finish(wall_start) if ctx.is_main else None
     ctx.barrier()
     if card is None:

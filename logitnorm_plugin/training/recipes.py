@@ -21,15 +21,16 @@ import fnmatch
 import inspect
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 from logitnorm_plugin._core.conventions import canonical_name
 from logitnorm_plugin._core.errors import (
     IncompatibleResultsError,
     MissingDataError,
     UnknownNameError,
+    UsageError,
     UserError,
     closest_match,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "RECIPES",
     "RECOMMENDED_T_FILE",
     "Recipe",
+    "RecipeFields",
     "TemperatureChoice",
     "default_recipe_for",
     "get_recipe",
@@ -135,15 +137,14 @@ T_SOURCE_DIGITS = (
 )
 
 
-@dataclass(frozen=True)
-class Recipe:
-    """Every training choice except loss, dataset and seed.
+@dataclass(frozen=True, kw_only=True)
+class RecipeFields:
+    """The training choices a recipe fixes and a run may override: the one list of them.
 
-    :param name: lower-case name, e.g. ``"paper"``
-    :param description: one line for listings and model cards
-    :param arch: architecture name (see :mod:`logitnorm_plugin.registry.architectures`)
-    :param arch_kwargs: constructor overrides for ``arch`` as ``(key, value)`` pairs, e.g.
-        ``(("drop_rate", 0.3),)``; applied only when the run uses this recipe's ``arch``
+    :class:`Recipe` (a named set of defaults) and
+    :class:`~logitnorm_plugin.training.config.TrainConfig` (one run's resolved configuration)
+    both derive from it, so a choice is declared, documented and checked here only.
+
     :param epochs: number of epochs
     :param batch_size: global batch size (split across processes under DDP)
     :param lr: initial learning rate of SGD
@@ -164,14 +165,9 @@ class Recipe:
         minus the validation hold-out)
     :param keep: ``"last"`` (the final epoch's weights) or ``"best_val"`` (the epoch with the
         best accuracy on the ``val`` split)
-    :param t: LogitNorm temperature per dataset as ``(dataset, t, source)`` triples; the
-        entry ``"*"`` applies to any other dataset
-    :param source: where the recipe comes from
+    :raises UsageError: (a ``ValueError``) for a value out of range or a conflicting pair
     """
 
-    name: str
-    description: str
-    arch: str
     epochs: int
     batch_size: int
     lr: float
@@ -179,7 +175,7 @@ class Recipe:
     weight_decay: float = 5e-4
     nesterov: bool = False
     schedule: str = "multistep"
-    milestones: Tuple[int, ...] = ()
+    milestones: Sequence[int] = ()
     gamma: float = 0.1
     lr_min: float = 0.0
     warmup_epochs: float = 0.0
@@ -188,20 +184,69 @@ class Recipe:
     drop_last: bool = True
     train_split: str = "train_full"
     keep: str = "last"
+
+    def __post_init__(self):
+        if self.epochs < 1:
+            raise UsageError(f"the number of epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise UsageError(f"the batch size must be >= 1, got {self.batch_size}")
+        if not self.lr > 0:
+            raise UsageError(f"the learning rate must be > 0, got {self.lr}")
+        if self.schedule not in ("multistep", "cosine", "constant"):
+            raise UsageError(f"unknown schedule {self.schedule!r}")
+        if self.keep not in ("last", "best_val"):
+            raise UsageError(f"keep must be 'last' or 'best_val', got {self.keep!r}")
+        if self.train_split not in ("train", "train_full"):
+            raise UsageError("train_split must be 'train' or 'train_full'")
+        if self.keep == "best_val" and self.train_split != "train":
+            # selecting on images the model trained on would select nothing
+            raise UsageError(
+                "keep='best_val' needs train_split='train' (the val split is held out)"
+            )
+
+    @classmethod
+    def names(cls) -> Tuple[str, ...]:
+        """The names of these choices, in their order (that of ``config.json``)."""
+        return tuple(f.name for f in fields(RecipeFields))
+
+    @classmethod
+    def coerce(cls, values: Dict[str, Any]) -> Dict[str, Any]:
+        """The choices among ``values`` as the plain JSON types of ``config.json`` (each cast
+        to its declared type, ``milestones`` to a list of ints)."""
+        casts = {"int": int, "float": float, "bool": bool, "str": str}
+        out = {}
+        for f in fields(RecipeFields):
+            value = values[f.name]
+            out[f.name] = ([int(v) for v in value] if f.type == "Sequence[int]"
+                           else casts[f.type](value))
+        return out
+
+    def choices(self) -> Dict[str, object]:
+        """These choices by name (the recipe's own values, before a run's overrides)."""
+        return {name: getattr(self, name) for name in self.names()}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Recipe(RecipeFields):
+    """A named set of training choices (:class:`RecipeFields`): everything except loss,
+    dataset and seed.
+
+    :param name: lower-case name, e.g. ``"paper"``
+    :param description: one line for listings and model cards
+    :param arch: architecture name (see :mod:`logitnorm_plugin.registry.architectures`)
+    :param arch_kwargs: constructor overrides for ``arch`` as ``(key, value)`` pairs, e.g.
+        ``(("drop_rate", 0.3),)``; applied only when the run uses this recipe's ``arch``
+    :param t: LogitNorm temperature per dataset as ``(dataset, t, source)`` triples; the
+        entry ``"*"`` applies to any other dataset
+    :param source: where the recipe comes from
+    """
+
+    name: str
+    description: str
+    arch: str
     arch_kwargs: Tuple[Tuple[str, object], ...] = ()
     t: Tuple[Tuple[str, float, str], ...] = field(default=())
     source: str = ""
-
-    def __post_init__(self):
-        if self.schedule not in ("multistep", "cosine", "constant"):
-            raise ValueError(f"unknown schedule {self.schedule!r}")
-        if self.keep not in ("last", "best_val"):
-            raise ValueError(f"keep must be 'last' or 'best_val', got {self.keep!r}")
-        if self.train_split not in ("train", "train_full"):
-            raise ValueError("train_split must be 'train' or 'train_full'")
-        if self.keep == "best_val" and self.train_split != "train":
-            # selecting on images the model trained on would select nothing
-            raise ValueError("keep='best_val' needs train_split='train' (val is held out)")
 
     def t_for(self, dataset: str) -> Tuple[float | None, str]:
         """The recipe's LogitNorm temperature for ``dataset`` and where it comes from.
@@ -218,8 +263,12 @@ class Recipe:
         return default if default is not None else (None, "")
 
     def to_dict(self) -> Dict[str, object]:
-        """The recipe as plain JSON types."""
-        d = asdict(self)
+        """The recipe as plain JSON types: name, description, arch, the choices, arch_kwargs,
+        t and source."""
+        own = asdict(self)
+        d = {key: own[key] for key in ("name", "description", "arch")}
+        d.update({key: own[key] for key in self.names()})
+        d.update({key: own[key] for key in ("arch_kwargs", "t", "source")})
         d["milestones"] = list(self.milestones)
         d["arch_kwargs"] = dict(self.arch_kwargs)
         d["t"] = [{"dataset": n, "t": t, "source": s} for n, t, s in self.t]
@@ -332,15 +381,20 @@ def get_recipe(name) -> Recipe:
     """
     if isinstance(name, Recipe):
         return name
-    for recipe in RECIPES.values():
-        if canonical_name(recipe.name) == canonical_name(name):
-            return recipe
+    recipe = RECIPES.get(canonical_name(name))  # the table's keys are canonical names
+    if recipe is not None:
+        return recipe
     raise UnknownNameError("recipe", str(name), RECIPES, closest_match(str(name), RECIPES))
 
 
 def default_recipe_for(dataset: str) -> str:
     """The recipe used when none is named: ``digits`` for the digits, ``paper`` otherwise."""
-    return "digits" if canonical_name(dataset) == "digits" else "paper"
+    return recipe_for_key(canonical_name(dataset))
+
+
+def recipe_for_key(key: str) -> str:
+    """:func:`default_recipe_for` a dataset name already in canonical form (or a folder)."""
+    return "digits" if key == "digits" else "paper"
 
 
 # -- where the temperature of a run comes from ------------------------------------------------

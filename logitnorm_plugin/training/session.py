@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from logitnorm_plugin._core import rng
 from logitnorm_plugin._core.errors import TrainingDivergedError, UserError
-from logitnorm_plugin.data import load_split
+from logitnorm_plugin.data import OpenedDataset
 from logitnorm_plugin.data.outliers import outlier_stream
 from logitnorm_plugin.plots import plot_logit_norms, run_label
 from logitnorm_plugin.registry.architectures import resolve_class
@@ -58,47 +58,46 @@ class TrainingSession:
         self.keep_previous = True
         self.name = config.run_name()
         # what the per-epoch accuracy is measured on, in words (tuning runs never see "test")
-        self.eval_words = "val acc" if config.get("eval_split", "test") == "val" else "test acc"
+        self.eval_words = "val acc" if config.eval_split == "val" else "test acc"
 
     # -- set-up -------------------------------------------------------------------------------
 
-    def load_data(self, data_root, download: bool) -> None:
+    def load_data(self, dataset: OpenedDataset, data_root, download: bool) -> None:
+        """Read the splits the run uses from ``dataset`` (opened with the configuration)."""
 
         c = self.config
         # auxiliary outliers (None without): a missing set fails before the ID data is read
         self.outliers = outlier_stream(c, self.ctx.rank, self.ctx.world_size, self.device,
                                        data_root, download)
         # every rank reads (the files are shared); only the tensors on this device are used
-        train = load_split(c["dataset"], c["train_split"], data_root, download, c["split_seed"])
+        train = dataset.split(c.train_split, data_root, download, c.split_seed)
         # the per-epoch evaluation set ("test" unless a tuning run keeps the test split unseen)
-        test = load_split(
-            c["dataset"], c.get("eval_split", "test"), data_root, download, c["split_seed"]
-        )
+        test = dataset.split(c.eval_split, data_root, download, c.split_seed)
         val = None
-        if c["keep"] == "best_val":
-            val = load_split(c["dataset"], "val", data_root, download, c["split_seed"])
+        if c.keep == "best_val":
+            val = dataset.split("val", data_root, download, c.split_seed)
         labels = train.labels
         if len(labels) == 0:
-            raise UserError(f"dataset {c['dataset']!r} has no training images")
+            raise UserError(f"dataset {c.dataset!r} has no training images")
         lo, hi = int(labels.min()), int(labels.max())
-        if lo < 0 or hi >= c["num_classes"]:
+        if lo < 0 or hi >= c.num_classes:
             raise UserError(
-                f"training labels of {c['dataset']!r} span {lo}..{hi}, expected "
-                f"0..{c['num_classes'] - 1}"
+                f"training labels of {c.dataset!r} span {lo}..{hi}, expected "
+                f"0..{c.num_classes - 1}"
             )
         world = self.ctx.world_size
-        if c["batch_size"] % world:
+        if c.batch_size % world:
             raise UserError(
-                f"batch size {c['batch_size']} (global) is not divisible by the {world} processes"
+                f"batch size {c.batch_size} (global) is not divisible by the {world} processes"
             )
-        self.local_batch = c["batch_size"] // world
+        self.local_batch = c.batch_size // world
         per_rank = math.ceil(len(train) / world)
-        if c["drop_last"] and per_rank < self.local_batch:
+        if c.drop_last and per_rank < self.local_batch:
             raise UserError(
-                f"batch size {c['batch_size']} is larger than the {len(train)} training images "
+                f"batch size {c.batch_size} is larger than the {len(train)} training images "
                 "with drop_last: no step would run"
             )
-        if c["drop_last"]:
+        if c.drop_last:
             self.steps_per_epoch = per_rank // self.local_batch
         else:
             self.steps_per_epoch = math.ceil(per_rank / self.local_batch)
@@ -117,13 +116,13 @@ class TrainingSession:
     def build(self) -> None:
 
         c, rt = self.config, self.runtime
-        torch.manual_seed(c["seed"])
-        np.random.seed(c["seed"])
-        random.seed(c["seed"])
-        self.model = resolve_class(c["arch_class"])(**c["arch_kwargs"]).to(self.device)
+        torch.manual_seed(c.seed)
+        np.random.seed(c.seed)
+        random.seed(c.seed)
+        self.model = resolve_class(c.arch_class)(**c.arch_kwargs).to(self.device)
         if self.ctx.rank > 0:
             # same initial weights everywhere (same seed), but each rank its own dropout masks
-            torch.manual_seed(c["seed"] * 1009 + 7919 * self.ctx.rank)
+            torch.manual_seed(c.seed * 1009 + 7919 * self.ctx.rank)
         self.channels_last = bool(rt["channels_last"])
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -138,28 +137,28 @@ class TrainingSession:
             extra["fused"] = True
         self.optimizer = torch.optim.SGD(
             self.model.parameters(),
-            lr=c["lr"],
-            momentum=c["momentum"],
-            weight_decay=c["weight_decay"],
-            nesterov=c["nesterov"],
+            lr=c.lr,
+            momentum=c.momentum,
+            weight_decay=c.weight_decay,
+            nesterov=c.nesterov,
             **extra,
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_factor(c, self.steps_per_epoch)
+            self.optimizer, lr_factor(c.to_dict(), self.steps_per_epoch)
         )
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=self.amp_dtype == torch.float16
         )
         # shuffling on the CPU: the same permutation on every rank and every device type
         self.shuffle = torch.Generator()
-        self.shuffle.manual_seed(c["seed"])
+        self.shuffle.manual_seed(c.seed)
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         self.augment = DeviceAugment(
-            c["crop_padding"], c["flip"], self.device,
-            seed=c["seed"] * 1009 + 17 + self.ctx.rank, memory_format=fmt,
+            c.crop_padding, c.flip, self.device,
+            seed=c.seed * 1009 + 17 + self.ctx.rank, memory_format=fmt,
         )
         # the unwrapped model: a loss that declares model parts binds them (split.build_loss)
-        self.loss_fn = build_loss(self.loss_cls, self.model, **c["loss_kwargs"])
+        self.loss_fn = build_loss(self.loss_cls, self.model, **c.loss_kwargs)
         if isinstance(self.loss_fn, nn.Module):
             self.loss_fn = self.loss_fn.to(self.device)
         self.step = TrainStep(
@@ -216,7 +215,7 @@ class TrainingSession:
             rng.set_rng_state(per_rank[self.ctx.rank], self.device, self.augment)
         else:
             # resumed with another number of processes: a fresh, seeded stream per rank
-            s = self.config["seed"] * 100003 + ckpt["epoch"] * 101 + self.ctx.rank
+            s = self.config.seed * 100003 + ckpt["epoch"] * 101 + self.ctx.rank
             torch.manual_seed(s)
             np.random.seed(s % 2**32)
             random.seed(s)
@@ -242,12 +241,13 @@ class TrainingSession:
         else:
             kept = "No checkpoint was written (it failed in the first epoch)."
         global_bad = self.global_step - self.step.steps + bad_step
-        lr = self.config.lr * lr_factor(self.config, self.steps_per_epoch)(global_bad - 1)
+        factor = lr_factor(self.config.to_dict(), self.steps_per_epoch)
+        lr = self.config.lr * factor(global_bad - 1)
         return TrainingDivergedError(
             f"training diverged: the loss became NaN or infinite at epoch {self.epoch + 1}, "
             f"step {bad_step} of {steps} (global step {global_bad}, "
             f"lr {lr:.4g}). {kept} Lower the learning rate or check the loss arguments "
-            f"(loss '{self.config['loss']}', {self.config['loss_kwargs']}) and train into a "
+            f"(loss '{self.config.loss}', {self.config.loss_kwargs}) and train into a "
             "new --out folder."
         )
 
@@ -264,7 +264,7 @@ class TrainingSession:
         if self.outliers is not None:
             self.outliers.start_epoch(self.global_step, steps)
         bar = tqdm(
-            total=steps, desc=f"{self.name} epoch {self.epoch + 1}/{c['epochs']}", leave=False,
+            total=steps, desc=f"{self.name} epoch {self.epoch + 1}/{c.epochs}", leave=False,
             disable=self._bar_disabled(), file=sys.stderr, unit="step",
         )
         for i in range(steps):
@@ -317,7 +317,7 @@ class TrainingSession:
         return None  # tqdm: off when not writing to a terminal
 
     def update_best(self, record: Dict[str, Any]) -> None:
-        if self.config["keep"] != "best_val":
+        if self.config.keep != "best_val":
             return
         value = record["val_accuracy"]
         if self.best["value"] is None or value > self.best["value"]:
@@ -328,11 +328,11 @@ class TrainingSession:
     def fit(self, callback) -> None:
         c = self.config
         bar = tqdm(
-            total=c["epochs"], initial=self.epoch, desc=self.name, unit="epoch",
+            total=c.epochs, initial=self.epoch, desc=self.name, unit="epoch",
             disable=self._bar_disabled(), file=sys.stderr,
         )
         try:
-            while self.epoch < c["epochs"]:
+            while self.epoch < c.epochs:
                 record = self.run_epoch()
                 self.epoch += 1
                 self.train_seconds += record["seconds"]
@@ -346,7 +346,7 @@ class TrainingSession:
                     )
                     if self.progress and self.progress != "bar":
                         msg = (
-                            f"{self.name} epoch {record['epoch']}/{c['epochs']}: loss "
+                            f"{self.name} epoch {record['epoch']}/{c.epochs}: loss "
                             f"{record['train_loss']:.4f}, train acc {record['train_accuracy']:.4f}"
                             f", {self.eval_words} {record['test_accuracy']:.4f}, |z| "
                             f"{record['logit_norm_mean']:.2f}±{record['logit_norm_std']:.2f}, "

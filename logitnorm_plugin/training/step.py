@@ -290,7 +290,10 @@ def compile_mode(compile_, device: torch.device, world_size: int, deterministic:
 
 
 def lr_factor(config: Dict[str, Any], steps_per_epoch: int) -> Callable[[int], float]:
-    """The learning-rate factor after ``step`` optimizer steps (closed form, no drift)."""
+    """The learning-rate factor after ``step`` optimizer steps (closed form, no drift).
+
+    :param config: the run's configuration as ``config.json`` holds it (``TrainConfig.to_dict``)
+    """
     schedule = config["schedule"]
     warmup = float(config.get("warmup_epochs", 0.0)) * steps_per_epoch
     if schedule == "multistep":

@@ -34,7 +34,7 @@ import logging
 import sys
 import time
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -70,8 +70,9 @@ from logitnorm_plugin.registry.entry_points import (
 from logitnorm_plugin.reporting.bench_output import format_per_dataset, format_table, rows_csv
 from logitnorm_plugin.store.published import load_published, match_published
 from logitnorm_plugin.store.results import STORE_FILE, ResultStore
-from logitnorm_plugin.training.config import resolve_config
-from logitnorm_plugin.training.loop import train
+from logitnorm_plugin.training.config import configure
+from logitnorm_plugin.training.loop import run_training
+from logitnorm_plugin.training.request import TrainRequest
 from logitnorm_plugin.training.runs import CARD_FILE
 from logitnorm_plugin.workflows.bench_request import DEFAULTS, BenchRequest
 from logitnorm_plugin.workflows.model_labels import model_specs
@@ -102,7 +103,8 @@ class _TrainRequest:
     loss: str
     seed: int
     run_dir: Path
-    train_kwargs: dict
+    #: what the trainer is asked to do (its device replaced by a job that resolves its own)
+    train: TrainRequest
     request: dict
     #: how the run already in ``run_dir`` differs from this one (empty: none, or the same)
     differs: tuple = ()
@@ -119,18 +121,8 @@ class _TrainRequest:
             t_from = str(Path(t_from).resolve()) if loss == "logitnorm" else None
         # outliers go to the objectives that need them only (the dataset's named source)
         outliers = outliers_for(get_loss_class(loss), loss, dataset, bench.outliers)
-        # every conflict (t and t_from, a foreign recommended_t.json, ...) fails here
-        config, _ = resolve_config(dataset, loss=loss, loss_kwargs=loss_kwargs, recipe=recipe,
-                                   epochs=epochs, seed=seed, t_from=t_from, outliers=outliers)
-        request = {"dataset": dataset, "loss": loss, "loss_kwargs": loss_kwargs,
-                   "recipe": recipe, "epochs": epochs, "seed": seed, "t_from": t_from}
-        if config.outliers is not None:  # absent otherwise: earlier request files still match
-            request["outliers"] = config.outliers
-        if t_from is not None and Path(t_from).is_file():
-            # a rewritten recommendation is another request
-            request["t_from_sha256"] = sha256_file(t_from)
         run_dir = out / "runs" / f"{dataset}-{loss}-s{seed}"
-        train_kwargs = dict(
+        train = TrainRequest(
             dataset=dataset, loss=loss, loss_kwargs=loss_kwargs, recipe=recipe, epochs=epochs,
             seed=seed, device=device, out=run_dir, resume="auto", data_root=bench.data_root,
             # one bar per run; the per-epoch lines only with progress="epochs" (--verbose)
@@ -138,7 +130,16 @@ class _TrainRequest:
                 "bar" if bench.progress else False),
             t_from=t_from, outliers=outliers,
         )
-        return cls(loss, seed, run_dir, train_kwargs, request,
+        # every conflict (t and t_from, a foreign recommended_t.json, ...) fails here
+        config, _, _ = configure(train)
+        request = {"dataset": dataset, "loss": loss, "loss_kwargs": loss_kwargs,
+                   "recipe": recipe, "epochs": epochs, "seed": seed, "t_from": t_from}
+        if config.outliers is not None:  # absent otherwise: earlier request files still match
+            request["outliers"] = config.outliers
+        if t_from is not None and Path(t_from).is_file():
+            # a rewritten recommendation is another request
+            request["t_from_sha256"] = sha256_file(t_from)
+        return cls(loss, seed, run_dir, train, request,
                    stored_differences(run_dir, config.to_dict()))
 
     def is_trained(self) -> bool:
@@ -155,10 +156,10 @@ class _TrainRequest:
         ``device`` replaces the one resolved by bench (a job resolves its own)."""
         if self.is_trained():
             return False
-        kwargs = self.train_kwargs if device is None else {**self.train_kwargs, "device": device}
-        result = train(**kwargs)
+        train = self.train if device is None else replace(self.train, device=device)
+        result = run_training(train)
         write_json(self.run_dir / REQUEST_FILE, self.request)
-        if kwargs["progress"] == "bar":
+        if train.progress == "bar":
             last = result.metrics[-1]
             tqdm.write(f"bench: trained {self.loss} s{self.seed}: {last['epoch']} epochs, "
                         f"{sum(r['seconds'] for r in result.metrics):.1f} s, accuracy "

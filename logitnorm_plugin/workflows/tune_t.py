@@ -122,13 +122,14 @@ class _ValidationSets:
 def _load_validation(dataset: str, split_seed: int, noise_n: int | None, noise_seed: int,
                      data_root, download: bool):
 
-    meta = data.dataset_meta(dataset)
-    val = data.load_split(dataset, "val", data_root, download, split_seed)
+    opened = data.open_dataset(dataset)  # the name resolved, an image folder decoded, once
+    meta = opened.meta
+    val = opened.split("val", data_root, download, split_seed)
     n = int(noise_n) if noise_n is not None else max(1000, len(val))
     noise = data.load_ood(
         VALIDATION_NOISE, size=tuple(meta["size"]), mean=tuple(meta["mean"]),
         std=tuple(meta["std"]), seed=noise_seed, n=n, channels=int(meta["in_channels"]),
-        like=dataset,
+        like=opened,
     )
     return val, noise
 
