@@ -31,7 +31,11 @@ only through a closed table, never by importing what the string says:
   ``pytorch_ood.models`` (``my_net = "my_package.nets:MyNet"`` makes
   ``my_package.nets.MyNet`` loadable); ``LOGITNORM_PLUGIN_NO_THIRD_PARTY=1`` ignores them like
   every third-party entry point. Installing a package is the user's decision; a card's
-  content is not.
+  content is not. Such an entry is kind-checked like a detector's when it is loaded
+  (``KIND_RULES["architecture"]`` of :mod:`~logitnorm_plugin.registry.entry_points`): it must
+  name a ``torch.nn.Module`` subclass, so an entry ``evil = os:system`` is refused with
+  :class:`~logitnorm_plugin.registry.entry_points.EntryPointKindError` before a card's
+  ``arch_kwargs`` reach it.
 
 Anything else (``os.system``, ``builtins.eval``, a module that happens to be importable) is
 refused with :class:`~logitnorm_plugin._core.errors.UntrustedFileError`, before anything is
@@ -54,7 +58,11 @@ from logitnorm_plugin._core.errors import (
     closest_match,
 )
 from logitnorm_plugin.models import DigitsCNN, ResNet18CIFAR
-from logitnorm_plugin.registry.entry_points import group_entry_points
+from logitnorm_plugin.registry.entry_points import (
+    ARCHITECTURE_GROUP,
+    entry_from,
+    group_entry_points,
+)
 
 __all__ = [
     "ARCHS",
@@ -70,7 +78,7 @@ __all__ = [
 ]
 
 #: entry-point group in which installed distributions declare further architectures
-ARCH_GROUP = "pytorch_ood.models"
+ARCH_GROUP = ARCHITECTURE_GROUP
 
 
 @dataclass(frozen=True)
@@ -168,13 +176,15 @@ def _torchvision_builders() -> Dict[str, Callable]:
 
 
 def _entry_point_classes() -> Dict[str, Callable]:
-
+    """dotted path -> loader of each architecture entry point. A loader imports the entry
+    through :meth:`~logitnorm_plugin.registry.entry_points.Entry.load`, which applies the kind
+    rule (``KIND_RULES["architecture"]``: a ``torch.nn.Module`` subclass) before anything
+    is returned, so ``evil = os:system`` is refused before a card can call it."""
     found = {}
     for ep in group_entry_points(ARCH_GROUP):
-        value = ep.value.replace(" ", "")
-        if ":" not in value:
-            continue
-        found[value.replace(":", ".")] = ep.load
+        entry = entry_from("architecture", ep)
+        if entry is not None:
+            found[entry.value.replace(":", ".")] = entry.load
     return found
 
 
