@@ -48,14 +48,17 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Tuple
 
+import torch
 from torch import nn
 
 from logitnorm_plugin._core.conventions import canonical_name
 from logitnorm_plugin._core.errors import (
+    ModelIntegrityError,
     UnknownNameError,
     UntrustedFileError,
     UserError,
     closest_match,
+    one_line,
 )
 from logitnorm_plugin.models import DigitsCNN, ResNet18CIFAR
 from logitnorm_plugin.registry.entry_points import (
@@ -71,6 +74,7 @@ __all__ = [
     "arch_display_name",
     "arch_spec",
     "build_arch",
+    "build_arch_for_state",
     "build_model",
     "list_archs",
     "resolve_class",
@@ -251,13 +255,53 @@ def build_arch(arch_class: str, arch_kwargs: Dict[str, Any], source: str | None 
     cls = resolve_class(arch_class, source)
     try:
         model = cls(**arch_kwargs)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
+        # RuntimeError: torch's own refusal, e.g. a negative width ("negative dimension")
         raise UserError(
-            f"architecture {arch_class!r} rejects the arguments {arch_kwargs}{where}: {exc}"
+            f"architecture {arch_class!r} rejects the arguments "
+            f"{one_line(arch_kwargs, 200)}{where}: {one_line(exc, 200)}"
         ) from exc
     if not isinstance(model, nn.Module):
         raise UntrustedFileError(f"{arch_class!r}{where} did not build a torch module")
     return model
+
+
+def _shapes(tensors: Dict[str, Any]) -> Dict[str, Tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in tensors.items()}
+
+
+def build_arch_for_state(arch_class: str, arch_kwargs: Dict[str, Any], state: Dict[str, Any],
+                         source: str | None = None) -> nn.Module:
+    """:func:`build_arch`, but memory is allocated only for a network that ``state`` fits.
+
+    The rule: **a file's numbers never choose how much memory is allocated.** A card's
+    ``arch_kwargs`` (``width=9000``) could make the constructor allocate gigabytes before any
+    check; so the network is first built on the ``meta`` device (shapes only, no storage),
+    its state-dict keys and shapes are compared with ``state`` (the weights, whose size the
+    file bounds), and only a network that matches is built for real.
+
+    :param state: the state dict that will be loaded (tensors)
+    :raises ModelIntegrityError: the state dict does not fit the architecture
+    :raises UntrustedFileError, UserError: as :func:`build_arch`
+    """
+    # imports first, outside the meta context: a module that makes tensors when it is
+    # imported must not make them on the meta device
+    resolve_class(arch_class, source)
+    with torch.device("meta"):
+        skeleton = build_arch(arch_class, arch_kwargs, source)
+    expected, found = _shapes(skeleton.state_dict()), _shapes(state)
+    if expected != found:
+        where = f" of {source!r}" if source else ""
+        differ = sorted(k for k in expected.keys() | found.keys()
+                        if expected.get(k) != found.get(k))
+        first = differ[0]
+        raise ModelIntegrityError(
+            f"the weights do not fit the architecture {arch_class!r}{where} with "
+            f"{one_line(arch_kwargs, 160)}: {len(differ)} tensor(s) differ, e.g. "
+            f"{first!r}: the architecture has {expected.get(first, 'no such tensor')}, the "
+            f"weights {found.get(first, 'no such tensor')}; nothing was allocated"
+        )
+    return build_arch(arch_class, arch_kwargs, source)
 
 
 def _entry(arch: str) -> ArchEntry:

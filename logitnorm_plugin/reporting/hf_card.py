@@ -183,6 +183,7 @@ def write_hf_card(run_dir, out_dir, results=None, key: str | None = None) -> dic
 
     hub = _hub()
     weights, card = runs.verified_weights(run_dir)
+    runs.load_trained(run_dir)  # export only what loads (closed table, shapes, card values)
     key = upstream.check_key(key) if key else upstream.upstream_key(card)
     rows, evaluation = _store_values(results, run_dir) if results is not None else (None, None)
     data = hub.ModelCardData(
