@@ -121,13 +121,23 @@ while True:  # a plugin that never finishes importing
     time.sleep(0.05)
 """
 
+SWALLOWING = """
+import time
+while True:  # ... and swallows every exception raised into it
+    try:
+        time.sleep(0.05)
+    except Exception:
+        pass
+"""
 
-def test_a_plugin_that_loops_at_import_is_named_not_waited_for(tmp_path):
+
+@pytest.mark.parametrize("source", [LOOPING, SWALLOWING], ids=["loops", "swallows"])
+def test_a_plugin_that_loops_at_import_is_named_not_waited_for(tmp_path, source):
     """Fails on main: ``list`` and ``--detectors all`` never return (here: the subprocess
     timeout)."""
     site = tmp_path / "site"
     write_dist(site, "stuck-plugin",
-               "[pytorch_ood.detectors]\nstuck = stuck_plugin:Stuck\n", {"stuck_plugin": LOOPING})
+               "[pytorch_ood.detectors]\nstuck = stuck_plugin:Stuck\n", {"stuck_plugin": source})
     env = {"LOGITNORM_PLUGIN_IMPORT_TIMEOUT": "3"}
     result = cli("list", "detectors", pythonpath=site, env=env, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]

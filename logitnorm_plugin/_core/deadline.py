@@ -1,18 +1,20 @@
 """A deadline for importing a plugin's module.
 
 The rule: **a plugin that never finishes importing is reported, not waited for** where the
-platform allows it. :func:`import_deadline` arms a one-shot ``SIGALRM`` timer
-(:func:`signal.setitimer`) around the import; when it fires, :class:`ImportDeadlineError` is
-raised inside the import, the import machinery drops the half-imported module, and the caller
-reports the plugin by name (``Entry.load`` of :mod:`logitnorm_plugin.registry.entry_points`
-turns it into a ``RegistryLoadError`` naming the entry point and its distribution, so
-``logitnorm-ood list`` skips it with a warning and ``bench --detectors all`` stops with one
-line).
+platform allows it. :func:`import_deadline` arms a ``SIGALRM`` timer (:func:`signal.setitimer`)
+around the import; when it fires, :class:`ImportDeadlineError` is raised inside the import (a
+``BaseException``, so ``except Exception`` in the plugin does not swallow it; raised again
+every second until the import ends), the import machinery drops the half-imported module, and
+the caller reports the plugin by name (``Entry.load`` of
+:mod:`logitnorm_plugin.registry.entry_points` turns it into a ``RegistryLoadError`` naming the
+entry point and its distribution, so ``logitnorm-ood list`` skips it with a warning and
+``bench --detectors all`` skips it the same way).
 
 Where it applies: POSIX (``signal.setitimer`` exists), on the main thread, and only when no
 other ``SIGALRM`` timer or handler is in use (someone else's alarm is never replaced). Anywhere
 else the import runs without a deadline, as before. A loop in C code that never returns to the
-interpreter cannot be interrupted by a signal handler and still hangs.
+interpreter cannot be interrupted by a signal handler and still hangs, and so does a plugin
+that replaces the ``SIGALRM`` handler itself.
 
 The deadline is :data:`DEFAULT_SECONDS` (generous: the first import of a plugin may import
 torch on a busy machine) or the number of seconds in the environment variable
@@ -37,8 +39,10 @@ DEADLINE_ENV = "LOGITNORM_PLUGIN_IMPORT_TIMEOUT"
 DEFAULT_SECONDS = 120.0
 
 
-class ImportDeadlineError(Exception):
-    """The import of a plugin's module ran past its deadline."""
+class ImportDeadlineError(BaseException):
+    """The import of a plugin's module ran past its deadline. A ``BaseException`` (like
+    ``KeyboardInterrupt``), so a plugin's ``except Exception`` cannot swallow it; the caller
+    that armed the deadline catches it by name."""
 
 
 def deadline_seconds() -> float:
@@ -79,7 +83,9 @@ def import_deadline(what: str, seconds: float | None = None):
         )
 
     signal.signal(signal.SIGALRM, expired)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    # then again every second until the block ends: a plugin that catches the first one
+    # (``except BaseException``) and goes on is interrupted again
+    signal.setitimer(signal.ITIMER_REAL, seconds, 1.0)
     try:
         yield
     finally:

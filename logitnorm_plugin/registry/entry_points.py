@@ -67,7 +67,7 @@ from typing import Dict, Iterable, List, Tuple, Union
 
 from logitnorm_plugin._core import installed
 from logitnorm_plugin._core.conventions import canonical_name
-from logitnorm_plugin._core.deadline import import_deadline
+from logitnorm_plugin._core.deadline import ImportDeadlineError, import_deadline
 from logitnorm_plugin._core.detector_text import parse_detector_text
 from logitnorm_plugin._core.errors import UnknownNameError, UsageError, UserError, closest_match
 
@@ -255,7 +255,7 @@ class Entry:
                 obj = importlib.import_module(module_name)
             for part in attribute.split("."):
                 obj = getattr(obj, part)
-        except (Exception, SystemExit) as exc:  # any failure inside third-party code
+        except (Exception, SystemExit, ImportDeadlineError) as exc:  # any failure of a plugin
             raise RegistryLoadError(
                 f"{self.kind} '{self.name}' from distribution '{self.distribution}' "
                 f"({self.value}) failed to load: {type(exc).__name__}: {exc}"
