@@ -7,7 +7,7 @@ read** (:func:`check_card_values`, called by ``read_card`` of
 accidents, not against someone who recomputes it, so every field a reader computes with must
 hold a value of its kind: the temperature ``t`` a finite number > 0, the preprocessing's
 ``mean`` finite numbers and ``std`` finite numbers > 0 of the same length, ``size`` two
-positive integers, the text fields text, ``metrics`` finite numbers. Anything else is a
+positive integers, the text fields text, ``metrics`` numbers. Anything else is a
 :class:`~logitnorm_plugin._core.errors.ModelIntegrityError` naming the card and the field, one
 line on the command line (exit status 2), instead of a traceback or a NaN deep inside an
 evaluation.
@@ -46,9 +46,10 @@ def _problem(card: Mapping[str, Any]) -> str | None:
     if t is not None and not (_number(t) and t > 0):
         return f"'t' is {str(t)[:40]!r}, not a finite number > 0"
     metrics = card.get("metrics")
-    if metrics is not None and not (isinstance(metrics, dict)
-                                    and all(v is None or _number(v) for v in metrics.values())):
-        return "'metrics' is not a mapping of names to finite numbers"
+    if metrics is not None and not (isinstance(metrics, dict) and all(
+            v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+            for v in metrics.values())):  # NaN allowed: an undefined accuracy is shown as such
+        return "'metrics' is not a mapping of names to numbers"
     pre = card.get("preprocessing")
     if pre is None:
         return None
