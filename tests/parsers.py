@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from logitnorm_plugin._core.errors import IncompatibleResultsError
+from logitnorm_plugin._core.escape import md_cell_text
 from logitnorm_plugin.reporting.export import (
     DOC_METRICS,
     EXPORT_FORMAT_VERSION,
@@ -22,6 +23,15 @@ from logitnorm_plugin.reporting.export import (
     TABLE_TAG,
 )
 from logitnorm_plugin.reporting.report import REPORT_TAG
+
+
+def _cells(line: str, markdown: bool = True) -> list[str]:
+    """The cells of a table line: split at the pipes that are not escaped (``\\|``), each
+    unescaped as ``_core.escape`` documents (Markdown: also the HTML entities)."""
+    cells = re.split(r"(?<!\\)\|", line.strip()[1:-1])
+    if markdown:
+        return [md_cell_text(c.strip()) for c in cells]
+    return [re.sub(r"\\([\\|])", r"\1", c.strip()) for c in cells]
 
 
 def _number(text: str):
@@ -60,7 +70,7 @@ def parse_markdown(text: str) -> list[dict]:
         meta = json.loads(match.group(1))
         block = []
         while i < len(lines) and lines[i].startswith("|"):
-            block.append([c.strip() for c in lines[i].strip().strip("|").split("|")])
+            block.append(_cells(lines[i]))
             i += 1
         header, body = block[0], block[2:]
         records += _records(meta, header, body)
@@ -86,7 +96,7 @@ def parse_rst(text: str) -> list[dict]:
         header = None
         while i < len(lines) and (lines[i].startswith("+") or lines[i].startswith("|")):
             if lines[i].startswith("|"):
-                rows.append([c.strip() for c in lines[i].strip().strip("|").split("|")])
+                rows.append(_cells(lines[i], markdown=False))
             elif lines[i].startswith("+=") and header is None:
                 header = rows.pop()
             i += 1
@@ -153,7 +163,7 @@ def parse_report_tables(text: str, report_json: Mapping[str, Any] | None = None)
         tag = json.loads(line[len(prefix):-len(" -->")])
         block = []
         while i < len(lines) and lines[i].startswith("|"):
-            block.append([c.strip() for c in lines[i].strip()[1:-1].split(" | ")])
+            block.append(_cells(lines[i]))
             i += 1
         spec = specs.get((tag["table"], tag["config_id"]), {})
         tables.append({**spec, **tag, "header": block[0], "cells": block[2:]})

@@ -10,6 +10,8 @@ import statistics
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from logitnorm_plugin._core.escape import md_cell, plain, rst_cell
+
 __all__ = ["finite_json", "is_missing", "markdown_table", "mean_std", "pct", "plain_table",
            "plural", "rst_grid_table"]
 
@@ -68,8 +70,14 @@ def _widths(header: Sequence[Any], body: Sequence[Sequence[Any]]) -> list[int]:
             for i, h in enumerate(header)]
 
 
+def _cells(escape, header, body):
+    return [escape(c) for c in header], [[escape(c) for c in row] for row in body]
+
+
 def markdown_table(header: Sequence[Any], body: Sequence[Sequence[Any]]) -> str:
-    """A Markdown pipe table with padded columns."""
+    """A Markdown pipe table with padded columns; every cell through
+    :func:`~logitnorm_plugin._core.escape.md_cell` (one line, no markup, ``|`` escaped)."""
+    header, body = _cells(md_cell, header, body)
     widths = _widths(header, body)
 
     def line(cells):
@@ -80,7 +88,9 @@ def markdown_table(header: Sequence[Any], body: Sequence[Sequence[Any]]) -> str:
 
 
 def rst_grid_table(header: Sequence[Any], body: Sequence[Sequence[Any]]) -> str:
-    """A reStructuredText grid table (the form of pytorch-ood's documentation)."""
+    """A reStructuredText grid table (the form of pytorch-ood's documentation); every cell
+    through :func:`~logitnorm_plugin._core.escape.rst_cell`."""
+    header, body = _cells(rst_cell, header, body)
     widths = _widths(header, body)
 
     def rule(char):
@@ -96,7 +106,9 @@ def rst_grid_table(header: Sequence[Any], body: Sequence[Sequence[Any]]) -> str:
 
 
 def plain_table(header: Sequence[Any], body: Sequence[Sequence[Any]]) -> str:
-    """Left-aligned columns separated by two spaces (for a terminal)."""
+    """Left-aligned columns separated by two spaces (for a terminal); every cell on one line
+    (:func:`~logitnorm_plugin._core.escape.plain`)."""
+    header, body = _cells(plain, header, body)
     widths = _widths(header, body)
 
     def line(cells):

@@ -31,7 +31,11 @@ only through a closed table, never by importing what the string says:
   ``pytorch_ood.models`` (``my_net = "my_package.nets:MyNet"`` makes
   ``my_package.nets.MyNet`` loadable); ``LOGITNORM_PLUGIN_NO_THIRD_PARTY=1`` ignores them like
   every third-party entry point. Installing a package is the user's decision; a card's
-  content is not.
+  content is not. Such an entry is kind-checked like a detector's when it is loaded
+  (``KIND_RULES["architecture"]`` of :mod:`~logitnorm_plugin.registry.entry_points`): it must
+  name a ``torch.nn.Module`` subclass, so an entry ``evil = os:system`` is refused with
+  :class:`~logitnorm_plugin.registry.entry_points.EntryPointKindError` before a card's
+  ``arch_kwargs`` reach it.
 
 Anything else (``os.system``, ``builtins.eval``, a module that happens to be importable) is
 refused with :class:`~logitnorm_plugin._core.errors.UntrustedFileError`, before anything is
@@ -44,17 +48,24 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Tuple
 
+import torch
 from torch import nn
 
 from logitnorm_plugin._core.conventions import canonical_name
 from logitnorm_plugin._core.errors import (
+    ModelIntegrityError,
     UnknownNameError,
     UntrustedFileError,
     UserError,
     closest_match,
+    one_line,
 )
 from logitnorm_plugin.models import DigitsCNN, ResNet18CIFAR
-from logitnorm_plugin.registry.entry_points import group_entry_points
+from logitnorm_plugin.registry.entry_points import (
+    ARCHITECTURE_GROUP,
+    entry_from,
+    group_entry_points,
+)
 
 __all__ = [
     "ARCHS",
@@ -63,6 +74,7 @@ __all__ = [
     "arch_display_name",
     "arch_spec",
     "build_arch",
+    "build_arch_for_state",
     "build_model",
     "list_archs",
     "resolve_class",
@@ -70,7 +82,7 @@ __all__ = [
 ]
 
 #: entry-point group in which installed distributions declare further architectures
-ARCH_GROUP = "pytorch_ood.models"
+ARCH_GROUP = ARCHITECTURE_GROUP
 
 
 @dataclass(frozen=True)
@@ -168,13 +180,15 @@ def _torchvision_builders() -> Dict[str, Callable]:
 
 
 def _entry_point_classes() -> Dict[str, Callable]:
-
+    """dotted path -> loader of each architecture entry point. A loader imports the entry
+    through :meth:`~logitnorm_plugin.registry.entry_points.Entry.load`, which applies the kind
+    rule (``KIND_RULES["architecture"]``: a ``torch.nn.Module`` subclass) before anything
+    is returned, so ``evil = os:system`` is refused before a card can call it."""
     found = {}
     for ep in group_entry_points(ARCH_GROUP):
-        value = ep.value.replace(" ", "")
-        if ":" not in value:
-            continue
-        found[value.replace(":", ".")] = ep.load
+        entry = entry_from("architecture", ep)
+        if entry is not None:
+            found[entry.value.replace(":", ".")] = entry.load
     return found
 
 
@@ -241,13 +255,53 @@ def build_arch(arch_class: str, arch_kwargs: Dict[str, Any], source: str | None 
     cls = resolve_class(arch_class, source)
     try:
         model = cls(**arch_kwargs)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
+        # RuntimeError: torch's own refusal, e.g. a negative width ("negative dimension")
         raise UserError(
-            f"architecture {arch_class!r} rejects the arguments {arch_kwargs}{where}: {exc}"
+            f"architecture {arch_class!r} rejects the arguments "
+            f"{one_line(arch_kwargs, 200)}{where}: {one_line(exc, 200)}"
         ) from exc
     if not isinstance(model, nn.Module):
         raise UntrustedFileError(f"{arch_class!r}{where} did not build a torch module")
     return model
+
+
+def _shapes(tensors: Dict[str, Any]) -> Dict[str, Tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in tensors.items()}
+
+
+def build_arch_for_state(arch_class: str, arch_kwargs: Dict[str, Any], state: Dict[str, Any],
+                         source: str | None = None) -> nn.Module:
+    """:func:`build_arch`, but memory is allocated only for a network that ``state`` fits.
+
+    The rule: **a file's numbers never choose how much memory is allocated.** A card's
+    ``arch_kwargs`` (``width=9000``) could make the constructor allocate gigabytes before any
+    check; so the network is first built on the ``meta`` device (shapes only, no storage),
+    its state-dict keys and shapes are compared with ``state`` (the weights, whose size the
+    file bounds), and only a network that matches is built for real.
+
+    :param state: the state dict that will be loaded (tensors)
+    :raises ModelIntegrityError: the state dict does not fit the architecture
+    :raises UntrustedFileError, UserError: as :func:`build_arch`
+    """
+    # imports first, outside the meta context: a module that makes tensors when it is
+    # imported must not make them on the meta device
+    resolve_class(arch_class, source)
+    with torch.device("meta"):
+        skeleton = build_arch(arch_class, arch_kwargs, source)
+    expected, found = _shapes(skeleton.state_dict()), _shapes(state)
+    if expected != found:
+        where = f" of {source!r}" if source else ""
+        differ = sorted(k for k in expected.keys() | found.keys()
+                        if expected.get(k) != found.get(k))
+        first = differ[0]
+        raise ModelIntegrityError(
+            f"the weights do not fit the architecture {arch_class!r}{where} with "
+            f"{one_line(arch_kwargs, 160)}: {len(differ)} tensor(s) differ, e.g. "
+            f"{first!r}: the architecture has {expected.get(first, 'no such tensor')}, the "
+            f"weights {found.get(first, 'no such tensor')}; nothing was allocated"
+        )
+    return build_arch(arch_class, arch_kwargs, source)
 
 
 def _entry(arch: str) -> ArchEntry:

@@ -28,13 +28,19 @@ Rules:
 * What an entry point names is checked when it is loaded (see :data:`KIND_RULES`): a detector
   must be a subclass of ``pytorch_ood.api.Detector``, a benchmark a subclass of
   ``pytorch_ood.benchmark.Benchmark``, a loss a class whose instances are callable as
-  ``loss(logits, target)`` (normally a ``torch.nn.Module``). Anything else (a function, an
+  ``loss(logits, target)`` (normally a ``torch.nn.Module``), an architecture (group
+  :data:`ARCHITECTURE_GROUP`) a ``torch.nn.Module`` subclass. Anything else (a function, an
   instance, an unrelated class) raises :class:`EntryPointKindError` naming the entry point, its
   value, its distribution and what it should be, instead of failing later inside a benchmark;
   listing with ``verify=True`` skips it with a warning.
 * A distribution whose metadata has no ``Name`` (a damaged install) is skipped with a warning
   that names its folder: its entry points cannot be attributed, and the other names keep
-  working.
+  working. One whose ``entry_points.txt`` or ``METADATA`` cannot be read at all (a line
+  without ``=``, bytes that are not UTF-8) is skipped the same way
+  (:mod:`logitnorm_plugin._core.installed`).
+* A third-party module that does not finish importing within the deadline of
+  :mod:`logitnorm_plugin._core.deadline` fails to load like one that raises (named, skipped by
+  listing), instead of hanging ``list`` or ``bench --detectors all``.
 * **Duplicates are never resolved silently.** When two distributions declare the same name,
   listing warns and shows both; looking up the bare name raises
   :class:`AmbiguousNameError` naming both distributions, and the qualified form
@@ -59,7 +65,9 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Dict, Iterable, List, Tuple, Union
 
+from logitnorm_plugin._core import installed
 from logitnorm_plugin._core.conventions import canonical_name
+from logitnorm_plugin._core.deadline import ImportDeadlineError, import_deadline
 from logitnorm_plugin._core.detector_text import parse_detector_text
 from logitnorm_plugin._core.errors import UnknownNameError, UsageError, UserError, closest_match
 
@@ -69,6 +77,10 @@ GROUPS: Dict[str, str] = {
     "detector": "pytorch_ood.detectors",
     "benchmark": "pytorch_ood.benchmarks",
 }
+
+#: the entry-point group of architectures (:mod:`logitnorm_plugin.registry.architectures`);
+#: not in :data:`GROUPS`: a card names an architecture by its dotted path, not by a name
+ARCHITECTURE_GROUP = "pytorch_ood.models"
 
 #: the distribution that ships this module
 THIS_DISTRIBUTION = "logitnorm-plugin"
@@ -127,18 +139,8 @@ def _normalize_distribution(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def _distribution_name(dist) -> str | None:
-    """The normalised ``Name`` of a distribution's metadata; ``None`` when it has none (a
-    damaged install). ``.get`` never warns, where ``metadata["Name"]`` is deprecated for a
-    missing field on newer Pythons."""
-    name = dist.metadata.get("Name") if dist is not None else None
-    return _normalize_distribution(str(name)) if name else None
-
-
-def _distribution_path(dist) -> str:
-    """Where a distribution's metadata lives, for messages (its ``*.dist-info`` folder)."""
-    path = getattr(dist, "_path", None)  # PathDistribution; there is no public accessor
-    return str(path) if path is not None else str(dist.locate_file(""))
+_distribution_name = installed.distribution_name
+_distribution_path = installed.distribution_path
 
 
 def _describe_object(obj) -> str:
@@ -148,6 +150,10 @@ def _describe_object(obj) -> str:
     if callable(obj) and hasattr(obj, "__qualname__"):
         return f"the function {where}"
     return f"a {type(obj).__name__} object"
+
+
+def _article(kind: str) -> str:
+    return f"{'an' if kind[:1] in 'aeiou' else 'a'} {kind}"
 
 
 def _is_loss(obj) -> bool:
@@ -164,6 +170,13 @@ def _is_loss(obj) -> bool:
     if module is not None:
         return any("forward" in vars(k) or "__call__" in vars(k) for k in mro[:module])
     return any("__call__" in vars(k) for k in mro)
+
+
+def _is_module_class(obj) -> bool:
+    """A ``torch.nn.Module`` subclass (compared by name: no torch import for the check)."""
+    return isinstance(obj, type) and any(
+        (k.__module__, k.__qualname__) == ("torch.nn.modules.module", "Module")
+        for k in obj.__mro__)
 
 
 def _is_detector(obj) -> bool:
@@ -196,6 +209,12 @@ KIND_RULES = {
         "a subclass of pytorch_ood.benchmark.Benchmark (it is built as cls(root=..., "
         "download=..., seed=..., **kwargs))",
     ),
+    # not a kind of GROUPS: a model card names an architecture by its dotted path
+    # (logitnorm_plugin.registry.architectures); its entries are kind-checked all the same
+    "architecture": (
+        _is_module_class,
+        "a torch.nn.Module subclass (a model card builds it as cls(**arch_kwargs))",
+    ),
 }
 
 
@@ -205,7 +224,7 @@ class Entry:
 
     #: canonical name, e.g. ``"msp"``
     name: str
-    #: kind, one of :data:`GROUPS`' keys
+    #: kind, one of :data:`KIND_RULES`' keys
     kind: str
     #: ``"module:attribute"``
     value: str
@@ -222,16 +241,21 @@ class Entry:
         """Import and return the class the entry points to.
 
         :raises RegistryLoadError: if the import raises (``SystemExit`` included; only
-            ``KeyboardInterrupt`` and other non-``Exception`` signals pass through)
+            ``KeyboardInterrupt`` and other non-``Exception`` signals pass through) or a
+            third-party module runs past its import deadline
+            (:mod:`logitnorm_plugin._core.deadline`)
         :raises EntryPointKindError: if the object is not what the group requires
             (:data:`KIND_RULES`)
         """
         module_name, _, attribute = self.value.partition(":")
+        # a third-party import that never ends is reported by name (_core.deadline)
+        deadline = 0 if self.distribution == THIS_DISTRIBUTION else None
         try:
-            obj = importlib.import_module(module_name)
+            with import_deadline(f"the module {module_name!r}", deadline):
+                obj = importlib.import_module(module_name)
             for part in attribute.split("."):
                 obj = getattr(obj, part)
-        except (Exception, SystemExit) as exc:  # any failure inside third-party code
+        except (Exception, SystemExit, ImportDeadlineError) as exc:  # any failure of a plugin
             raise RegistryLoadError(
                 f"{self.kind} '{self.name}' from distribution '{self.distribution}' "
                 f"({self.value}) failed to load: {type(exc).__name__}: {exc}"
@@ -240,10 +264,22 @@ class Entry:
         if not accepts(obj):
             raise EntryPointKindError(
                 f"{self.kind} '{self.name}' from distribution '{self.distribution}' "
-                f"({self.value}) is {_describe_object(obj)}, but a {self.kind} entry point "
-                f"must name {expected}"
+                f"({self.value}) is {_describe_object(obj)}, but {_article(self.kind)} entry "
+                f"point must name {expected}"
             )
         return obj
+
+
+def entry_from(kind: str, ep: metadata.EntryPoint) -> "Entry | None":
+    """The :class:`Entry` of one entry point (its distribution ``"unknown"`` when its
+    metadata has no ``Name``), or ``None`` when its value is not ``module:attribute``."""
+    value = ep.value.replace(" ", "")
+    if not _VALUE_PATTERN.match(value):
+        return None
+    dist = getattr(ep, "dist", None)
+    version = str(dist.metadata.get("Version") or "unknown") if dist else "unknown"
+    return Entry(normalize(ep.name), kind, value, _distribution_name(dist) or "unknown",
+                 version)
 
 
 @dataclass(frozen=True)
@@ -299,11 +335,13 @@ def _third_party_disabled() -> bool:
 
 def group_entry_points(group: str) -> List[metadata.EntryPoint]:
     """The entry points of ``group``: only this distribution's while :data:`NO_THIRD_PARTY_ENV`
-    is set (an entry point of a distribution without a ``Name`` counts as third-party)."""
-    eps = list(metadata.entry_points(group=group))
-    if _third_party_disabled():
-        eps = [ep for ep in eps if _distribution_name(ep.dist) == THIS_DISTRIBUTION]
-    return eps
+    is set (an entry point of a distribution without a ``Name`` counts as third-party). A
+    distribution whose metadata cannot be read (a line of ``entry_points.txt`` without ``=``,
+    bytes that are not UTF-8) is skipped with a :class:`RegistryWarning` naming it
+    (:mod:`logitnorm_plugin._core.installed`); with :data:`NO_THIRD_PARTY_ENV` set, the files of
+    other distributions are not even read."""
+    keep = (lambda name: name == THIS_DISTRIBUTION) if _third_party_disabled() else None
+    return installed.group_entry_points(group, keep, RegistryWarning)
 
 
 @functools.cache

@@ -65,11 +65,21 @@ def describe(kind: str, pattern: str | None = None, shipped: bool = True
                 "name": entry.name,
                 "class": f"{getattr(cls, '__module__', '?')}.{getattr(cls, '__qualname__', '?')}",
                 "distribution": f"{entry.distribution} {entry.version}",
-                "paper": f"{paper.title} ({paper.venue} {paper.year})" if paper else "-",
+                "paper": _paper_text(paper),
                 "notes": _notes(kind, cls),
             }
         )
     return rows
+
+
+def _paper_text(paper) -> str:
+    """``title (venue year)`` of a pytorch-ood ``Paper``; a plugin's ``info.paper`` of another
+    type (a plain string, a dict) is shown as its text, never an error."""
+    if not paper:
+        return "-"
+    if all(hasattr(paper, a) for a in ("title", "venue", "year")):
+        return f"{paper.title} ({paper.venue} {paper.year})"
+    return str(paper)
 
 
 def _notes(kind: str, cls: type) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 from logitnorm_plugin._core.atomic import write_text
 from logitnorm_plugin._core.conventions import ID_KEYS, OOD_KEYS, ROW_KEYS
 from logitnorm_plugin._core.errors import UserError
+from logitnorm_plugin._core.escape import md_text, without_markers
 from logitnorm_plugin._core.model_groups import CONFIG_FIELD
 from logitnorm_plugin._core.tables import markdown_table, pct
 
@@ -81,6 +82,9 @@ def update_readme(path: str | Path, markdown: str, section: str | None = None) -
     # one heading level down: the section sits inside the README
     body = "\n".join("#" + line if line.startswith("#") else line
                      for line in markdown.strip().splitlines())
+    # the tables escape what came from files (_core.escape); the section's own markers are
+    # neutralised here as well, so nothing can end the section early
+    body = without_markers(body, (*readme_markers(section), README_START, README_END))
     begin = readme_markers(section)[0]
     new = text[: start + len(begin)] + "\n\n" + body + "\n\n" + text[end:]
     return write_text(path, new)
@@ -123,7 +127,8 @@ def format_table(
     if notes:
         sources = sources or {}
         text += "\n\n" + "\n".join(
-            f"[{n}] {sources.get(s, s)}" for s, n in sorted(notes.items(), key=lambda x: x[1])
+            md_text(f"[{n}] {sources.get(s, s)}")
+            for s, n in sorted(notes.items(), key=lambda x: x[1])
         )
     return text
 

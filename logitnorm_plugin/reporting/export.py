@@ -36,6 +36,7 @@ from typing import Any
 
 from logitnorm_plugin._core.atomic import write_text
 from logitnorm_plugin._core.errors import UserError
+from logitnorm_plugin._core.escape import comment_json, md_text, plain
 from logitnorm_plugin._core.model_groups import group_of
 from logitnorm_plugin._core.provenance import provenance_text
 from logitnorm_plugin._core.tables import finite_json, is_missing, markdown_table, rst_grid_table
@@ -194,17 +195,18 @@ def to_markdown(tables: Sequence[Mapping[str, Any]], provenance: Mapping[str, An
     for table in tables:
         if _heading(table) != current:
             current = _heading(table)
-            parts.append(f"## {current}")
-            parts.append("OOD sets: " + ", ".join(table["ood_names"]) + ".")
+            parts.append(f"## {md_text(current)}")
+            parts.append("OOD sets: " + md_text(", ".join(table["ood_names"])) + ".")
         for scope in (_SCOPE_MEAN, _SCOPE_DATASET):
             header, body = _doc_rows(table, scope)
-            parts.append(f"### {_title(table, scope)}")
-            tag = json.dumps(_table_id(table, scope), sort_keys=True)
+            parts.append(f"### {md_text(_title(table, scope))}")
+            tag = comment_json(json.dumps(_table_id(table, scope), sort_keys=True))
             parts.append(f"<!-- {TABLE_TAG} {tag} -->\n" + markdown_table(header, body))
     return "\n\n".join(parts) + "\n"
 
 
 def _rst_heading(text: str, char: str) -> str:
+    text = plain(text)
     return f"{text}\n{char * len(text)}"
 
 
@@ -218,11 +220,11 @@ def to_rst(tables: Sequence[Mapping[str, Any]], provenance: Mapping[str, Any]) -
         if _heading(table) != current:
             current = _heading(table)
             parts.append(_rst_heading(current, "-"))
-            parts.append("OOD sets: " + ", ".join(table["ood_names"]) + ".")
+            parts.append("OOD sets: " + plain(", ".join(table["ood_names"])) + ".")
         for scope in (_SCOPE_MEAN, _SCOPE_DATASET):
             header, body = _doc_rows(table, scope)
             parts.append(_rst_heading(_title(table, scope), "~"))
-            tag = json.dumps(_table_id(table, scope), sort_keys=True)
+            tag = plain(json.dumps(_table_id(table, scope), sort_keys=True))
             parts.append(f".. {TABLE_TAG} {tag}")
             parts.append(rst_grid_table(header, body))
     return "\n\n".join(parts) + "\n"

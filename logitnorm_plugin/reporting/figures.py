@@ -15,7 +15,7 @@ from pathlib import Path
 from logitnorm_plugin._core.conventions import ID_DATASET
 from logitnorm_plugin._core.digests import state_dict_sha256
 from logitnorm_plugin._core.errors import UserError
-from logitnorm_plugin._core.tables import is_missing, mean_std
+from logitnorm_plugin._core.tables import is_missing, markdown_table, mean_std
 from logitnorm_plugin.evaluation.specs import resolve_benchmark, resolve_model
 from logitnorm_plugin.metrics import expected_calibration_error
 from logitnorm_plugin.plots import (
@@ -196,7 +196,7 @@ def logit_norms(cfg, runs: Mapping[str, Path], out: Path,
     plot_logit_norms([read_metrics(r) for _, r in ordered], path,
                      labels=[run_label(read_config(r)) for _, r in ordered],
                      title=f"{cfg.benchmark}: mean logit L2 norm on the ID test set")
-    rows = ["| Model | Runs | Epochs | first epoch | last epoch |", "|---|---|---|---|---|"]
+    rows = []
     for m in cfg.models:
         records = [read_metrics(r) for mm, r in ordered if mm == m]
         records = [r for r in records if r]
@@ -205,9 +205,10 @@ def logit_norms(cfg, runs: Mapping[str, Path], out: Path,
         first = [r[0]["logit_norm_mean"] for r in records]
         last = [r[-1]["logit_norm_mean"] for r in records]
         epochs = sorted({len(r) for r in records})
-        rows.append(f"| {cfg.label(m)} | {len(records)} | {', '.join(map(str, epochs))} | "
-                    f"{_mean_std_text(first)} | {_mean_std_text(last)} |")
-    return path, "\n".join(rows)
+        rows.append([cfg.label(m), len(records), ", ".join(map(str, epochs)),
+                     _mean_std_text(first), _mean_std_text(last)])
+    # markdown_table escapes the labels, which come from files (_core.escape)
+    return path, markdown_table(["Model", "Runs", "Epochs", "first epoch", "last epoch"], rows)
 
 
 def _mean_std_text(values: Sequence[float]) -> str:

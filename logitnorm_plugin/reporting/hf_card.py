@@ -30,6 +30,7 @@ from typing import Any
 from logitnorm_plugin._core.atomic import atomic_write, write_text
 from logitnorm_plugin._core.conventions import PAPER_FPR_KEY
 from logitnorm_plugin._core.errors import ModelIntegrityError, UserError
+from logitnorm_plugin._core.escape import md_text
 from logitnorm_plugin.evaluation.specs import resolve_model
 from logitnorm_plugin.reporting import model_entry as upstream
 from logitnorm_plugin.store.results import open_results
@@ -134,12 +135,12 @@ def _body(card: Mapping[str, Any], key: str, weights_name: str, rows) -> str:
     lines = [
         f"# {key}",
         "",
-        str(card.get("description") or ""),
+        md_text(card.get("description") or ""),  # the card's text is data (_core.escape)
         "",
-        f"Training objective: `{card.get('loss')}`"
-        + (f" (t={card['t']:g})" if card.get("t") is not None else "")
-        + f", recipe `{card.get('recipe')}`, seed `{card.get('seed')}`. Architecture "
-        f"`{card.get('arch_class')}` with `{json.dumps(card.get('arch_kwargs'))}`.",
+        md_text(f"Training objective: `{card.get('loss')}`"
+                + (f" (t={card['t']:g})" if card.get("t") is not None else "")
+                + f", recipe `{card.get('recipe')}`, seed `{card.get('seed')}`. Architecture "
+                f"`{card.get('arch_class')}` with `{json.dumps(card.get('arch_kwargs'))}`."),
         "",
         "## Use",
         "",
@@ -183,6 +184,7 @@ def write_hf_card(run_dir, out_dir, results=None, key: str | None = None) -> dic
 
     hub = _hub()
     weights, card = runs.verified_weights(run_dir)
+    runs.load_trained(run_dir)  # export only what loads (closed table, shapes, card values)
     key = upstream.check_key(key) if key else upstream.upstream_key(card)
     rows, evaluation = _store_values(results, run_dir) if results is not None else (None, None)
     data = hub.ModelCardData(

@@ -6,8 +6,10 @@ checked by building the real :class:`pytorch_ood.model.registry.ModelEntry` from
 printed. The download URL is an explicit placeholder (``https://FILL-IN/...``).
 
 Nothing read from a card is trusted further than it is checked: the card's own
-``card_sha256`` and the weights' SHA-256 must match, its ``arch_class`` must be in the closed
-table of :func:`logitnorm_plugin.registry.architectures.resolve_class`, and every part of the
+``card_sha256`` and the weights' SHA-256 must match, the model must load (its ``arch_class``
+in the closed table of :func:`logitnorm_plugin.registry.architectures.resolve_class`, the
+weights' shapes those of its ``arch_kwargs``: :func:`~logitnorm_plugin.training.runs.
+load_trained`), and every part of the
 registry key (the card's ``arch``/``dataset``/``loss``/``seed``, or ``--key``) must be a plain name
 (letters, digits, ``.``, ``_``, ``+``, ``-``; never ``..``), so the upload path
 ``<weights-out>/<key>/model-<hash>.pt`` stays inside ``--weights-out``.
@@ -28,7 +30,6 @@ from typing import Any
 from logitnorm_plugin._core.atomic import atomic_write
 from logitnorm_plugin._core.conventions import REGISTRY_LOSS_NAMES
 from logitnorm_plugin._core.errors import ModelIntegrityError, UntrustedFileError
-from logitnorm_plugin.registry.architectures import resolve_class
 from logitnorm_plugin.training import runs
 
 __all__ = [
@@ -158,7 +159,9 @@ def model_entry_snippet(run_dir, key: str | None = None, url: str | None = None)
     card_dir = path if path.is_dir() else path.parent
     weights, card = runs.verified_weights(path)  # the card's digest, then the weights'
     digest = card["sha256"]
-    resolve_class(card["arch_class"], str(card_dir / runs.CARD_FILE))  # the closed table
+    # export only what loads: the closed table, the card's values, the weights' shapes
+    # checked on the meta device before anything is allocated (runs.load_trained)
+    runs.load_trained(path)
     key = check_key(key) if key else upstream_key(card)
     placeholder = url is None
     url = url or f"{URL_PLACEHOLDER}/{key}/{_upload_name(digest)}"

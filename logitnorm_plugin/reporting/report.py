@@ -41,6 +41,7 @@ from typing import Any
 from logitnorm_plugin._core.atomic import write_json, write_text
 from logitnorm_plugin._core.conventions import canonical_name
 from logitnorm_plugin._core.device import resolve_device
+from logitnorm_plugin._core.escape import comment_json, md_cell, md_text
 from logitnorm_plugin._core.model_groups import group_of
 from logitnorm_plugin._core.provenance import provenance_text
 from logitnorm_plugin._core.tables import finite_json, is_missing, pct
@@ -242,12 +243,16 @@ def _table(cfg: _Config, name: str, columns: Sequence[Mapping[str, Any]],
         "rows": [finite_json({**r["spec"], **({"published": r["published"]}
                                             if r.get("published") else {})}) for r in rows],
     })
+    # labels, names and headers come from the store, i.e. from files (_core.escape)
+    header = [md_cell(h) for h in header]
+    body = [[md_cell(c) for c in r] for r in body]
     widths = [max([len(h), *(len(r[i]) for r in body)]) for i, h in enumerate(header)]
 
     def line(cells):
         return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
 
-    lines = [f"<!-- {REPORT_TAG} {json.dumps(tag, ensure_ascii=False)} -->", line(header),
+    lines = [f"<!-- {REPORT_TAG} {comment_json(json.dumps(tag, ensure_ascii=False))} -->",
+             line(header),
              "|" + "|".join("-" * (w + 2) for w in widths) + "|", *(line(r) for r in body)]
     return "\n".join(lines)
 
@@ -374,12 +379,12 @@ def _glance(cfg: _Config) -> list[str]:
                 a = cfg.value({**spec, "metric": metric})[0]
                 b = cfg.value({**base, "metric": metric})[0]
                 parts.append(f"{title} {_fmt(b)} → {_fmt(a)} ({_fmt_delta(a, b)})")
-            out.append(f"- {cfg.label(m)} vs {cfg.label(cfg.baseline)}, `{det}`: "
-                       + "; ".join(parts))
+            out.append(md_text(f"- {cfg.label(m)} vs {cfg.label(cfg.baseline)}, `{det}`: "
+                               + "; ".join(parts)))
         a = cfg.value(_model_spec(m, detector=cfg.detectors[0], metric="ECE"))[0]
         b = cfg.value(_model_spec(cfg.baseline, detector=cfg.detectors[0], metric="ECE"))[0]
-        out.append(f"- {cfg.label(m)} vs {cfg.label(cfg.baseline)}, calibration: ECE "
-                   f"{_fmt(b)} → {_fmt(a)} ({_fmt_delta(a, b)})")
+        out.append(md_text(f"- {cfg.label(m)} vs {cfg.label(cfg.baseline)}, calibration: ECE "
+                           f"{_fmt(b)} → {_fmt(a)} ({_fmt_delta(a, b)})"))
     return out
 
 
@@ -427,17 +432,17 @@ def write_report(
             run_map = report_figures.match_runs(found, all_ids, notes)
         parts = [
             "# LogitNorm against cross-entropy: report",
-            f"Results folder: `{folder}`. " + provenance_text(provenance),
+            f"Results folder: `{md_text(folder)}`. " + provenance_text(provenance),
             _CONVENTIONS,
         ]
         for cfg in configs:
-            parts.append(f"## Benchmark `{cfg.benchmark}`, protocol `{cfg.protocol}`")
+            parts.append(md_text(f"## Benchmark `{cfg.benchmark}`, protocol `{cfg.protocol}`"))
             groups = "".join(f"; {g}: {', '.join(v)}" for g, v in cfg.groups.items())
-            parts.append(
+            parts.append(md_text(
                 f"OOD sets: {', '.join(cfg.ood_names)}{groups}. Objectives: "
                 f"{', '.join(cfg.label(m) for m in cfg.models)}; detectors: "
                 f"{', '.join(cfg.detectors)}. Configuration `{cfg.cfg_id}`."
-            )
+            ))
             if cfg.baseline is None:
                 parts.append(f"No `{baseline}` models in this configuration: no Δ columns.")
             glance = _glance(cfg)
@@ -448,7 +453,7 @@ def write_report(
                       _summary_table(cfg, record)]
             parts.append("### Per OOD set (the paper's table)")
             for det in cfg.detectors:
-                parts += [f"#### Detector `{det}`", _paper_table(cfg, det, record)]
+                parts += [f"#### Detector `{md_text(det)}`", _paper_table(cfg, det, record)]
             parts.append("### Published numbers beside ours")
             table, sources = _published_table(cfg, record)
             if table is None:
@@ -464,15 +469,16 @@ def write_report(
                 parts.append("### Figures")
                 for det, path in report_figures.histograms(store, cfg, out, notes):
                     written.append(path)
-                    parts.append(f"ID vs OOD scores, `{det}` (first seed of each objective; "
-                                 f"larger = more OOD):\n\n![{det} scores]({path.name})")
+                    parts.append(f"ID vs OOD scores, `{md_text(det)}` (first seed of each "
+                                 f"objective; larger = more OOD):\n\n![{md_text(det)} scores]"
+                                 f"({path.name})")
                 path, lines = report_figures.reliability(cfg, run_map, out, data_root, device,
                                                          batch_size, notes)
                 if path is not None:
                     written.append(path)
                     parts.append("Reliability diagram (ID test set, 15 equal-width bins):\n\n"
                                  f"![reliability]({path.name})\n\n"
-                                 + "\n".join(f"- {line}" for line in lines))
+                                 + "\n".join(f"- {md_text(line)}" for line in lines))
                 path, table = report_figures.logit_norms(cfg, run_map, out, notes)
                 if path is not None:
                     written.append(path)
@@ -480,7 +486,7 @@ def write_report(
                                  f"the ID test set, per epoch):\n\n![logit norm]({path.name})"
                                  f"\n\n{table}")
         if notes:
-            parts += ["## Not shown", "\n".join(f"- {n}" for n in notes)]
+            parts += ["## Not shown", "\n".join(f"- {md_text(n)}" for n in notes)]
         parts.append(f"Regenerate with `logitnorm-ood report {folder}`.")
     path = write_text(out / REPORT_FILE, "\n\n".join(parts) + "\n")
     json_path = write_json(out / REPORT_JSON, {

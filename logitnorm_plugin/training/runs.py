@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Union
 
 from logitnorm_plugin._core import atomic, provenance
+from logitnorm_plugin._core.card_values import check_card_values
 from logitnorm_plugin._core.conventions import dataset_tag
 from logitnorm_plugin._core.digests import json_sha256, sha256_file
 from logitnorm_plugin._core.errors import (
@@ -50,7 +51,7 @@ from logitnorm_plugin._core.errors import (
     UserError,
     one_line,
 )
-from logitnorm_plugin.registry.architectures import build_arch
+from logitnorm_plugin.registry.architectures import build_arch_for_state
 from logitnorm_plugin.training import checkpoints
 from logitnorm_plugin.training.checkpoints import CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE
 
@@ -443,6 +444,7 @@ def _check_card_fields(card: Dict[str, Any], card_path: Path) -> None:
         raise UntrustedFileError(
             f"model card {str(card_path)!r}: 'sha256' is not 64 lower-case hex digits"
         )
+    check_card_values(card, str(card_path))  # t, preprocessing, text fields (_core)
 
 
 def seal_card(path: PathLike) -> Path:
@@ -513,12 +515,14 @@ def load_trained(path: PathLike, map_location="cpu", return_card: bool = False):
 
     weights, card = verified_weights(path)
     card_path = str(_card_path(path))
-    model = build_arch(card.get("arch_class"), card.get("arch_kwargs"), card_path)
     state = checkpoints.load_weights_only(weights, "weights file", map_location=map_location)
     if not isinstance(state, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):
         raise UntrustedFileError(f"{str(weights)!r} is not a state dict of tensors")
+    # built on the meta device and compared with the weights' shapes before any allocation
+    model = build_arch_for_state(card.get("arch_class"), card.get("arch_kwargs"), state,
+                                 card_path)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
