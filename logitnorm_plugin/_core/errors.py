@@ -73,6 +73,12 @@ class UsageError(UserError, ValueError):
     """Arguments that cannot work together as given (e.g. two models with one label)."""
 
 
+class UndefinedScoresError(UserError, ValueError):
+    """A detector gave NaN outlier scores (its settings, e.g. a temperature of 0, or the
+    model's weights make them undefined); the message names the detector, the model and the
+    dataset. Scores of +inf or -inf are allowed: they rank as the most and least OOD."""
+
+
 def one_line(text, limit: int = 400) -> str:
     """``text`` on one line (whitespace runs collapsed), cut at ``limit`` characters: for
     messages that quote another library's multi-line error."""
