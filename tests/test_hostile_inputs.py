@@ -76,6 +76,23 @@ def _hostile_run(damage: Callable[[Path], None]):
     return setup
 
 
+def _nan_weights(run: Path) -> None:
+    """Weights that make every logit NaN, sealed as a forger (or a diverged export) would:
+    the weights' SHA-256 and the card's digest match them."""
+    import torch
+
+    from logitnorm_plugin._core.digests import json_sha256, sha256_file
+
+    state = torch.load(run / "model.pt", weights_only=True)
+    torch.save({k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+                for k, v in state.items()}, run / "model.pt")
+    card = json.loads((run / "model.json").read_text(encoding="utf-8"))
+    card["sha256"] = sha256_file(run / "model.pt")
+    card.pop("card_sha256")
+    card["card_sha256"] = json_sha256(card)
+    (run / "model.json").write_text(json.dumps(card), encoding="utf-8")
+
+
 def _damaged_request(case: Path, paths: dict) -> None:
     shutil.copytree(paths["results"], case / "results")
     request = next((case / "results" / "runs").glob("*/bench_request.json"))
@@ -138,6 +155,9 @@ CASES = [
                         "--out", "{case}/out"),
          ("the detector energy gave ", " NaN scores of ", " on the ID test set with the model ",
           "digits-cnn/digits/logitnorm/s0")),
+    Case("nan-model", ("bench", "--models", "{case}/hostile", *EVAL, "--out", "{case}/out"),
+         ("the detector msp gave ", " NaN scores of ", " on the ID test set with the model "),
+         setup=_hostile_run(_nan_weights)),
     # counts out of range
     Case("threads-100000", ("train", "--threads", "100000", "--device", "cpu",
                             "--out", "{case}/run"), "CPU cores of this machine", process=True),
