@@ -158,6 +158,10 @@ CASES = [
     Case("nan-model", ("bench", "--models", "{case}/hostile", *EVAL, "--out", "{case}/out"),
          ("the detector msp gave ", " NaN scores of ", " on the ID test set with the model "),
          setup=_hostile_run(_nan_weights)),
+    # detector arguments the class refuses
+    Case("detector-unknown-argument", ("bench", "--models", "{run}", *EVAL, "--detectors",
+                                       "msp(foo=1)", "--out", "{case}/out"),
+         ("the detector msp(foo=1) cannot be built", "unexpected keyword argument 'foo'")),
     # counts out of range
     Case("threads-100000", ("train", "--threads", "100000", "--device", "cpu",
                             "--out", "{case}/run"), "CPU cores of this machine", process=True),
@@ -317,3 +321,21 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+@pytest.mark.parametrize("error", [
+    FileNotFoundError(2, "No such file or directory", "missing.json"),  # ENOENT: often a bug
+    OSError(5, "Input/output error", "model.pt"),
+    RuntimeError("a bug"),
+])
+def test_other_exceptions_keep_their_traceback(error, monkeypatch):
+    """Only bad input is one line: a command failing otherwise propagates (a traceback)."""
+    from logitnorm_plugin.cli import list as list_command
+    from logitnorm_plugin.cli import main
+
+    def fail(args):
+        raise error
+
+    monkeypatch.setattr(list_command, "run", fail)
+    with pytest.raises(type(error)):
+        main(["list"])

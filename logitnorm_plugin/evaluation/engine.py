@@ -72,7 +72,6 @@ from logitnorm_plugin.evaluation.specs import (
     resolve_models,
 )
 from logitnorm_plugin.metrics import accuracy, expected_calibration_error
-from logitnorm_plugin.registry.entry_points import create_detector
 from logitnorm_plugin.store.results import ResultStore
 
 __all__ = ["evaluate"]
@@ -540,7 +539,7 @@ class _ModelWork:
             else:
                 kwargs = {**spec.kwargs, **extra}
                 self.feed_of[key], parts = feeds.plan(spec.cls, kwargs)
-                detectors[key] = create_detector(spec.cls, net, **kwargs, **parts)
+                detectors[key] = feeds.build(spec.cls, net, {**kwargs, **parts}, spec.label)
         return detectors
 
     def _train_pass(self, net, train, split, maps: bool) -> Dict[str, Tensor]:
