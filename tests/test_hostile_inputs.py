@@ -327,6 +327,7 @@ if __name__ == "__main__":
     FileNotFoundError(2, "No such file or directory", "missing.json"),  # ENOENT: often a bug
     OSError(5, "Input/output error", "model.pt"),
     RuntimeError("a bug"),
+    BrokenPipeError(32, "Broken pipe"),  # a pipe other than stdout (whose reader is here)
 ])
 def test_other_exceptions_keep_their_traceback(error, monkeypatch):
     """Only bad input is one line: a command failing otherwise propagates (a traceback)."""

@@ -13,6 +13,7 @@ import argparse
 import importlib
 import logging
 import os
+import select
 import signal
 import sys
 import warnings
@@ -84,6 +85,20 @@ def _explicit(parser: argparse.ArgumentParser, argv: List[str]) -> frozenset:
             action.default = default
 
 
+def _stdout_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (``poll`` reports an error on its
+    write end); where ``poll`` is missing, a broken pipe is taken to be stdout's."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False  # not a file (a captured stream)
+    if not hasattr(select, "poll"):
+        return True
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+
+
 def _drop_stdout() -> None:
     """Point the file descriptor of stdout at ``os.devnull``: what is still buffered for a
     closed pipe is dropped instead of failing again when the interpreter exits."""
@@ -138,6 +153,8 @@ def main(argv: List[str] | None = None) -> int:
         print(f"logitnorm-ood {known.command}: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:
+        if not _stdout_gone():
+            raise  # another pipe (a worker's): not the reader of our output going away
         # `logitnorm-ood list | head -1`: the reader of stdout is gone; stop quietly, as Unix
         # tools do (their status is 128 + SIGPIPE)
         _drop_stdout()
