@@ -340,3 +340,24 @@ def test_other_exceptions_keep_their_traceback(error, monkeypatch):
     monkeypatch.setattr(list_command, "run", fail)
     with pytest.raises(type(error)):
         main(["list"])
+
+
+def test_path_error_message_names_the_path_in_one_line(tmp_path):
+    import errno
+
+    from logitnorm_plugin._core.path_errors import path_error_message
+
+    long = str(tmp_path / ("x\ny" * 200))
+    text = path_error_message(OSError(errno.ENAMETOOLONG, "File name too long", long))
+    assert "\n" not in text and len(text) < 300 and "too long" in text
+    assert f"({len(' '.join(long.split()))} characters)" in text
+    (tmp_path / "f").write_text("x", encoding="utf-8")
+    exists = [path_error_message(FileExistsError(errno.EEXIST, "File exists", str(p)))
+              for p in (tmp_path / "f", tmp_path)]
+    assert "exists as a file, where a folder is needed" in exists[0]
+    assert "exists already" in exists[1]
+    # a rename of a temporary onto a folder names the folder, not the temporary
+    renamed = IsADirectoryError(errno.EISDIR, "Is a directory", ".t.tmp", None, str(tmp_path))
+    assert path_error_message(renamed).startswith(f"cannot use {str(tmp_path)!r}: it is a folder")
+    assert path_error_message(FileNotFoundError(errno.ENOENT, "No such file", "x")) is None
+    assert path_error_message(ValueError("x")) is None

@@ -51,4 +51,7 @@ def path_error_message(exc: BaseException) -> str | None:
     # of a rename (a temporary onto the target) the target, the path that was given
     path = exc.filename2 if exc.filename2 is not None else exc.filename
     where = "a path" if path is None else _shown(path)
-    return f"cannot use {where}: {PATH_ERRNOS[exc.errno]} ({exc.strerror or exc})"
+    reason = PATH_ERRNOS[exc.errno]
+    if exc.errno == errno.EEXIST and path is not None and os.path.isdir(path):
+        reason = "it exists already"  # not a file where a folder belongs
+    return f"cannot use {where}: {reason} ({exc.strerror or exc})"
