@@ -1,5 +1,7 @@
 """One device rule for every command."""
 
+import os
+
 import pytest
 import torch
 
@@ -30,9 +32,10 @@ def test_threads_auto_is_one_for_the_digits_on_the_cpu_only():
     assert resolve_threads("auto", torch.device("cpu"), "Digits") == 1
     assert resolve_threads("auto", "cpu", "cifar10") is None  # torch's default
     assert resolve_threads(None, "cpu", "digits") is None  # leave torch alone
-    assert resolve_threads(3, "cpu", "cifar10") == 3
+    cores = os.cpu_count()
+    assert resolve_threads(cores, "cpu", "cifar10") == cores
     assert resolve_threads("2", "cpu", "digits") == 2
-    for bad in (0, -1, "many", 1.5):
+    for bad in (0, -1, "many", 1.5, cores + 1, 100000):
         with pytest.raises(UserError, match="threads"):
             resolve_threads(bad, "cpu", "digits")
 
@@ -44,3 +47,17 @@ def test_torch_threads_sets_and_restores():
     assert torch.get_num_threads() == before
     with torch_threads(None):
         assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("device", ["meta", "mps", "xpu"])
+def test_a_device_this_machine_cannot_run_on_is_a_clear_error(device):
+    if torch.accelerator.current_accelerator(check_available=True) == torch.device(device):
+        pytest.skip(f"this machine has {device}")
+    with pytest.raises(UserError, match=f"device '{device}' cannot run models here"):
+        resolve_device(device)
+
+
+def test_a_cuda_index_beyond_the_devices_is_a_clear_error():
+    count = torch.cuda.device_count()
+    with pytest.raises(UserError, match="CUDA is not available|cuda:0 to"):
+        resolve_device(f"cuda:{count}")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from logitnorm_plugin._core.errors import UserError
 
-__all__ = ["MAX_SEED", "check_model_paths", "check_values"]
+__all__ = ["MAX_SEED", "check_counts", "check_model_paths", "check_thread_count", "check_values"]
 
 #: largest seed numpy accepts
 MAX_SEED = 2**32 - 1
@@ -35,6 +35,33 @@ def check_values(epochs=None, batch_size=None, lr=None, seeds: Iterable = (), t=
         raise UserError(f"--num-workers must be >= 0, got {num_workers}")
     if lock_timeout is not None and lock_timeout < 0:
         raise UserError(f"--lock-timeout must be >= 0 seconds, got {lock_timeout}")
+
+
+def check_counts(**counts) -> None:
+    """Counts that must be >= 1 where given (``None``: not given, not checked), named by their
+    option: ``check_counts(noise_n=0)`` fails with ``--noise-n must be >= 1, got 0``.
+
+    :raises UserError: for a count below 1
+    """
+    for name, value in counts.items():
+        if value is not None and value < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+
+
+def check_thread_count(count: int) -> int:
+    """A thread count of ``--threads``: from 1 to the CPU cores of this machine
+    (``os.cpu_count()``). More threads than cores never run faster, and a huge count makes
+    OpenMP start that many threads (100000 exhausts memory and crashes the process).
+
+    :raises UserError: for a count out of that range
+    """
+    cores = os.cpu_count() or 1
+    if count < 1:
+        raise UserError(f"--threads must be >= 1, got {count}")
+    if count > cores:
+        raise UserError(f"--threads {count} is more than the {cores} CPU cores of this machine: "
+                        f"give at most {cores}, or auto")
+    return count
 
 
 def _looks_like_path(spec: str) -> bool:

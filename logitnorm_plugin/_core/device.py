@@ -5,6 +5,7 @@ import contextlib
 
 import torch
 
+from logitnorm_plugin._core.arg_checks import check_thread_count
 from logitnorm_plugin._core.errors import UserError
 
 
@@ -15,7 +16,10 @@ def resolve_device(device=None) -> torch.device:
     :param device: ``None`` or ``"auto"`` (CUDA when available, else the CPU), or anything
         :class:`torch.device` accepts (``"cpu"``, ``"cuda"``, ``"cuda:1"``, a device)
     :return: the device
-    :raises UserError: for a CUDA device on a machine without CUDA (before anything starts)
+    :raises UserError: for a device this machine cannot run on (before anything starts): CUDA
+        on a machine without CUDA, an index beyond its devices, another accelerator than the
+        one this torch was built for and has here (``mps`` on Linux), or ``meta`` (a device
+        without data: no model runs on it)
     """
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -23,8 +27,20 @@ def resolve_device(device=None) -> torch.device:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise UserError(f"unknown device {device!r}: use cpu, cuda, cuda:N or auto") from exc
+    if resolved.type == "cpu":
+        return resolved
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device {device!r} asked for, but CUDA is not available here; use cpu")
+    accelerator = torch.accelerator.current_accelerator(check_available=True)
+    if accelerator is None or accelerator.type != resolved.type:
+        here = "cpu" if accelerator is None else f"cpu, {accelerator.type}"
+        raise UserError(f"device {device!r} cannot run models here (devices of this machine: "
+                        f"{here}); use one of them or auto")
+    count = torch.accelerator.device_count()
+    if resolved.index is not None and resolved.index >= count:
+        raise UserError(f"device {device!r} asked for, but this machine has {count} "
+                        f"{resolved.type} device{'s' if count != 1 else ''} "
+                        f"({resolved.type}:0 to {resolved.type}:{count - 1})")
     return resolved
 
 
@@ -40,13 +56,14 @@ def resolve_threads(threads, device, dataset=None) -> int | None:
     little and costs several-fold when other processes compete for the cores (measured on a
     2-core machine: README.md, "Speed benchmarks"); anything else keeps torch's default.
 
-    :param threads: ``None`` (keep torch's setting), ``"auto"``, or a number >= 1
+    :param threads: ``None`` (keep torch's setting), ``"auto"``, or a number from 1 to the
+        CPU cores of this machine (:func:`~logitnorm_plugin._core.arg_checks.check_thread_count`)
     :param device: the device of the command (a :class:`torch.device` or anything
         :func:`resolve_device` accepts); threads matter on the CPU only, but a number is
         applied on any device (the host side runs on them too)
     :param dataset: the dataset or benchmark name of the command (``"digits"``, ...)
     :return: the thread count to set, or ``None`` to leave torch's setting alone
-    :raises UserError: for anything else than ``None``, ``"auto"`` or a number >= 1
+    :raises UserError: for anything else than ``None``, ``"auto"`` or such a number
     """
     if threads is None:
         return None
@@ -60,7 +77,7 @@ def resolve_threads(threads, device, dataset=None) -> int | None:
         raise UserError(f"threads must be a number >= 1 or 'auto', got {threads!r}") from exc
     if count < 1 or count != float(threads):
         raise UserError(f"threads must be a number >= 1 or 'auto', got {threads!r}")
-    return count
+    return check_thread_count(count)
 
 
 @contextlib.contextmanager

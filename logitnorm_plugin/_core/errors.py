@@ -73,6 +73,29 @@ class UsageError(UserError, ValueError):
     """Arguments that cannot work together as given (e.g. two models with one label)."""
 
 
+class DetectorArgumentsError(UserError, ValueError):
+    """A detector's class refused the arguments it was given (e.g. ``knn(k=0)``, an argument
+    name it does not take).
+
+    :param label: the detector as given, with its arguments
+    :param cause: the class's own ``TypeError`` or ``ValueError``
+    """
+
+    def __init__(self, label: str, cause: BaseException):
+        self.label = label
+        super().__init__(
+            f"the detector {label} cannot be built with these arguments ({type(cause).__name__}"
+            f": {one_line(str(cause), 200)}); see its class's parameters (`logitnorm-ood list "
+            "detectors` names the class)"
+        )
+
+
+class UndefinedScoresError(UserError, ValueError):
+    """A detector gave NaN outlier scores (its settings, e.g. a temperature of 0, or the
+    model's weights make them undefined); the message names the detector, the model and the
+    dataset. Scores of +inf or -inf are allowed: they rank as the most and least OOD."""
+
+
 def one_line(text, limit: int = 400) -> str:
     """``text`` on one line (whitespace runs collapsed), cut at ``limit`` characters: for
     messages that quote another library's multi-line error."""

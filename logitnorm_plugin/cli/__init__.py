@@ -1,19 +1,26 @@
 """The ``logitnorm-ood`` command line: one module per command, the only place argparse lives.
 
 Each command module provides ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args)``;
-this file wires them up and turns :class:`~logitnorm_plugin._core.errors.UserError` into a one-line
-message on stderr and exit status 2. A command's module is imported only when it runs, so
-``logitnorm-ood list`` stays light.
+this file wires them up and turns :class:`~logitnorm_plugin._core.errors.UserError`, and an
+``OSError`` of a path that cannot be used as given
+(:func:`~logitnorm_plugin._core.path_errors.path_error_message`), into a one-line message on
+stderr and exit status 2; a closed stdout (``logitnorm-ood list | head -1``) ends the command
+quietly. Any other exception keeps its traceback: it is a bug to report. A command's module is
+imported only when it runs, so ``logitnorm-ood list`` stays light.
 """
 
 import argparse
 import importlib
 import logging
+import os
+import select
+import signal
 import sys
 import warnings
 from typing import List
 
 from logitnorm_plugin._core.errors import UserError
+from logitnorm_plugin._core.path_errors import path_error_message
 
 #: command -> module of this package that implements it
 COMMANDS = {
@@ -78,6 +85,34 @@ def _explicit(parser: argparse.ArgumentParser, argv: List[str]) -> frozenset:
             action.default = default
 
 
+def _stdout_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (``poll`` reports an error on its
+    write end); where ``poll`` is missing, a broken pipe is taken to be stdout's."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False  # not a file (a captured stream)
+    if not hasattr(select, "poll"):
+        return True
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+
+
+def _drop_stdout() -> None:
+    """Point the file descriptor of stdout at ``os.devnull``: what is still buffered for a
+    closed pipe is dropped instead of failing again when the interpreter exits."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return  # not a file (a captured stream): nothing is flushed at exit
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
 def main(argv: List[str] | None = None) -> int:
     # not list(argv): once `logitnorm-ood list` ran in this process, importing the submodule
     # cli.list made `list` in this module's namespace that module, not the builtin
@@ -111,9 +146,24 @@ def main(argv: List[str] | None = None) -> int:
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
-        return int(module.run(args) or 0)
+        status = int(module.run(args) or 0)
+        sys.stdout.flush()  # a reader that went away shows here, not at the interpreter's exit
+        return status
     except UserError as exc:
         print(f"logitnorm-ood {known.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        if not _stdout_gone():
+            raise  # another pipe (a worker's): not the reader of our output going away
+        # `logitnorm-ood list | head -1`: the reader of stdout is gone; stop quietly, as Unix
+        # tools do (their status is 128 + SIGPIPE)
+        _drop_stdout()
+        return 128 + signal.SIGPIPE
+    except OSError as exc:
+        message = path_error_message(exc)  # a path that cannot be used as given
+        if message is None:
+            raise
+        print(f"logitnorm-ood {known.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"logitnorm-ood {known.command}: interrupted", file=sys.stderr)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 from typing import Any, Dict, List, Sequence
 
+from logitnorm_plugin._core.arg_checks import check_thread_count
 from logitnorm_plugin._core.detector_text import split_outside_parentheses
 from logitnorm_plugin._core.errors import UserError
 
@@ -72,16 +73,14 @@ def key_values(items: List[str] | None, option: str = "--loss-arg") -> Dict[str,
 
 
 def threads(value: str) -> int | str:
-    """``--threads``: a number >= 1 or ``auto``."""
+    """``--threads``: ``auto`` or a number from 1 to the CPU cores of this machine."""
     if value == "auto":
         return "auto"
     try:
         count = int(value)
     except ValueError as exc:
         raise UserError(f"--threads takes a number or 'auto', got {value!r}") from exc
-    if count < 1:
-        raise UserError(f"--threads must be >= 1, got {count}")
-    return count
+    return check_thread_count(count)
 
 
 def add_threads(parser) -> None:

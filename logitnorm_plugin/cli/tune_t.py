@@ -4,7 +4,7 @@
 import argparse
 from pathlib import Path
 
-from logitnorm_plugin._core.arg_checks import check_values
+from logitnorm_plugin._core.arg_checks import check_counts, check_values
 from logitnorm_plugin._core.conventions import PAPER_FPR_KEY
 from logitnorm_plugin._core.errors import UserError
 from logitnorm_plugin.cli import _args
@@ -82,6 +82,7 @@ def run(args) -> int:
     # values first, before torch loads: an argument error answers at once
     check_values(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                  seeds=_args.seeds(args.seeds))
+    check_counts(noise_n=args.noise_n, jobs=args.jobs)
     from logitnorm_plugin.workflows.tune_t import tune_t  # torch: after the checks
 
     tune_t(

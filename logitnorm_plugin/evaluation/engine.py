@@ -57,7 +57,11 @@ from logitnorm_plugin._core.digests import config_hash, state_dict_sha256
 from logitnorm_plugin._core.model_groups import CONFIG_FIELD, GROUP_FIELD, model_group_fields
 from logitnorm_plugin.evaluation import feeds
 from logitnorm_plugin.evaluation.fit_cache import FitCache, pass_config
-from logitnorm_plugin.evaluation.protocol import paper_subsample_indices, protocol_metrics
+from logitnorm_plugin.evaluation.protocol import (
+    check_defined,
+    paper_subsample_indices,
+    protocol_metrics,
+)
 from logitnorm_plugin.evaluation.request import EvaluateRequest
 from logitnorm_plugin.evaluation.specs import (
     BenchmarkData,
@@ -69,7 +73,6 @@ from logitnorm_plugin.evaluation.specs import (
     resolve_models,
 )
 from logitnorm_plugin.metrics import accuracy, expected_calibration_error
-from logitnorm_plugin.registry.entry_points import create_detector
 from logitnorm_plugin.store.results import ResultStore
 
 __all__ = ["evaluate", "run_evaluation"]
@@ -536,7 +539,7 @@ class _ModelWork:
             else:
                 kwargs = {**spec.kwargs, **extra}
                 self.feed_of[key], parts = feeds.plan(spec.cls, kwargs)
-                detectors[key] = create_detector(spec.cls, net, **kwargs, **parts)
+                detectors[key] = feeds.build(spec.cls, net, {**kwargs, **parts}, spec.label)
         return detectors
 
     def _train_pass(self, net, train, split, maps: bool) -> Dict[str, Tensor]:
@@ -563,6 +566,9 @@ class _ModelWork:
         job = self.job
         # every sample of an OOD set is OOD, whatever label its dataset carries
         ood_labels = torch.full((ood_scores.shape[0],), -1, dtype=torch.int64)
+        for where, scores in (("the ID test set", id_scores),
+                              (f"the OOD set {dataset!r}", ood_scores)):
+            check_defined(scores, self.name_of[key], where, self.spec.label)
         row = job.row_labels(self.spec, self.name_of[key], dataset)
         row.update(protocol_metrics(id_scores, id_labels, ood_scores, ood_labels, subsets))
         row.update(id_metrics)

@@ -46,7 +46,13 @@ from pytorch_ood.api import (
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from logitnorm_plugin._core.errors import DetectorFitError, UnsupportedModelError, UserError
+from logitnorm_plugin._core.errors import (
+    DetectorArgumentsError,
+    DetectorFitError,
+    UnsupportedModelError,
+    UserError,
+)
+from logitnorm_plugin.registry.entry_points import create_detector
 from logitnorm_plugin.registry.split import published_defaults, split_model
 
 LOGITS, FEATURES, BACKBONE, INPUT = "logits", "features", "backbone", "input"
@@ -83,6 +89,19 @@ class Feed:
 def _overrides(cls: type, method: str, base: type) -> bool:
     own = getattr(cls, method, None)
     return callable(own) and own is not getattr(base, method, None)
+
+
+def build(cls: type, model: nn.Module, kwargs: Mapping[str, Any], label: str) -> Detector:
+    """``create_detector(cls, model, **kwargs)``, where arguments the class refuses (a name it
+    does not take, a value out of its range: its ``TypeError`` or ``ValueError``) are a
+    :class:`~logitnorm_plugin._core.errors.DetectorArgumentsError` naming the detector as
+    ``label`` (``knn(k=0)``)."""
+    try:
+        return create_detector(cls, model, **kwargs)
+    except UserError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise DetectorArgumentsError(label, exc) from exc
 
 
 def plan(cls: type, kwargs: Mapping[str, Any]) -> Tuple[Feed, Dict[str, Any]]:

@@ -12,10 +12,27 @@ from typing import Dict, List
 import torch
 from torch import Tensor
 
+from logitnorm_plugin._core.errors import UndefinedScoresError
 from logitnorm_plugin.data import paper_ood_size, subsample_ood
 from logitnorm_plugin.metrics import ood_metrics
 
-__all__ = ["paper_subsample_indices", "protocol_metrics"]
+__all__ = ["check_defined", "paper_subsample_indices", "protocol_metrics"]
+
+
+def check_defined(scores: Tensor, detector: str, where: str, model: str) -> None:
+    """The rule for scores that are not numbers: NaN is an error naming the detector, the
+    dataset and the model; +inf and -inf are scores (the most and the least OOD).
+
+    :param where: the dataset, as the message names it (``"the OOD set 'svhn'"``)
+    :raises UndefinedScoresError: for NaN scores
+    """
+    undefined = int(torch.isnan(scores).sum())
+    if undefined:
+        raise UndefinedScoresError(
+            f"the detector {detector} gave {undefined} NaN scores of {scores.numel()} on "
+            f"{where} with the model {model!r}: its settings or the model's weights make "
+            "them undefined; change them or leave the detector out"
+        )
 
 
 def paper_subsample_indices(

@@ -9,12 +9,14 @@ logit-norm curves from the training runs. What cannot be drawn is explained in `
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from logitnorm_plugin._core.conventions import ID_DATASET
 from logitnorm_plugin._core.digests import state_dict_sha256
 from logitnorm_plugin._core.errors import UserError
+from logitnorm_plugin._core.path_errors import path_error_message
 from logitnorm_plugin._core.tables import is_missing, markdown_table, mean_std
 from logitnorm_plugin.evaluation.specs import resolve_benchmark, resolve_model
 from logitnorm_plugin.metrics import expected_calibration_error
@@ -29,31 +31,47 @@ from logitnorm_plugin.training.runs import load_trained, read_config, read_metri
 
 __all__ = ["find_runs", "histograms", "logit_norms", "match_runs", "reliability"]
 
+_log = logging.getLogger(__name__)
 
-def find_runs(results_dir, extra: Sequence = ()) -> list[Path]:
+
+def _skip(notes: list[str], text: str) -> None:
+    """A run folder left out of the report: a note in it, and a warning now."""
+    notes.append(text)
+    _log.warning("%s", text)
+
+
+def find_runs(results_dir, extra: Sequence = (), notes: list[str] | None = None) -> list[Path]:
     """Trainer run folders (holding ``model.json``) under ``RESULTS_DIR/runs`` and ``extra``
-    (each a run folder or a folder of run folders)."""
+    (each a run folder or a folder of run folders); an ``extra`` that is neither is skipped
+    with a note in ``notes`` and a warning."""
     found: dict[Path, None] = {}
     bases = [Path(results_dir) / "runs", *(Path(e) for e in extra)]
-    for base in bases:
+    for i, base in enumerate(bases):
         if (base / "model.json").is_file():
             found.setdefault(base.resolve(), None)
         elif base.is_dir():
             for child in sorted(base.iterdir()):
                 if (child / "model.json").is_file():
                     found.setdefault(child.resolve(), None)
+        elif i and notes is not None:
+            _skip(notes, f"run folder {str(base)!r} skipped: no such folder")
     return list(found)
 
 
 def match_runs(runs: Sequence[Path], model_ids: set[str], notes: list[str]) -> dict[str, Path]:
-    """Stored model id -> run folder, by the fingerprint of the run's weights."""
+    """Stored model id -> run folder, by the fingerprint of the run's weights. A folder whose
+    model card, weights, ``config.json`` or ``metrics.jsonl`` cannot be read is skipped with a
+    note and a warning naming it and why; the others are reported."""
 
     matched = {}
     for run in runs:
         try:
             model = load_trained(run)
-        except UserError as exc:
-            notes.append(f"run folder {run} skipped: {exc}")
+            read_config(run), read_metrics(run)  # what the figures read of it
+        except (UserError, OSError) as exc:
+            if not isinstance(exc, UserError) and path_error_message(exc) is None:
+                raise  # not the folder's fault: a bug to report
+            _skip(notes, f"run folder {run} skipped: {path_error_message(exc) or exc}")
             continue
         model_id = "weights:" + state_dict_sha256(model)
         if model_id in model_ids:

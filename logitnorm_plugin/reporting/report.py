@@ -428,7 +428,7 @@ def write_report(
             # run folders named by the stored rows (bench --models RUN ...), then the others
             stored = {r["Run"]: None for c in configs for r in c.rows
                       if r.get("Run") and Path(r["Run"]).is_dir()}
-            found = report_figures.find_runs(folder, [*runs, *stored])
+            found = report_figures.find_runs(folder, [*runs, *stored], notes)
             run_map = report_figures.match_runs(found, all_ids, notes)
         parts = [
             "# LogitNorm against cross-entropy: report",

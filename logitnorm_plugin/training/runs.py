@@ -299,11 +299,28 @@ def write_metrics(run_dir: PathLike, history: List[Dict[str, Any]]) -> Path:
 
 
 def read_metrics(run_dir: PathLike) -> List[Dict[str, Any]]:
-    """The per-epoch records of a run folder's ``metrics.jsonl``."""
+    """The per-epoch records of a run folder's ``metrics.jsonl``.
+
+    :raises MissingDataError: if there is none
+    :raises ModelIntegrityError: for a line that is not a JSON object with numbers under
+        ``epoch``, ``logit_norm_mean`` and ``logit_norm_std`` (what a report draws)
+    """
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         raise MissingDataError(f"no {METRICS_FILE} in {str(Path(run_dir))!r}: not a run folder")
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    try:
+        records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
+                   if line]
+    except ValueError as exc:  # UnicodeDecodeError included
+        raise ModelIntegrityError(f"{str(path)!r} is damaged: not JSON lines "
+                                  f"({one_line(exc, 120)})") from exc
+    for i, record in enumerate(records, 1):
+        if not (isinstance(record, dict) and all(
+                isinstance(record.get(k), (int, float)) and not isinstance(record.get(k), bool)
+                for k in ("epoch", "logit_norm_mean", "logit_norm_std"))):
+            raise ModelIntegrityError(f"{str(path)!r} is damaged: record {i} is not an object "
+                                      "with numbers under epoch, logit_norm_mean, logit_norm_std")
+    return records
 
 
 # -- model.pt + model.json ----------------------------------------------------------------------

@@ -48,7 +48,7 @@ from logitnorm_plugin._core.conventions import (
 )
 from logitnorm_plugin._core.device import resolve_device, resolve_threads, torch_threads
 from logitnorm_plugin._core.digests import config_hash, sha256_file
-from logitnorm_plugin._core.errors import DetectorFitError, UserError
+from logitnorm_plugin._core.errors import DetectorFitError, UserError, one_line
 from logitnorm_plugin._core.model_groups import model_group
 from logitnorm_plugin._core.tables import finite_json, plural
 from logitnorm_plugin.data.outliers import outliers_for
@@ -143,13 +143,17 @@ class _TrainRequest:
                    stored_differences(run_dir, config.to_dict()))
 
     def is_trained(self) -> bool:
-        """Whether the run folder holds a finished model trained for this request."""
+        """Whether the run folder holds a finished model trained for this request (a damaged
+        request file counts as another one: the run's config.json then decides, in train)."""
         request_path = self.run_dir / REQUEST_FILE
-        return (
-            (self.run_dir / CARD_FILE).is_file()
-            and request_path.is_file()
-            and json.loads(request_path.read_text(encoding="utf-8")) == self.request
-        )
+        if not ((self.run_dir / CARD_FILE).is_file() and request_path.is_file()):
+            return False
+        try:
+            return json.loads(request_path.read_text(encoding="utf-8")) == self.request
+        except ValueError as exc:  # not JSON (UnicodeDecodeError included)
+            _log.warning("%s is damaged (%s): the run folder's config.json decides whether "
+                         "its model is reused", request_path, one_line(exc, 120))
+            return False
 
     def ensure_trained(self, device: str | None = None) -> bool:
         """Train (or resume) the model unless :meth:`is_trained`; whether it trained now.

@@ -54,6 +54,8 @@ class TuneRequest:
             raise UserError("give at least one seed")
         if int(self.jobs) < 1:
             raise UserError(f"jobs must be >= 1, got {self.jobs}")
+        if self.noise_n is not None and int(self.noise_n) < 1:
+            raise UserError(f"noise_n (--noise-n) must be >= 1, got {self.noise_n}")
         object.__setattr__(self, "grid", grid)
         object.__setattr__(self, "seeds", seeds)
 
