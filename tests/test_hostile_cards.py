@@ -180,3 +180,39 @@ def test_card_text_stays_inside_its_cell_readme_export_and_report(run_dir, tmp_p
     body = card_readme.split("\n---\n", 1)[1]  # after the YAML front matter
     _assert_escaped(body, "hf README.md")
     assert "INJECTED" in body
+
+
+def test_a_config_json_cannot_make_train_resume_allocate(run_dir, tmp_path):
+    """A run folder holding only a ``config.json`` someone else wrote (no checkpoint or card
+    to compare with) and ``train --resume`` on it: ``width=10**7`` asks for 3.4e7 GiB of
+    weights. Fails on main: a raw ``RuntimeError`` from the allocator (or the OOM killer)."""
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    run.mkdir()
+    config = json.loads((run_dir / "config.json").read_text())
+    config["arch_kwargs"] = {**config["arch_kwargs"], "width": 10**7}
+    (run / "config.json").write_text(json.dumps(config))
+    result = subprocess.run([sys.executable, "-c", LIMITED, str(int(_HEADROOM)),
+                             "train", "--out", str(run), "--resume", "--quiet"],
+                            capture_output=True, text=True, timeout=300)
+    line = one_line_refusal(result)
+    assert "needs" in line and "GiB" in line and "nothing was allocated" in line, line
+
+
+def test_the_meta_check_leaves_the_seeded_initial_weights_as_they_were():
+    """Building on the ``meta`` device first draws no random numbers: the trainer's seeded
+    network is the one a plain constructor call gives."""
+    import torch
+
+    from logitnorm_plugin.models import DigitsCNN
+    from logitnorm_plugin.registry.architectures import build_arch_within
+
+    kwargs = {"num_classes": 10, "width": 32, "in_channels": 1}
+    torch.manual_seed(3)
+    plain = DigitsCNN(**kwargs).state_dict()
+    torch.manual_seed(3)
+    checked = build_arch_within("logitnorm_plugin.models.DigitsCNN", kwargs, 2**30).state_dict()
+    assert plain.keys() == checked.keys()
+    assert all(torch.equal(plain[k], checked[k]) for k in plain)

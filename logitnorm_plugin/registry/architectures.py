@@ -75,6 +75,7 @@ __all__ = [
     "arch_spec",
     "build_arch",
     "build_arch_for_state",
+    "build_arch_within",
     "build_model",
     "list_archs",
     "resolve_class",
@@ -300,6 +301,35 @@ def build_arch_for_state(arch_class: str, arch_kwargs: Dict[str, Any], state: Di
             f"{one_line(arch_kwargs, 160)}: {len(differ)} tensor(s) differ, e.g. "
             f"{first!r}: the architecture has {expected.get(first, 'no such tensor')}, the "
             f"weights {found.get(first, 'no such tensor')}; nothing was allocated"
+        )
+    return build_arch(arch_class, arch_kwargs, source)
+
+
+def build_arch_within(arch_class: str, arch_kwargs: Dict[str, Any], budget: int | None,
+                      source: str | None = None) -> nn.Module:
+    """:func:`build_arch`, but only for a network whose parameters and buffers fit in
+    ``budget`` bytes, measured on the ``meta`` device before anything is allocated.
+
+    The trainer's side of :func:`build_arch_for_state`'s rule: without weights to compare with
+    (a new run, or ``--resume`` on a folder whose ``config.json`` someone else wrote), a
+    ``width=9000`` must be refused, not handed to the allocator (or the OOM killer).
+    Building on ``meta`` draws no random numbers, so the real build's initial weights stay
+    those of the seed.
+
+    :param budget: the most bytes the network may take; ``None``: no limit
+    :raises UserError: the network needs more than ``budget`` bytes, or rejects the arguments
+    """
+    resolve_class(arch_class, source)  # imports outside the meta context, as above
+    with torch.device("meta"):
+        skeleton = build_arch(arch_class, arch_kwargs, source)
+    need = sum(t.numel() * t.element_size()
+               for t in (*skeleton.parameters(), *skeleton.buffers()))
+    if budget is not None and need > budget:
+        where = f" of {source!r}" if source else ""
+        raise UserError(
+            f"architecture {arch_class!r} with {one_line(arch_kwargs, 160)}{where} needs "
+            f"{need / 2**30:.3g} GiB for its parameters and buffers, more than the "
+            f"{budget / 2**30:.3g} GiB this device can give it; nothing was allocated"
         )
     return build_arch(arch_class, arch_kwargs, source)
 

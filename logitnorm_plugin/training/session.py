@@ -26,7 +26,7 @@ from logitnorm_plugin._core.errors import TrainingDivergedError, UserError
 from logitnorm_plugin.data import OpenedDataset
 from logitnorm_plugin.data.outliers import outlier_stream
 from logitnorm_plugin.plots import plot_logit_norms, run_label
-from logitnorm_plugin.registry.architectures import resolve_class
+from logitnorm_plugin.registry.architectures import build_arch_within
 from logitnorm_plugin.registry.split import build_loss
 from logitnorm_plugin.training import checkpoints, distributed, runs
 from logitnorm_plugin.training.augment import DeviceAugment
@@ -119,7 +119,11 @@ class TrainingSession:
         torch.manual_seed(c.seed)
         np.random.seed(c.seed)
         random.seed(c.seed)
-        self.model = resolve_class(c.arch_class)(**c.arch_kwargs).to(self.device)
+        # checked on the meta device first: arch_kwargs may come from a config.json that
+        # someone else wrote (--resume), and must not choose how much memory is allocated
+        self.model = build_arch_within(
+            c.arch_class, c.arch_kwargs, _training_budget(self.device)
+        ).to(self.device)
         if self.ctx.rank > 0:
             # same initial weights everywhere (same seed), but each rank its own dropout masks
             torch.manual_seed(c.seed * 1009 + 7919 * self.ctx.rank)
@@ -385,3 +389,27 @@ class TrainingSession:
             warnings.warn(f"logit-norm plot skipped: {exc}", RuntimeWarning, stacklevel=2)
         checkpoints.discard_previous(self.out)
         return card
+
+
+def _training_budget(device: torch.device) -> int | None:
+    """The most bytes a network's parameters may take on ``device`` for training: a third of
+    its free memory (weights, gradients and momentum each take that much); ``None`` where
+    the free memory is unknown."""
+    try:
+        if device.type == "cuda":
+            free = torch.cuda.mem_get_info(device)[0]
+        else:
+            free = _available_host_memory()
+    except (AttributeError, ValueError, OSError, RuntimeError):
+        return None
+    return None if free is None else int(free) // 3
+
+
+def _available_host_memory() -> int | None:
+    """Linux's ``MemAvailable`` (free memory plus the page cache it can drop): the free pages
+    alone would refuse ordinary networks on a machine whose memory holds cached files."""
+    with open("/proc/meminfo", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return None
