@@ -30,14 +30,13 @@ def _hostile_lock(folder, kind, victim):
     return lock
 
 
-def _hold_in_thread(folder):
-    """``locks.hold(folder)`` in a thread: what it raised, or a hang (``None`` after 5 s)."""
+def _in_thread(call):
+    """``call()`` in a thread: what it raised (or returned), ``None`` if it hangs 5 s."""
     outcome = {}
 
     def target():
         try:
-            with locks.hold(folder, timeout=0):
-                outcome["error"] = "acquired"
+            outcome["error"] = call()
         except BaseException as exc:  # noqa: BLE001 - the test looks at what it was
             outcome["error"] = exc
 
@@ -45,6 +44,14 @@ def _hold_in_thread(folder):
     thread.start()
     thread.join(timeout=5)
     return outcome.get("error")
+
+
+def _hold_in_thread(folder):
+    def hold():
+        with locks.hold(folder, timeout=0):
+            return "acquired"
+
+    return _in_thread(hold)
 
 
 @pytest.mark.parametrize("kind", ["link", "dangling", "fifo", "folder"])
@@ -102,3 +109,22 @@ def test_regular_files_are_read_and_created(tmp_path):
     os.close(fd)
     assert regular_files.read_json(path) == {"a": 1}
     assert regular_files.kind_of(path) is None and regular_files.kind_of(tmp_path / "x") is None
+
+
+@pytest.mark.parametrize("kind", ["link", "fifo"])
+def test_a_run_folder_file_that_is_a_link_or_a_fifo_is_refused(tmp_path, kind):
+    """A shared run folder whose config.json / metrics.jsonl points at a file of the reader
+    (or is a FIFO that would block ``open`` forever): refused in one line, within seconds."""
+    from logitnorm_plugin.training import runs
+
+    victim = tmp_path / "victim.json"
+    victim.write_text('{"secret": 1}')
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in (runs.CONFIG_FILE, runs.METRICS_FILE):
+        target = run / name
+        os.symlink(victim, target) if kind == "link" else os.mkfifo(target)
+    for read in (runs.read_config, runs.read_metrics):
+        error = _in_thread(lambda read=read: read(run))
+        assert isinstance(error, regular_files.NotRegularFileError), (read, error)
+        assert "not a regular file" in str(error) and str(run) in str(error)

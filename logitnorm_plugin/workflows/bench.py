@@ -39,7 +39,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from logitnorm_plugin._core import locks, provenance
+from logitnorm_plugin._core import locks, provenance, regular_files
 from logitnorm_plugin._core.atomic import remove_stale_temporaries, write_json, write_text
 from logitnorm_plugin._core.conventions import (
     ID_DATASET,
@@ -147,7 +147,7 @@ class _TrainRequest:
         return (
             (self.run_dir / CARD_FILE).is_file()
             and request_path.is_file()
-            and json.loads(request_path.read_text(encoding="utf-8")) == self.request
+            and json.loads(regular_files.read_text(request_path, "bench request")) == self.request
         )
 
     def ensure_trained(self, device: str | None = None) -> bool:
