@@ -9,9 +9,9 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from logitnorm_plugin._core.errors import UserError
+from logitnorm_plugin._core.errors import UsageError, UserError
 
-__all__ = ["MAX_SEED", "check_model_paths", "check_values"]
+__all__ = ["MAX_SEED", "check_model_paths", "check_values", "out_path"]
 
 #: largest seed numpy accepts
 MAX_SEED = 2**32 - 1
@@ -35,6 +35,22 @@ def check_values(epochs=None, batch_size=None, lr=None, seeds: Iterable = (), t=
         raise UserError(f"--num-workers must be >= 0, got {num_workers}")
     if lock_timeout is not None and lock_timeout < 0:
         raise UserError(f"--lock-timeout must be >= 0 seconds, got {lock_timeout}")
+
+
+def out_path(value, option: str = "--out") -> Path:
+    """The output folder ``value`` as a :class:`~pathlib.Path`; the one rule for every command
+    and function that writes into a folder it is given (``train``, ``bench``, ``tune-t``,
+    ``export``, ``report``, ``upstream-patch``): an empty path is refused, never taken as the
+    current folder (``Path("")`` is ``.``, so the check must come before the conversion).
+
+    :raises UsageError: (a ``ValueError``) one line for ``""`` or a path of blanks
+    """
+    if isinstance(value, (str, bytes)) and not value.strip():
+        raise UsageError(
+            f"the output folder ({option}) is an empty path: name a folder, e.g. "
+            f"{option} results ({option} . for the current folder)"
+        )
+    return Path(value)
 
 
 def _looks_like_path(spec: str) -> bool:

@@ -32,6 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from logitnorm_plugin._core import atomic, locks
+from logitnorm_plugin._core.arg_checks import out_path
 from logitnorm_plugin.training import checkpoints, distributed, runs
 from logitnorm_plugin.training.config import default_run_dir, resolve_config
 from logitnorm_plugin.training.session import TrainingSession
@@ -180,7 +181,7 @@ def train(
             "eval_batch_size": int(eval_batch_size),
             "check_every": int(check_every),
         }
-        out = Path(out) if out is not None else default_run_dir(config)
+        out = out_path(out) if out is not None else default_run_dir(config)
         # checked once before anything is created (a quick answer), again under the lock
         if ctx.is_main:
             locks.check_free(out, "run folder")
