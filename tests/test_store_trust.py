@@ -178,6 +178,22 @@ def test_a_changed_digit_is_an_error_naming_the_cell(tmp_path, capsys):
     assert (path.parent / f"{STORE_FILE}.tampered.bak").is_file()
 
 
+def test_aggregation_reads_verified_cells_only(tmp_path):
+    """The SQL GROUP BY of the aggregation runs over checked cells: a changed cell among those
+    selected is the error naming it; outside the selection it does not matter."""
+    path = write_store(tmp_path / "out")
+    with ResultStore(path) as store:
+        before = store.aggregate("cfg", model_ids=["w1"])
+    _edit_one_digit(path)
+    with ResultStore(path) as store:
+        assert repr(store.aggregate("cfg", model_ids=["w1"])) == repr(before)  # NaN != NaN
+        with pytest.raises(seals.TamperedCellError, match="'ln/s0'"):
+            store.aggregate("cfg", model_ids=["w0", "w1"])
+    (entry,) = before
+    assert entry["Seeds"] == 1 and entry["Datasets"] == 2
+    assert entry["AUROC"] == pytest.approx((0.4792 + 0.5792) / 2)
+
+
 def test_a_removed_seal_is_a_changed_cell(tmp_path):
     path = write_store(tmp_path / "out")
     db = sqlite3.connect(path)

@@ -132,8 +132,14 @@ class Cursor:
         self._cursor, self._connection = cursor, connection
 
     def __iter__(self):
-        with self._connection.errors():
-            yield from self._cursor
+        # row by row, not ``yield from``: a loop that stops early (an error raised on a row)
+        # must not close the sqlite3 cursor through this generator after its connection
+        while True:
+            with self._connection.errors():
+                row = self._cursor.fetchone()
+            if row is None:
+                return
+            yield row
 
     def fetchone(self):
         with self._connection.errors():
@@ -178,6 +184,12 @@ class Connection:
     def executescript(self, sql: str) -> None:
         with self.errors():
             self._connection.executescript(sql)
+
+    def create_function(self, *args, **kwargs) -> None:
+        self._connection.create_function(*args, **kwargs)
+
+    def create_aggregate(self, *args) -> None:
+        self._connection.create_aggregate(*args)
 
     def commit(self) -> None:
         with self.errors():
@@ -231,11 +243,14 @@ def mark_and_seal(connection: Connection, schema_version: int) -> None:
         connection.execute(f"PRAGMA application_id = {APPLICATION_ID}")
 
 
-def first_bad_cell(connection: Connection) -> IncompatibleResultsError | None:
-    """The error of the first stored cell that was changed or is damaged, if any."""
+def first_bad_cell(connection: Connection, where: str = "", args=()
+                   ) -> IncompatibleResultsError | None:
+    """The error of the first stored cell (of those ``where`` selects) that was changed or is
+    damaged, if any."""
     try:
         cursor = connection.execute(
-            f"SELECT model, detector, dataset, row, seal IS {seals.SEAL_SQL} FROM cells")
+            f"SELECT model, detector, dataset, row, seal IS {seals.SEAL_SQL} FROM cells{where}",
+            args)
         for model, detector, dataset, text, ok in cursor:
             seals.check_seal(ok, connection.path, model, detector, dataset)
             seals.parse_row(text, connection.path, model, detector, dataset)

@@ -42,7 +42,6 @@ import contextlib
 import datetime as _dt
 import json
 import logging
-import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -55,9 +54,12 @@ from logitnorm_plugin._core.locks import make_folder
 from logitnorm_plugin.store import seals
 from logitnorm_plugin.store.aggregation import (
     aggregate,
+    aggregate_cells,
     detector_group_of,
     distinct_labels,
     group_label,
+    number_value,
+    stored_value,
 )
 from logitnorm_plugin.store.database import (
     Connection,
@@ -126,19 +128,6 @@ _log = logging.getLogger(__name__)
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _json_value(value):
-    # NaN / inf are not JSON; keep them as strings that float() reads back
-    if isinstance(value, float) and not math.isfinite(value):
-        return repr(value)
-    return value
-
-
-def _from_json_value(value):
-    if value in ("nan", "inf", "-inf"):
-        return float(value)
-    return value
 
 
 class ResultStore:
@@ -267,7 +256,7 @@ class ResultStore:
             :meth:`DetectorSpec.group <logitnorm_plugin.evaluation.specs.DetectorSpec.group>`); the
             stored row's ``Detector`` becomes that label
         """
-        data = {k: _json_value(v) for k, v in row.items()}
+        data = {k: stored_value(v) for k, v in row.items()}
         if detector_group is not None:
             data["Detector"] = group_label(detector_group) or data.get("Detector")
         with self._db:
@@ -295,7 +284,7 @@ class ResultStore:
         for rowid, model, detector, dataset, text, ok in cursor.fetchall():
             seals.check_seal(ok, self.path, model, detector, dataset)
             row = seals.parse_row(text, self.path, model, detector, dataset)
-            missing = {k: _json_value(v) for k, v in fields.items() if k not in row}
+            missing = {k: stored_value(v) for k, v in fields.items() if k not in row}
             if missing:
                 changed.append((json.dumps({**row, **missing}, sort_keys=False), rowid))
         if changed:
@@ -366,7 +355,7 @@ class ResultStore:
         model, detector, dataset, ok = cell
         seals.check_seal(ok, self.path, model, detector, dataset)
         row = seals.parse_row(text, self.path, model, detector, dataset)
-        return {k: _from_json_value(v) for k, v in row.items()}
+        return {k: number_value(v) for k, v in row.items()}
 
     def rows(
         self,
@@ -512,13 +501,23 @@ class ResultStore:
         detector_ids: Iterable[str] | None = None,
     ) -> list[dict]:
         """:func:`aggregate` over the stored cells of one configuration, with its OOD groups
-        (optionally only of some models, detector labels or exact detector configurations)."""
+        (optionally only of some models, detector labels or exact detector configurations):
+        SQL ``GROUP BY`` in the store (:func:`~logitnorm_plugin.store.aggregation.aggregate_cells`)
+        over cells whose seals have been checked first.
+
+        :raises seals.TamperedCellError: a selected cell was changed after it was written
+        :raises seals.DamagedCellError: a selected cell's row is not well formed
+        """
         config = self.config(config_id) or {}
-        rows = self.rows(config_id=config_id, model_ids=model_ids, with_ids=True,
-                         detectors=detectors, detector_ids=detector_ids)
-        return aggregate(
-            rows, groups=config.get("groups") or {}, by=by, per_dataset=per_dataset
-        )
+        where, args = self._where(
+            config_id=config_id, model_id=list(model_ids) if model_ids is not None else None,
+            detector=list(detectors) if detectors is not None else None,
+            detector_id=list(detector_ids) if detector_ids is not None else None)
+        problem = first_bad_cell(self._db, where, args)  # verified cells only
+        if problem is not None:
+            raise problem
+        return aggregate_cells(self._db, where, args, config.get("groups") or {}, by,
+                               per_dataset=per_dataset)
 
 
 # -- opening a results folder for reading --------------------------------------------------------
