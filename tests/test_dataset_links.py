@@ -3,11 +3,12 @@ it, and never counts one image twice; a real ImageFolder tree on disk with a rea
 (which, followed, silently multiplied the test set)."""
 
 import os
+import threading
 
 import pytest
 from fake_data import write_image_folder
 
-from logitnorm_plugin._core.errors import UntrustedFileError, UserError
+from logitnorm_plugin._core.errors import StorageError, UntrustedFileError, UserError
 from logitnorm_plugin.data import load_split
 from logitnorm_plugin.data.images import list_images
 
@@ -62,3 +63,24 @@ def test_an_ood_folder_with_a_link_loop(tmp_path):
     os.symlink(folder, folder / "loop")
     with pytest.raises(UntrustedFileError, match="loop"):
         list_images(folder)
+
+
+def test_a_fifo_named_like_an_image_fails_at_once(tmp_path):
+    """A FIFO would block the image decoder forever: refused in one line, naming it."""
+    root = image_folder_dataset(tmp_path / "ds")
+    fifo = root / "test" / "b" / "img_9999.png"
+    os.mkfifo(fifo)
+    outcome = {}
+
+    def load():
+        try:
+            load_split(str(root), "test")
+        except BaseException as exc:  # noqa: BLE001 - the test looks at what it was
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=load, daemon=True)
+    thread.start()
+    thread.join(timeout=30)
+    error = outcome.get("error")
+    assert isinstance(error, StorageError), error  # None: it hung
+    assert "FIFO" in str(error) and str(fifo) in str(error)

@@ -38,6 +38,7 @@ from typing import List, Sequence, Tuple
 import numpy as np
 import torch
 
+from logitnorm_plugin._core import regular_files
 from logitnorm_plugin._core.atomic import torch_save
 from logitnorm_plugin._core.digests import parts_sha256
 from logitnorm_plugin._core.errors import CorruptDataError, MissingDataError, UntrustedFileError
@@ -69,13 +70,16 @@ def _linked(link: Path) -> UntrustedFileError:
 
 
 def unique_files(files: Sequence[Path]) -> List[Path]:
-    """``files`` as given, after checking that no image is among them twice (the same file
-    under two names: a hard link).
+    """``files`` as given, after checking that each is a regular file (not a FIFO, a device,
+    a link) and that no image is among them twice (the same file under two names: a hard link).
 
     :raises UntrustedFileError: naming both names
+    :raises regular_files.NotRegularFileError: naming the file that is not a regular file
     """
     seen: dict = {}
     for path in files:
+        # a FIFO named like an image would block the decoder forever
+        regular_files.check_name(path, "image", "remove it from the dataset folder")
         st = os.stat(path, follow_symlinks=False)
         first = seen.setdefault((st.st_dev, st.st_ino), path)
         if first != path:

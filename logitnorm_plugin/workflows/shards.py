@@ -25,7 +25,7 @@ from pathlib import Path
 from logitnorm_plugin._core.atomic import TEMPORARY_NAME
 from logitnorm_plugin._core.errors import IncompatibleResultsError
 from logitnorm_plugin.store import seals
-from logitnorm_plugin.store.database import Connection
+from logitnorm_plugin.store.database import Connection, check_files
 from logitnorm_plugin.store.results import SCHEMA_VERSION, STORE_FILE, ResultStore
 
 __all__ = ["MergeResult", "WORKFLOW_DIR", "merge_shards", "shard_dir", "shard_path"]
@@ -132,6 +132,7 @@ def _merge_one(db: Connection, conflict: str, shard: Path) -> tuple[int, int]:
 
 
 def _check_shard(path: Path) -> None:
+    check_files(path)  # a link or a special file in the shard folder is not a shard of ours
     try:
         with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as con:
             row = con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
