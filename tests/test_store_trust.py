@@ -239,3 +239,15 @@ def test_an_unsealed_store_with_a_damaged_row_is_not_sealed(tmp_path):
     db = sqlite3.connect(path)
     assert db.execute("SELECT value FROM meta WHERE key = 'cells_sealed'").fetchone() is None
     db.close()
+
+
+@pytest.mark.parametrize("table", ["configs", "runs"])
+def test_a_damaged_configuration_or_provenance_is_one_line(tmp_path, capsys, table):
+    path = write_store(tmp_path / "out")
+    db = sqlite3.connect(path)
+    column = {"configs": "config", "runs": "provenance"}[table]
+    db.execute(f"UPDATE {table} SET {column} = ?", ('{"groups": [',))
+    db.commit()
+    db.close()
+    what = {"configs": "the configuration 'cfg'", "runs": "the provenance of run 1"}[table]
+    one_line(capsys, ["export", path.parent], "damaged record", what)

@@ -419,18 +419,24 @@ class ResultStore:
         found = self._db.execute(
             "SELECT config FROM configs WHERE config_id = ?", (config_id,)
         ).fetchone()
-        return json.loads(found[0]) if found else None
+        if found is None:
+            return None
+        return seals.parse_record(found[0], self.path, f"the configuration {config_id!r}")
 
     def provenance(self, run_id: int) -> dict | None:
         found = self._db.execute(
             "SELECT provenance FROM runs WHERE run_id = ?", (run_id,)
         ).fetchone()
-        return json.loads(found[0]) if found else None
+        if found is None:
+            return None
+        return seals.parse_record(found[0], self.path, f"the provenance of run {run_id}")
 
     def runs(self) -> list[dict]:
         cursor = self._db.execute("SELECT run_id, created_utc, provenance FROM runs")
         return [
-            {"run_id": r, "created_utc": c, "provenance": json.loads(p)} for r, c, p in cursor
+            {"run_id": r, "created_utc": c,
+             "provenance": seals.parse_record(p, self.path, f"the provenance of run {r}")}
+            for r, c, p in cursor
         ]
 
     def config_ids(self) -> list[str]:

@@ -138,3 +138,23 @@ def parse_row(text: Any, path: Path, model, detector, dataset) -> dict:
             "the same --out to compute every cell again"
         )
     return row
+
+
+def parse_record(text: Any, path: Path, what: str) -> dict:
+    """A JSON object stored beside the cells (a benchmark configuration, a run's provenance),
+    checked like a cell's row.
+
+    :param what: which record, for the message (``"the configuration 'cfg0'"``)
+    :raises DamagedCellError: one line naming the record
+    """
+    try:
+        record = json.loads(text) if isinstance(text, (str, bytes)) else None
+    except ValueError:
+        record = None
+    if not isinstance(record, dict):
+        raise DamagedCellError(
+            f"the result store {str(path)!r} has a damaged record ({what} is not a JSON "
+            "object); restore the store from a copy, or run `logitnorm-ood bench --force` on "
+            "the same --out to compute every cell again"
+        )
+    return record
