@@ -557,13 +557,15 @@ def test_two_models_with_one_label(reference, tmp_path, capsys):
 
 def test_stale_temporaries_only_are_removed(tmp_path):
     old = time.time() - 3600
-    stale = [tmp_path / ".checkpoint.pt.ab12cd_9.tmp", tmp_path / ".model.json.zzzzzzzz.tmp"]
+    stale = [atomic.temporary_path(tmp_path / "checkpoint.pt"),
+             atomic.temporary_path(tmp_path / "model.json")]
     kept = [tmp_path / ".checkpoint.pt.abc.tmp",  # not the atomic module's naming
-            tmp_path / "checkpoint.pt.ab12cd_9.tmp", tmp_path / "notes.tmp"]
+            tmp_path / "checkpoint.pt.ab12cd_9.tmp", tmp_path / "notes.tmp",
+            tmp_path / ".checkpoint.pt.ab12cd_9.tmp"]  # its shape, without our mark
     for p in stale + kept:
         p.write_bytes(b"x")
         os.utime(p, (old, old))
-    mine = tmp_path / ".metrics.jsonl.qwertyui.tmp"  # newer than this process: maybe ours
+    mine = atomic.temporary_path(tmp_path / "metrics.jsonl")  # newer than this process
     mine.write_bytes(b"x")
     assert sorted(atomic.remove_stale_temporaries(tmp_path)) == sorted(stale)
     assert all(p.exists() for p in kept + [mine])

@@ -9,9 +9,12 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from logitnorm_plugin._core.errors import UserError
+from logitnorm_plugin._core.errors import UsageError, UserError
 
-__all__ = ["MAX_SEED", "check_counts", "check_model_paths", "check_thread_count", "check_values"]
+__all__ = [
+    "MAX_SEED", "check_counts", "check_model_paths", "check_thread_count", "check_values",
+    "out_path",
+]
 
 #: largest seed numpy accepts
 MAX_SEED = 2**32 - 1
@@ -62,6 +65,22 @@ def check_thread_count(count: int) -> int:
         raise UserError(f"--threads {count} is more than the {cores} CPU cores of this machine: "
                         f"give at most {cores}, or auto")
     return count
+
+
+def out_path(value, option: str = "--out") -> Path:
+    """The output folder ``value`` as a :class:`~pathlib.Path`; the one rule for every command
+    and function that writes into a folder it is given (``train``, ``bench``, ``tune-t``,
+    ``export``, ``report``, ``upstream-patch``): an empty path is refused, never taken as the
+    current folder (``Path("")`` is ``.``, so the check must come before the conversion).
+
+    :raises UsageError: (a ``ValueError``) one line for ``""`` or a path of blanks
+    """
+    if isinstance(value, (str, bytes)) and not value.strip():
+        raise UsageError(
+            f"the output folder ({option}) is an empty path: name a folder, e.g. "
+            f"{option} results ({option} . for the current folder)"
+        )
+    return Path(value)
 
 
 def _looks_like_path(spec: str) -> bool:

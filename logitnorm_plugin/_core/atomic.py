@@ -3,12 +3,18 @@
 A kill at any moment leaves either the old file or the new one, never a torn file, because
 ``os.replace`` is atomic on POSIX and Windows when source and target share a filesystem.
 
-The temporary file of ``<folder>/<name>`` is ``<folder>/.<name>.<8 random characters>.tmp``
-(:data:`TEMPORARY_NAME`). A write that fails removes it; a process that is killed (SIGKILL,
-power loss) cannot, so commands that write into a folder call
+The temporary file of ``<folder>/<name>`` is ``<folder>/.<name>.<8 random characters>.lnp<8
+hex digits>.tmp`` (:data:`TEMPORARY_NAME`), where the hex digits are a mark only this module
+writes: the start of the SHA-256 of ``<name>`` keyed with this package's tag
+(:func:`temporary_mark`). A write that fails removes its file; a process that is killed
+(SIGKILL, power loss) cannot, so commands that write into a folder call
 :func:`remove_stale_temporaries` on it once they hold its lock
-(:mod:`logitnorm_plugin._core.locks`): it removes the files of exactly that naming that are older
-than the current process, and nothing else.
+(:mod:`logitnorm_plugin._core.locks`). It removes only regular files (never a link) whose
+name carries the right mark for the name it holds and that are older than the current
+process: the leftovers of a crashed run of ours. A user's ``.notes.12345678.tmp``, another
+tool's temporary file or a name with a wrong mark stays, even in an ``--out`` folder we
+write. (The mark is not a secret; it tells our files from files of the same shape made by
+accident, and somebody who can write into your folder could delete your files anyway.)
 
 A write that fails for lack of space or permission raises
 :class:`~logitnorm_plugin._core.errors.StorageError` naming the file (also when ``torch.save``
@@ -27,12 +33,16 @@ import time
 from pathlib import Path
 from typing import IO, Any, Callable, List, Union
 
+from logitnorm_plugin._core.digests import bytes_sha256
 from logitnorm_plugin._core.errors import StorageError, one_line
 
 PathLike = Union[str, os.PathLike]
 
-#: names of the temporary files of :func:`atomic_write`
-TEMPORARY_NAME = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")
+#: names of the temporary files of :func:`atomic_write` (the mark checked by
+#: :func:`is_our_temporary`)
+TEMPORARY_NAME = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.lnp(?P<mark>[0-9a-f]{8})\.tmp$")
+
+_MARK_KEY = b"logitnorm-plugin temporary file\0"
 
 #: when this process loaded the module: temporaries older than this are not its own
 _STARTED = time.time()
@@ -65,21 +75,38 @@ def _storage_error(exc: BaseException, path: Path) -> BaseException:
     return exc
 
 
+def temporary_mark(name: str) -> str:
+    """The mark in the names of the temporary files of ``name`` (see the module's doc)."""
+    return bytes_sha256(_MARK_KEY + name.encode("utf-8", "surrogateescape"))[:8]
+
+
+def is_our_temporary(filename: str) -> bool:
+    """Whether ``filename`` (a bare name) is the name of a temporary file of this module:
+    :data:`TEMPORARY_NAME`'s form with the right mark for the name it holds."""
+    found = TEMPORARY_NAME.match(filename)
+    return bool(found) and found["mark"] == temporary_mark(found["name"])
+
+
+def _suffix(path: Path) -> str:
+    return f".lnp{temporary_mark(path.name)}.tmp"
+
+
 def temporary_path(path: PathLike) -> Path:
     """A fresh name in :data:`TEMPORARY_NAME`'s form for a temporary file next to ``path``."""
     path = Path(path)
     alphabet = string.ascii_lowercase + string.digits + "_"
     while True:
         token = "".join(secrets.choice(alphabet) for _ in range(8))
-        candidate = path.parent / f".{path.name}.{token}.tmp"
-        if not candidate.exists():
+        candidate = path.parent / f".{path.name}.{token}{_suffix(path)}"
+        if not os.path.lexists(candidate):
             return candidate
 
 
 def remove_stale_temporaries(folder: PathLike) -> List[Path]:
-    """Remove the temporary files that interrupted writes left in ``folder`` (not in its
-    subfolders): regular files named like :data:`TEMPORARY_NAME` and last modified before this
-    process started. Call it only while holding the folder's lock, so that no other writer's
+    """Remove the temporary files that interrupted writes of ours left in ``folder`` (not in
+    its subfolders): regular files (not links) whose name carries our mark
+    (:func:`is_our_temporary`) and that were last modified before this process started;
+    nothing else. Call it only while holding the folder's lock, so that no other writer's
     file can be among them.
 
     :return: the removed paths
@@ -90,7 +117,7 @@ def remove_stale_temporaries(folder: PathLike) -> List[Path]:
     except OSError:
         return removed
     for entry in entries:
-        if not TEMPORARY_NAME.match(entry.name):
+        if not is_our_temporary(entry.name):
             continue
         try:
             if not entry.is_file(follow_symlinks=False):
@@ -116,7 +143,8 @@ def atomic_write(path: PathLike, write: Callable[[IO], None], binary: bool = Tru
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_suffix(path),
+                                   dir=path.parent)
     except OSError as exc:
         raise _storage_error(exc, path) from exc
     try:

@@ -19,7 +19,10 @@ to break; filelock also re-tries when it locked an inode a releasing holder had 
 What this module adds, and filelock does not do: the holder's record (pid, host, command,
 start time) written into the lock file on acquisition, for the one-line message a second
 process prints; the distinction between failing at once and waiting with one announcement;
-refusing re-entry from the same process; and leaving the folder as it was found (a folder
+refusing re-entry from the same process; refusing a ``.lock`` that is a symbolic link, a FIFO,
+a device or a folder in one line naming it (the rule of
+:mod:`~logitnorm_plugin._core.regular_files`: the lock record is written only into a regular
+file, never through a link); and leaving the folder as it was found (a folder
 this call created and left empty is removed, with the lock file). Locks are advisory, on local
 file systems (on network file systems ``flock`` is as good as the server's lock support).
 """
@@ -39,6 +42,7 @@ from typing import Callable, Iterator, Union
 
 from filelock import FileLock, Timeout
 
+from logitnorm_plugin._core import regular_files
 from logitnorm_plugin._core.errors import FolderBusyError, StorageError
 
 __all__ = ["LOCK_FILE", "busy", "check_free", "hold", "make_folder"]
@@ -88,7 +92,7 @@ def make_folder(folder: PathLike, what: str = "folder") -> bool:
 
 def _holder_text(path: Path) -> str:
     try:
-        info = json.loads(path.read_text(encoding="utf-8"))
+        info = regular_files.read_json(path, "lock file")
         text = f"pid {info['pid']} on {info['host']}"
         if info.get("command"):
             text += f", `{info['command']}`"
@@ -108,23 +112,30 @@ def _record() -> bytes:
     }).encode("utf-8")
 
 
-def _write_record(fd: int) -> None:
-    """filelock's ``on_acquired``: the holder's record, for the message of a second process."""
-    os.ftruncate(fd, 0)
-    os.write(fd, _record())
+def _lock_advice(path: Path) -> str:
+    return ("remove it (it is not ours; the next command makes a new lock file) or choose "
+            "another --out folder")
 
 
 def _lock(path: Path) -> FileLock:
+    def write_record(fd: int) -> None:
+        """filelock's ``on_acquired``: the holder's record, for the message of a second
+        process; only into a regular file (filelock opened it without following a link, but
+        does not look at what it opened: a FIFO or device put there a moment before)."""
+        regular_files.check_descriptor(fd, path, "lock file", _lock_advice(path))
+        os.ftruncate(fd, 0)
+        os.write(fd, _record())
+
     # thread_local=False: the hold belongs to the process (the ``with`` may cross threads)
-    return FileLock(path, thread_local=False, on_acquired=_write_record)
+    return FileLock(path, thread_local=False, on_acquired=write_record)
 
 
 def busy(folder: PathLike) -> str | None:
     """Who holds the lock of ``folder`` (pid, host, command, since), or ``None`` when nobody
     does. Creates no folder; for a quick answer before :func:`hold` (which decides)."""
     path = Path(folder) / LOCK_FILE
-    if os.path.realpath(folder) in _HELD or not path.is_file():
-        return None
+    if os.path.realpath(folder) in _HELD or not path.is_file() or regular_files.kind_of(path):
+        return None  # a link or a special file: hold() refuses it with the reason
     probe = FileLock(path, thread_local=False)
     try:
         probe.acquire(timeout=0)
@@ -194,6 +205,7 @@ def hold(
         raise FolderBusyError(f"the {what} {str(folder)!r} is already in use by this process")
     lock = _lock(path)
     try:
+        regular_files.check_name(path, "lock file", _lock_advice(path))
         created = _acquire(lock, folder, timeout, what, advice, say) or created
         _HELD.add(key)
     except BaseException:
@@ -243,7 +255,7 @@ def _acquire(lock: FileLock, folder: Path, timeout, what: str, advice: str, say)
                 if not announced and say is not None:
                     say(f"waiting for the {what} {str(folder)!r}: in use by {holder}")
                 announced = True
-    except FolderBusyError:
+    except (FolderBusyError, regular_files.NotRegularFileError):
         raise
     except PermissionError as exc:
         raise StorageError(
@@ -251,6 +263,8 @@ def _acquire(lock: FileLock, folder: Path, timeout, what: str, advice: str, say)
             "you can write to"
         ) from exc
     except OSError as exc:
+        # made a link or a special file since hold() looked: say so, not the raw errno
+        regular_files.check_name(path, "lock file", _lock_advice(path))
         raise StorageError(
             f"cannot write to the {what} {str(folder)!r}: {exc.strerror or exc}"
         ) from exc

@@ -25,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    from logitnorm_plugin._core.arg_checks import out_path
     from logitnorm_plugin._core.errors import UserError
     from logitnorm_plugin.reporting.upstream_patch import SeriesRequest, write_series
 
@@ -33,7 +34,7 @@ def run(args) -> int:
         if "<" not in args.author or not args.author.endswith(">"):
             raise UserError(f"--author {args.author!r}: expected 'Name <email>'")
         extra["author"] = args.author
-    request = SeriesRequest(out=Path(args.out),
+    request = SeriesRequest(out=out_path(args.out),
                             source=Path(args.source) if args.source else None, **extra)
     for path in write_series(request):
         print(path)

@@ -10,6 +10,13 @@ torchvision's ``Resize(min(size))`` (shorter side, bilinear with antialiasing) f
 ``CenterCrop(size)``; ``"as_is"`` keeps images that already have the target size untouched
 (LSUN-Crop, LSUN-Resize and iSUN are published at 32 x 32) and resizes + crops any other.
 
+A dataset folder holds its images itself: links inside it are never followed, neither out
+of the folder nor back into it (a link loop would otherwise multiply the test set), and one
+image reached twice (a hard link, a copy under a link) is never counted twice; either is an
+:class:`~logitnorm_plugin._core.errors.UntrustedFileError` naming the link or both names, and
+saying what to do (copy the images in with ``cp -rL``, or point at the real folder). The
+dataset folder itself may be a link (a dataset kept on another disk).
+
 A file that PIL cannot decode (truncated, damaged, not an image) raises
 :class:`~logitnorm_plugin._core.errors.CorruptDataError` naming the file and saying to remove or
 replace it, instead of PIL's own error, which names no file.
@@ -31,9 +38,10 @@ from typing import List, Sequence, Tuple
 import numpy as np
 import torch
 
+from logitnorm_plugin._core import regular_files
 from logitnorm_plugin._core.atomic import torch_save
 from logitnorm_plugin._core.digests import parts_sha256
-from logitnorm_plugin._core.errors import CorruptDataError, MissingDataError
+from logitnorm_plugin._core.errors import CorruptDataError, MissingDataError, UntrustedFileError
 from logitnorm_plugin.data.tensors import ImageTensors
 
 __all__ = [
@@ -53,16 +61,52 @@ CACHE_DIR = ".logitnorm_decoded"
 _CACHE_VERSION = 1
 
 
+def _linked(link: Path) -> UntrustedFileError:
+    return UntrustedFileError(
+        f"the dataset folder holds a link, {str(link)!r} (to {os.readlink(link)!r}): links "
+        "inside a dataset are not followed (out of it, or back into it in a loop); copy the "
+        "images in (`cp -rL`) or point at the real folder"
+    )
+
+
+def unique_files(files: Sequence[Path]) -> List[Path]:
+    """``files`` as given, after checking that each is a regular file (not a FIFO, a device,
+    a link) and that no image is among them twice (the same file under two names: a hard link).
+
+    :raises UntrustedFileError: naming both names
+    :raises regular_files.NotRegularFileError: naming the file that is not a regular file
+    """
+    seen: dict = {}
+    for path in files:
+        # a FIFO named like an image would block the decoder forever
+        regular_files.check_name(path, "image", "remove it from the dataset folder")
+        st = os.stat(path, follow_symlinks=False)
+        first = seen.setdefault((st.st_dev, st.st_ino), path)
+        if first != path:
+            raise UntrustedFileError(
+                f"the dataset holds one image twice, as {str(first)!r} and {str(path)!r} (the "
+                "same file under two names): it would be counted twice; remove one of them"
+            )
+    return list(files)
+
+
 def list_images(folder: Path) -> List[Path]:
-    """Image files under ``folder`` (recursive, hidden entries skipped), sorted."""
+    """Image files under ``folder`` (recursive, hidden entries skipped), sorted; links inside
+    ``folder`` are not followed and each file is listed once (see the module's doc).
+
+    :raises UntrustedFileError: a link inside the folder, or one image under two names
+    """
     folder = Path(folder)
     found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+    for dirpath, dirnames, filenames in os.walk(folder):  # never followlinks: see above
+        for name in dirnames + filenames:
+            if not name.startswith(".") and os.path.islink(os.path.join(dirpath, name)):
+                raise _linked(Path(dirpath) / name)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for f in filenames:
             if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS):
                 found.append(Path(dirpath) / f)
-    return sorted(found)
+    return unique_files(sorted(found))
 
 
 def _corrupt(path: Path, exc: BaseException) -> CorruptDataError:
@@ -190,6 +234,16 @@ def resize_tensors(ds: ImageTensors, size: Tuple[int, int]) -> ImageTensors:
 # -- ImageFolder ID datasets ----------------------------------------------------------------
 
 
+def _refuse_links(*paths: Path) -> None:
+    """:raises UntrustedFileError: for the first of ``paths`` or of their entries that is a
+    link (the split and class folders of an ImageFolder dataset)"""
+    for path in paths:
+        entries = sorted(path.iterdir()) if path.is_dir() and not path.is_symlink() else []
+        for entry in (path, *entries):
+            if entry.is_symlink() and not entry.name.startswith("."):
+                raise _linked(entry)
+
+
 def _classes(split_dir: Path) -> List[str]:
     return sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
 
@@ -230,6 +284,7 @@ def load_folder_dataset(
             f"Image-folder dataset {str(path)!r}: expected {train_dir}/<class>/* and "
             f"{path / 'test'}/<class>/* (torchvision ImageFolder layout)."
         )
+    _refuse_links(train_dir, split_dir)
     classes = _classes(train_dir)
     if not classes:
         raise MissingDataError(f"No class folders under {train_dir}")
@@ -240,6 +295,7 @@ def load_folder_dataset(
         labels += [label] * len(cls_files)
     if not files:
         raise MissingDataError(f"No images under {split_dir}/<class>/ for classes {classes}")
+    unique_files(files)  # one image in two classes
     if size is None:
         size = _first_image_size(list_images(train_dir / classes[0]) or files)
     images = decode_folder(split_dir, size, "as_is", 3, cache_root=path, files=files)

@@ -34,6 +34,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from logitnorm_plugin._core.arg_checks import out_path
 from logitnorm_plugin._core.atomic import write_text
 from logitnorm_plugin._core.errors import UserError
 from logitnorm_plugin._core.escape import comment_json, md_text, plain
@@ -334,6 +335,7 @@ def export_results(results_dir, out=None, formats: Sequence[str] = FORMATS,
     :raises IncompatibleResultsError: for a missing, empty or incompatible results folder
     """
 
+    out = out if out is None else out_path(out)  # "" is refused, not taken as "."
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
         raise UserError(f"unknown export format(s) {unknown}; choose from {list(FORMATS)}")

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from logitnorm_plugin._core.arg_checks import out_path
 from logitnorm_plugin._core.atomic import write_text
 from logitnorm_plugin._core.conventions import OPENOOD_FPR_KEY, canonical_name, safe_file_part
 from logitnorm_plugin._core.errors import IncompatibleResultsError, UserError
@@ -370,6 +371,7 @@ def write_leaderboard(results_dir, out=None, nonstandard: bool = False) -> dict[
         ``nonstandard``
     """
 
+    out = out if out is None else out_path(out)  # "" is refused, not taken as "."
     with open_results(results_dir) as store:
         rows = leaderboard_rows(store)
         provenance = store.provenance_summary()

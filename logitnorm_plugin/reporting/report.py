@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from logitnorm_plugin._core.arg_checks import out_path
 from logitnorm_plugin._core.atomic import write_json, write_text
 from logitnorm_plugin._core.conventions import canonical_name
 from logitnorm_plugin._core.device import resolve_device
@@ -411,6 +412,7 @@ def write_report(
     :raises IncompatibleResultsError: for a missing, empty or incompatible results folder
     """
 
+    out = out if out is None else out_path(out)  # "" is refused, not taken as "."
     device = str(resolve_device(device))
     base = Path(results_dir)
     folder = base if base.is_dir() else base.parent

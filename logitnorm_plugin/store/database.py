@@ -11,17 +11,92 @@ Every ``sqlite3`` error of :class:`Connection` (also while iterating a cursor) b
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
 import sqlite3
 from pathlib import Path
 
+from logitnorm_plugin._core import regular_files
 from logitnorm_plugin._core.errors import (
     FolderBusyError,
     IncompatibleResultsError,
     StorageError,
     one_line,
 )
+from logitnorm_plugin.store import seals
 
-__all__ = ["Connection", "Cursor", "store_error"]
+__all__ = ["APPLICATION_ID", "Connection", "Cursor", "ForeignStoreError", "check_files",
+           "check_ours", "check_schema", "first_bad_cell", "mark_and_seal", "store_error"]
+
+#: ``PRAGMA application_id`` of a result store: "LNRS" (logitnorm result store)
+APPLICATION_ID = 0x4C4E5253
+
+#: the files SQLite keeps beside a database
+_COMPANIONS = ("", "-wal", "-journal", "-shm")
+
+
+class ForeignStoreError(IncompatibleResultsError):
+    """A SQLite file that is not a result store of this package (another application's)."""
+
+
+def check_files(path: Path) -> None:
+    """Refuse a store whose file or journal is a link or a special file (one line).
+
+    :raises regular_files.NotRegularFileError: naming the file
+    """
+    for suffix in _COMPANIONS:
+        regular_files.check_name(
+            f"{path}{suffix}", "result store" if not suffix else f"result store's {suffix[1:]}",
+            f"remove it (it is not ours) or choose another --out folder; {str(path)!r} is left "
+            "as it was",
+        )
+
+
+def _columns(connection, table: str) -> set:
+    return {r[1] for r in connection.execute(f"PRAGMA table_info({table!r})").fetchall()}
+
+
+def check_ours(connection: Connection, schema: str) -> bool:
+    """Refuse a SQLite file that is not one of our result stores (see the module's doc);
+    ``True`` if it is ours but lacks the marks (an older or interrupted store: the caller
+    adds them), ``False`` if it is marked or new (no tables at all).
+
+    :param schema: the SQL of the current schema, to recognise an unmarked store by its tables
+    :raises ForeignStoreError: one line naming the file; nothing was written to it
+    """
+    app = connection.execute("PRAGMA application_id").fetchone()[0]
+    tables = {r[0] for r in connection.execute(
+        "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'"
+    ).fetchall()}
+    if app == APPLICATION_ID:
+        return False
+    if app == 0 and not tables:
+        return False
+    reference = sqlite3.connect(":memory:")
+    try:
+        reference.executescript(schema)
+        ours = {name: _columns(reference, name) for name in
+                (r[0] for r in reference.execute(
+                    "SELECT name FROM sqlite_master WHERE type='table' "
+                    "AND name NOT LIKE 'sqlite_%'").fetchall())}
+    finally:
+        reference.close()
+    recorded = "meta" in tables and connection.execute(
+        "SELECT 1 FROM meta WHERE key='schema_version'").fetchone() is not None
+    if app == 0 and tables <= set(ours) and (recorded or all(
+            _columns(connection, t) <= ours[t] for t in tables)):
+        return True
+    foreign = sorted(tables - set(ours))
+    if app:
+        why = f"its application id is {app:#x}, not ours ({APPLICATION_ID:#x})"
+    elif foreign:
+        why = f"it holds tables that are not ours: {', '.join(foreign[:5])}"
+    else:
+        why = "it has no schema record of ours and its tables have other columns"
+    raise ForeignStoreError(
+        f"{str(connection.path)!r} is a SQLite database of another application, not a result "
+        f"store of logitnorm-plugin ({why}); it is left untouched: choose another --out "
+        "folder (or move that file away)"
+    )
 
 
 def store_error(exc: sqlite3.Error, path: Path) -> Exception:
@@ -57,8 +132,14 @@ class Cursor:
         self._cursor, self._connection = cursor, connection
 
     def __iter__(self):
-        with self._connection.errors():
-            yield from self._cursor
+        # row by row, not ``yield from``: a loop that stops early (an error raised on a row)
+        # must not close the sqlite3 cursor through this generator after its connection
+        while True:
+            with self._connection.errors():
+                row = self._cursor.fetchone()
+            if row is None:
+                return
+            yield row
 
     def fetchone(self):
         with self._connection.errors():
@@ -82,10 +163,12 @@ class Connection:
 
     def __init__(self, path: Path, timeout: float = 30):
         self.path = path
+        check_files(path)
         try:
             self._connection = sqlite3.connect(str(path), timeout=timeout)
         except sqlite3.Error as exc:
             raise store_error(exc, path) from exc
+        seals.install(self._connection)
 
     @contextlib.contextmanager
     def errors(self):
@@ -102,6 +185,12 @@ class Connection:
         with self.errors():
             self._connection.executescript(sql)
 
+    def create_function(self, *args, **kwargs) -> None:
+        self._connection.create_function(*args, **kwargs)
+
+    def create_aggregate(self, *args) -> None:
+        self._connection.create_aggregate(*args)
+
     def commit(self) -> None:
         with self.errors():
             self._connection.commit()
@@ -116,3 +205,94 @@ class Connection:
     def __exit__(self, *exc) -> bool:
         with self.errors():
             return self._connection.__exit__(*exc)
+
+
+def _needs_marks(connection: Connection) -> bool:
+    columns = _columns(connection, "cells")
+    meta = {r[0] for r in connection.execute("SELECT key FROM meta").fetchall()}
+    app = connection.execute("PRAGMA application_id").fetchone()[0]
+    return ("seal" not in columns or not {"schema_version", "cells_sealed"} <= meta
+            or app != APPLICATION_ID)
+
+
+def mark_and_seal(connection: Connection, schema_version: int) -> None:
+    """Give a store (its tables made) its marks (schema record, application id) and seal the
+    cells of a store written before cells were sealed (:mod:`~logitnorm_plugin.store.seals`),
+    in one transaction, after checking that every row is well formed; writes nothing when
+    everything is in place (a read-only store of this version opens).
+
+    :raises seals.DamagedCellError: a row of an unsealed store is not well formed
+    """
+    if not _needs_marks(connection):
+        return
+    with connection:
+        connection.execute("BEGIN IMMEDIATE")  # another process may be doing the same
+        if "seal" not in _columns(connection, "cells"):
+            connection.execute("ALTER TABLE cells ADD COLUMN seal TEXT")
+        meta = {r[0] for r in connection.execute("SELECT key FROM meta").fetchall()}
+        if "schema_version" not in meta:
+            connection.execute("INSERT INTO meta VALUES ('schema_version', ?)",
+                               (str(schema_version),))
+        if "cells_sealed" not in meta:
+            cursor = connection.execute("SELECT model, detector, dataset, row FROM cells")
+            for model, detector, dataset, text in cursor.fetchall():
+                seals.parse_row(text, connection.path, model, detector, dataset)
+            connection.execute(f"UPDATE cells SET seal = {seals.SEAL_SQL}")
+            now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+            connection.execute("INSERT INTO meta VALUES ('cells_sealed', ?)", (now,))
+        connection.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+
+
+def first_bad_cell(connection: Connection, where: str = "", args=()
+                   ) -> IncompatibleResultsError | None:
+    """The error of the first stored cell (of those ``where`` selects) that was changed or is
+    damaged, if any."""
+    try:
+        cursor = connection.execute(
+            f"SELECT model, detector, dataset, row, seal IS {seals.SEAL_SQL} FROM cells{where}",
+            args)
+        for model, detector, dataset, text, ok in cursor:
+            seals.check_seal(ok, connection.path, model, detector, dataset)
+            seals.parse_row(text, connection.path, model, detector, dataset)
+    except IncompatibleResultsError as exc:
+        return exc
+    return None
+
+
+def check_schema(path: Path, version: int) -> None:
+    """Read-only check that ``path`` is a result store of the version this package reads,
+    before :class:`~logitnorm_plugin.store.results.ResultStore` opens it for writing; a link or
+    a special file is refused first (:func:`check_files`).
+
+    :raises IncompatibleResultsError: one line naming the file
+    """
+    check_files(path)
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise IncompatibleResultsError(f"cannot open {str(path)!r}: {exc}") from exc
+    try:
+        try:
+            found = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        except sqlite3.DatabaseError as exc:
+            if path.stat().st_size == 0:
+                raise IncompatibleResultsError(
+                    f"{str(path)!r} is empty: the bench run stored no results"
+                ) from exc
+            raise IncompatibleResultsError(
+                f"{str(path)!r} is not a result store of logitnorm-plugin ({exc})"
+            ) from exc
+        if found is None:
+            raise IncompatibleResultsError(
+                f"{str(path)!r} has no schema version: not a result store of logitnorm-plugin"
+            )
+        if str(found[0]) != str(version):
+            raise IncompatibleResultsError(
+                f"{str(path)!r} is a result store of schema version {found[0]}, written by "
+                f"another version of logitnorm-plugin; this version reads schema "
+                f"{version}. Re-run the `logitnorm-ood bench` command with --force and "
+                "this version (the old file is kept beside it), or read it with the version "
+                "that wrote it"
+            )
+    finally:
+        db.close()

@@ -30,8 +30,10 @@ Every call of :func:`~logitnorm_plugin.evaluate` with a store records its proven
 ``runs`` table; each cell refers to the run that computed it.
 
 Tables: ``meta`` (schema version), ``runs``, ``configs`` (benchmark + protocol, OOD groups),
-``cells`` (the metrics of each cell as JSON) and ``scores`` (per-sample scores, only where asked
-for, e.g. for histograms).
+``cells`` (the metrics of each cell as JSON, and its ``seal``:
+:mod:`~logitnorm_plugin.store.seals`, checked on every read) and ``scores`` (per-sample
+scores, only where asked for, e.g. for histograms). Only a regular file that is ours is
+opened, never another application's SQLite file (:mod:`~logitnorm_plugin.store.database`).
 """
 
 from __future__ import annotations
@@ -39,9 +41,8 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
-import math
+import logging
 import os
-import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -50,13 +51,24 @@ from logitnorm_plugin._core import provenance
 from logitnorm_plugin._core.conventions import AGGREGATE_METRICS
 from logitnorm_plugin._core.errors import IncompatibleResultsError
 from logitnorm_plugin._core.locks import make_folder
+from logitnorm_plugin.store import seals
 from logitnorm_plugin.store.aggregation import (
     aggregate,
+    aggregate_cells,
     detector_group_of,
     distinct_labels,
     group_label,
+    number_value,
+    stored_value,
 )
-from logitnorm_plugin.store.database import Connection
+from logitnorm_plugin.store.database import (
+    Connection,
+    ForeignStoreError,
+    check_ours,
+    check_schema,
+    first_bad_cell,
+    mark_and_seal,
+)
 
 __all__ = [
     "AGGREGATE_METRICS",
@@ -96,6 +108,7 @@ CREATE TABLE IF NOT EXISTS cells (
     run_id INTEGER REFERENCES runs(run_id),
     created_utc TEXT NOT NULL,
     row TEXT NOT NULL,
+    seal TEXT,
     PRIMARY KEY (model_id, config_id, detector_id, dataset)
 );
 CREATE TABLE IF NOT EXISTS scores (
@@ -110,21 +123,11 @@ CREATE TABLE IF NOT EXISTS scores (
 """
 
 
+_log = logging.getLogger(__name__)
+
+
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _json_value(value):
-    # NaN / inf are not JSON; keep them as strings that float() reads back
-    if isinstance(value, float) and not math.isfinite(value):
-        return repr(value)
-    return value
-
-
-def _from_json_value(value):
-    if value in ("nan", "inf", "-inf"):
-        return float(value)
-    return value
 
 
 class ResultStore:
@@ -143,7 +146,11 @@ class ResultStore:
         make_folder(self.path.parent, "results folder")
         self._db = Connection(self.path)
         try:
+            check_ours(self._db, _SCHEMA)  # another application's database: never adopted
             version = self._version(check=replace_incompatible)
+        except ForeignStoreError:
+            self._db.close()
+            raise
         except IncompatibleResultsError:
             if not replace_incompatible:
                 self._db.close()
@@ -162,12 +169,13 @@ class ResultStore:
             self._move_aside(f"schema-{version}")
         try:
             self._db.executescript(_SCHEMA)
-            row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-            if row is None:
-                with self._db:
-                    self._db.execute(
-                        "INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-                    )
+            mark_and_seal(self._db, SCHEMA_VERSION)
+            problem = first_bad_cell(self._db) if replace_incompatible else None
+            if problem is not None:
+                _log.warning("%s; starting a new store (--force)", problem)
+                self._move_aside("tampered")
+                self._db.executescript(_SCHEMA)
+                mark_and_seal(self._db, SCHEMA_VERSION)
         except BaseException:
             self._db.close()
             raise
@@ -248,11 +256,11 @@ class ResultStore:
             :meth:`DetectorSpec.group <logitnorm_plugin.evaluation.specs.DetectorSpec.group>`); the
             stored row's ``Detector`` becomes that label
         """
-        data = {k: _json_value(v) for k, v in row.items()}
+        data = {k: stored_value(v) for k, v in row.items()}
         if detector_group is not None:
             data["Detector"] = group_label(detector_group) or data.get("Detector")
         with self._db:
-            self._db.execute(
+            cursor = self._db.execute(
                 "INSERT OR REPLACE INTO cells (model_id, config_id, detector_id, dataset, model, "
                 "loss, seed, detector, detector_group, run_id, created_utc, row) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -262,23 +270,29 @@ class ResultStore:
                     run_id, _now(), json.dumps(data, sort_keys=False),
                 ),
             )
+            self._db.execute(f"UPDATE cells SET seal = {seals.SEAL_SQL} WHERE rowid = ?",
+                             (cursor.lastrowid,))
 
     def add_row_fields(self, model_id: str, fields: Mapping[str, Any]) -> int:
         """Add ``fields`` to the stored rows of one model that lack them (rows stored before
         those fields existed, e.g. the model configuration of aggregation's one rule); fields
         a row has are kept. :return: the number of rows changed"""
-        cursor = self._db.execute("SELECT rowid, row FROM cells WHERE model_id = ?",
-                                  (model_id,))
+        cursor = self._db.execute(
+            f"SELECT rowid, model, detector, dataset, row, seal IS {seals.SEAL_SQL} FROM cells "
+            "WHERE model_id = ?", (model_id,))
         changed = []
-        for rowid, text in cursor.fetchall():
-            row = json.loads(text)
-            missing = {k: _json_value(v) for k, v in fields.items() if k not in row}
+        for rowid, model, detector, dataset, text, ok in cursor.fetchall():
+            seals.check_seal(ok, self.path, model, detector, dataset)
+            row = seals.parse_row(text, self.path, model, detector, dataset)
+            missing = {k: stored_value(v) for k, v in fields.items() if k not in row}
             if missing:
                 changed.append((json.dumps({**row, **missing}, sort_keys=False), rowid))
         if changed:
             with self._db:
                 for values in changed:
                     self._db.execute("UPDATE cells SET row = ? WHERE rowid = ?", values)
+                    self._db.execute(
+                        f"UPDATE cells SET seal = {seals.SEAL_SQL} WHERE rowid = ?", values[1:])
         return len(changed)
 
     def put_scores(self, model_id: str, config_id: str, detector_id: str, dataset: str, scores):
@@ -324,14 +338,24 @@ class ResultStore:
         """The finished cells of a model under a configuration: ``(detector_id, dataset) ->
         row``."""
         cursor = self._db.execute(
-            "SELECT detector_id, dataset, row FROM cells WHERE model_id = ? AND config_id = ?",
+            f"SELECT detector_id, dataset, model, detector, row, seal IS {seals.SEAL_SQL} "
+            "FROM cells WHERE model_id = ? AND config_id = ?",
             (model_id, config_id),
         )
-        return {(d, s): self._row(text) for d, s, text in cursor}
+        return {(d, s): self._row(text, (model, detector, s, ok))
+                for d, s, model, detector, text, ok in cursor}
 
-    @staticmethod
-    def _row(text: str) -> dict:
-        return {k: _from_json_value(v) for k, v in json.loads(text).items()}
+    def _row(self, text: str, cell: tuple) -> dict:
+        """A stored row, its seal checked (``cell``: model, detector, dataset and whether the
+        seal matched) and its values back as numbers.
+
+        :raises seals.TamperedCellError: the cell was changed after it was written
+        :raises seals.DamagedCellError: its row is not a JSON object of numbers
+        """
+        model, detector, dataset, ok = cell
+        seals.check_seal(ok, self.path, model, detector, dataset)
+        row = seals.parse_row(text, self.path, model, detector, dataset)
+        return {k: number_value(v) for k, v in row.items()}
 
     def rows(
         self,
@@ -356,13 +380,13 @@ class ResultStore:
         where, args = self._where(config_id=config_id, model_id=ids, detector=names,
                                   detector_id=det_ids)
         cursor = self._db.execute(
-            "SELECT model_id, config_id, detector_id, detector_group, run_id, row FROM cells"
-            f"{where} ORDER BY rowid",
+            "SELECT model_id, config_id, detector_id, detector_group, run_id, row, model, "
+            f"detector, dataset, seal IS {seals.SEAL_SQL} FROM cells{where} ORDER BY rowid",
             args,
         )
         out, groups = [], []
-        for model_id, cfg, det_id, group, run_id, text in cursor:
-            row = self._row(text)
+        for model_id, cfg, det_id, group, run_id, text, *cell in cursor:
+            row = self._row(text, cell)
             if with_ids:
                 row.update(model_id=model_id, config_id=cfg, detector_id=det_id,
                            detector_group=group, run_id=run_id)
@@ -395,18 +419,24 @@ class ResultStore:
         found = self._db.execute(
             "SELECT config FROM configs WHERE config_id = ?", (config_id,)
         ).fetchone()
-        return json.loads(found[0]) if found else None
+        if found is None:
+            return None
+        return seals.parse_record(found[0], self.path, f"the configuration {config_id!r}")
 
     def provenance(self, run_id: int) -> dict | None:
         found = self._db.execute(
             "SELECT provenance FROM runs WHERE run_id = ?", (run_id,)
         ).fetchone()
-        return json.loads(found[0]) if found else None
+        if found is None:
+            return None
+        return seals.parse_record(found[0], self.path, f"the provenance of run {run_id}")
 
     def runs(self) -> list[dict]:
         cursor = self._db.execute("SELECT run_id, created_utc, provenance FROM runs")
         return [
-            {"run_id": r, "created_utc": c, "provenance": json.loads(p)} for r, c, p in cursor
+            {"run_id": r, "created_utc": c,
+             "provenance": seals.parse_record(p, self.path, f"the provenance of run {r}")}
+            for r, c, p in cursor
         ]
 
     def config_ids(self) -> list[str]:
@@ -477,13 +507,23 @@ class ResultStore:
         detector_ids: Iterable[str] | None = None,
     ) -> list[dict]:
         """:func:`aggregate` over the stored cells of one configuration, with its OOD groups
-        (optionally only of some models, detector labels or exact detector configurations)."""
+        (optionally only of some models, detector labels or exact detector configurations):
+        SQL ``GROUP BY`` in the store (:func:`~logitnorm_plugin.store.aggregation.aggregate_cells`)
+        over cells whose seals have been checked first.
+
+        :raises seals.TamperedCellError: a selected cell was changed after it was written
+        :raises seals.DamagedCellError: a selected cell's row is not well formed
+        """
         config = self.config(config_id) or {}
-        rows = self.rows(config_id=config_id, model_ids=model_ids, with_ids=True,
-                         detectors=detectors, detector_ids=detector_ids)
-        return aggregate(
-            rows, groups=config.get("groups") or {}, by=by, per_dataset=per_dataset
-        )
+        where, args = self._where(
+            config_id=config_id, model_id=list(model_ids) if model_ids is not None else None,
+            detector=list(detectors) if detectors is not None else None,
+            detector_id=list(detector_ids) if detector_ids is not None else None)
+        problem = first_bad_cell(self._db, where, args)  # verified cells only
+        if problem is not None:
+            raise problem
+        return aggregate_cells(self._db, where, args, config.get("groups") or {}, by,
+                               per_dataset=per_dataset)
 
 
 # -- opening a results folder for reading --------------------------------------------------------
@@ -507,40 +547,6 @@ def _store_path(path) -> Path:
     return path
 
 
-def _check_schema(path: Path) -> None:
-    """Read-only check that ``path`` is a result store of the version this package reads,
-    before :class:`ResultStore` opens it (which would add its tables to any SQLite file)."""
-    try:
-        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-    except sqlite3.Error as exc:
-        raise IncompatibleResultsError(f"cannot open {str(path)!r}: {exc}") from exc
-    try:
-        try:
-            found = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        except sqlite3.DatabaseError as exc:
-            if path.stat().st_size == 0:
-                raise IncompatibleResultsError(
-                    f"{str(path)!r} is empty: the bench run stored no results"
-                ) from exc
-            raise IncompatibleResultsError(
-                f"{str(path)!r} is not a result store of logitnorm-plugin ({exc})"
-            ) from exc
-        if found is None:
-            raise IncompatibleResultsError(
-                f"{str(path)!r} has no schema version: not a result store of logitnorm-plugin"
-            )
-        if str(found[0]) != str(SCHEMA_VERSION):
-            raise IncompatibleResultsError(
-                f"{str(path)!r} is a result store of schema version {found[0]}, written by "
-                f"another version of logitnorm-plugin; this version reads schema "
-                f"{SCHEMA_VERSION}. Re-run the `logitnorm-ood bench` command with --force and "
-                "this version (the old file is kept beside it), or read it with the version "
-                "that wrote it"
-            )
-    finally:
-        db.close()
-
-
 def open_results(path) -> ResultStore:
     """Open the result store of a results folder (or the store file itself) for reading.
 
@@ -551,7 +557,7 @@ def open_results(path) -> ResultStore:
         an empty store, or a store of another schema version
     """
     store_path = _store_path(path)
-    _check_schema(store_path)
+    check_schema(store_path, SCHEMA_VERSION)
     store = ResultStore(store_path)
     if store.count() == 0:
         store.close()

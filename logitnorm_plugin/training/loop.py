@@ -34,6 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from logitnorm_plugin._core import atomic, locks
+from logitnorm_plugin._core.arg_checks import out_path
 from logitnorm_plugin.data import OpenedDataset
 from logitnorm_plugin.training import checkpoints, distributed, runs
 from logitnorm_plugin.training.config import configure, default_run_dir
@@ -192,7 +193,7 @@ def run_training(request: TrainRequest) -> runs.TrainResult:
             "eval_batch_size": int(request.eval_batch_size),
             "check_every": int(request.check_every),
         }
-        out = Path(request.out) if request.out is not None else default_run_dir(config)
+        out = out_path(request.out) if request.out is not None else default_run_dir(config)
         # checked once before anything is created (a quick answer), again under the lock
         if ctx.is_main:
             locks.check_free(out, "run folder")

@@ -39,7 +39,7 @@ import re
 from pathlib import Path
 from typing import Any, Dict, List, Union
 
-from logitnorm_plugin._core import atomic, provenance
+from logitnorm_plugin._core import atomic, provenance, regular_files
 from logitnorm_plugin._core.card_values import check_card_values
 from logitnorm_plugin._core.conventions import dataset_tag
 from logitnorm_plugin._core.digests import json_sha256, sha256_file
@@ -154,7 +154,7 @@ def read_config(run_dir: PathLike) -> Dict[str, Any]:
     :raises MissingDataError: if there is none
     """
     path = Path(run_dir) / CONFIG_FILE
-    if not path.is_file():
+    if not path.is_file() and regular_files.kind_of(path) is None:  # a FIFO: refused below
         raise MissingDataError(f"no {CONFIG_FILE} in {str(Path(run_dir))!r}: not a run folder")
     config = _read_json(path)
     if not isinstance(config, dict):
@@ -164,7 +164,8 @@ def read_config(run_dir: PathLike) -> Dict[str, Any]:
 
 def _read_json(path: Path):
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        # never through a link, never blocking on a FIFO: a run folder may come from others
+        return json.loads(regular_files.read_text(path, "run folder's file"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise ModelIntegrityError(
             f"{str(path)!r} is damaged: not valid JSON ({one_line(exc, 120)})"
@@ -306,11 +307,11 @@ def read_metrics(run_dir: PathLike) -> List[Dict[str, Any]]:
         ``epoch``, ``logit_norm_mean`` and ``logit_norm_std`` (what a report draws)
     """
     path = Path(run_dir) / METRICS_FILE
-    if not path.is_file():
+    if not path.is_file() and regular_files.kind_of(path) is None:  # a FIFO: refused below
         raise MissingDataError(f"no {METRICS_FILE} in {str(Path(run_dir))!r}: not a run folder")
+    text = regular_files.read_text(path, "run folder's file")
     try:
-        records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
-                   if line]
+        records = [json.loads(line) for line in text.splitlines() if line]
     except ValueError as exc:  # UnicodeDecodeError included
         raise ModelIntegrityError(f"{str(path)!r} is damaged: not JSON lines "
                                   f"({one_line(exc, 120)})") from exc
@@ -417,7 +418,7 @@ def read_card(path: PathLike, verify: bool = True) -> Dict[str, Any]:
     :raises UntrustedFileError: a field that a path or a digest is built from is malformed
     """
     card_path = _card_path(path)
-    if not card_path.is_file():
+    if not card_path.is_file() and regular_files.kind_of(card_path) is None:
         raise MissingDataError(
             f"no model card at {str(card_path)!r}: pass a run folder written by "
             "`logitnorm-ood train` (it holds model.json and model.pt) or its model.json"

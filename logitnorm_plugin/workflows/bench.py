@@ -39,7 +39,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from logitnorm_plugin._core import locks, provenance
+from logitnorm_plugin._core import locks, provenance, regular_files
 from logitnorm_plugin._core.atomic import remove_stale_temporaries, write_json, write_text
 from logitnorm_plugin._core.conventions import (
     ID_DATASET,
@@ -149,7 +149,7 @@ class _TrainRequest:
         if not ((self.run_dir / CARD_FILE).is_file() and request_path.is_file()):
             return False
         try:
-            return json.loads(request_path.read_text(encoding="utf-8")) == self.request
+            return json.loads(regular_files.read_text(request_path, "request")) == self.request
         except ValueError as exc:  # not JSON (UnicodeDecodeError included)
             _log.warning("%s is damaged (%s): the run folder's config.json decides whether "
                          "its model is reused", request_path, one_line(exc, 120))

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence, Tuple
 
+from logitnorm_plugin._core.arg_checks import out_path
 from logitnorm_plugin._core.conventions import DEFAULT_DETECTORS, canonical_name
 from logitnorm_plugin._core.errors import UserError
 
@@ -95,7 +96,7 @@ class BenchRequest:
         set_ = object.__setattr__
         set_(self, "losses", tuple(canonical_name(loss) for loss in self.losses or ()))
         set_(self, "seeds", tuple(int(s) for s in self.seeds or ()))
-        set_(self, "out", Path(self.out))
+        set_(self, "out", out_path(self.out))
         if isinstance(self.models, (list, tuple)) and not self.models:
             set_(self, "models", None)
         if not self.models and (not self.losses or not self.seeds):

@@ -24,7 +24,8 @@ from pathlib import Path
 
 from logitnorm_plugin._core.atomic import TEMPORARY_NAME
 from logitnorm_plugin._core.errors import IncompatibleResultsError
-from logitnorm_plugin.store.database import Connection
+from logitnorm_plugin.store import seals
+from logitnorm_plugin.store.database import Connection, check_files
 from logitnorm_plugin.store.results import SCHEMA_VERSION, STORE_FILE, ResultStore
 
 __all__ = ["MergeResult", "WORKFLOW_DIR", "merge_shards", "shard_dir", "shard_path"]
@@ -84,7 +85,7 @@ def merge_shards(out, shards=None, remove_temporaries: bool = False,
             db.execute("ATTACH DATABASE ? AS shard", (str(shard),))
             try:
                 with db:
-                    added, already = _merge_one(db, "REPLACE" if replace else "IGNORE")
+                    added, already = _merge_one(db, "REPLACE" if replace else "IGNORE", shard)
             finally:
                 db.execute("DETACH DATABASE shard")
             result.added += added
@@ -100,7 +101,7 @@ def merge_shards(out, shards=None, remove_temporaries: bool = False,
     return result
 
 
-def _merge_one(db: Connection, conflict: str) -> tuple[int, int]:
+def _merge_one(db: Connection, conflict: str, shard: Path) -> tuple[int, int]:
     runs = {}
     for run_id, created, record in db.execute(
             "SELECT run_id, created_utc, provenance FROM shard.runs").fetchall():
@@ -113,12 +114,16 @@ def _merge_one(db: Connection, conflict: str) -> tuple[int, int]:
     db.execute("INSERT OR IGNORE INTO main.configs SELECT config_id, config FROM shard.configs")
     before = db.execute("SELECT COUNT(*) FROM main.cells").fetchone()[0]
     offered = 0
-    for values in db.execute(f"SELECT {_CELL_COLUMNS} FROM shard.cells ORDER BY rowid"
-                             ).fetchall():
-        values = list(values)
+    for *values, ok in db.execute(
+            f"SELECT {_CELL_COLUMNS}, seal IS {seals.SEAL_SQL} FROM shard.cells ORDER BY rowid"
+    ).fetchall():
+        seals.check_seal(ok, shard, values[4], values[7], values[3])  # as the job stored it
         values[9] = runs.get(values[9])
-        db.execute(f"INSERT OR {conflict} INTO main.cells ({_CELL_COLUMNS}) "
-                   f"VALUES ({', '.join('?' * len(values))})", values)
+        added_now = db.execute(f"INSERT OR {conflict} INTO main.cells ({_CELL_COLUMNS}) "
+                               f"VALUES ({', '.join('?' * len(values))})", values).rowcount
+        if added_now:  # its run has a new id here: sealed again, as stored here
+            db.execute(f"UPDATE main.cells SET seal = {seals.SEAL_SQL} WHERE model_id = ? AND "
+                       "config_id = ? AND detector_id = ? AND dataset = ?", values[:4])
         offered += 1
     db.execute(f"INSERT OR {conflict} INTO main.scores SELECT model_id, config_id, detector_id, "
                "dataset, n, data FROM shard.scores")
@@ -127,6 +132,7 @@ def _merge_one(db: Connection, conflict: str) -> tuple[int, int]:
 
 
 def _check_shard(path: Path) -> None:
+    check_files(path)  # a link or a special file in the shard folder is not a shard of ours
     try:
         with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as con:
             row = con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()

@@ -49,6 +49,7 @@ from tqdm.auto import tqdm
 
 from logitnorm_plugin import data
 from logitnorm_plugin._core import atomic, locks, provenance
+from logitnorm_plugin._core.arg_checks import out_path
 from logitnorm_plugin._core.conventions import PAPER_FPR_KEY, canonical_name
 from logitnorm_plugin._core.device import resolve_device, resolve_threads, torch_threads
 from logitnorm_plugin._core.digests import config_hash
@@ -237,6 +238,7 @@ def tune_t(
     :return: the ``recommended_t.json`` record (a dict; ``chosen_t`` is the answer)
     """
     started = time.perf_counter()
+    out_path(out)  # an empty path is refused, not taken as the current folder
     request = TuneRequest(
         dataset=dataset, arch=arch, grid=tuple(grid), epochs=epochs, seeds=tuple(seeds), out=out,
         device=device, recipe=recipe, batch_size=batch_size, lr=lr, acc_margin=acc_margin,
