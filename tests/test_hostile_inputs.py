@@ -111,7 +111,86 @@ def _bench_reused(case: Path, paths: dict, result) -> None:
     assert isinstance(json.loads(request.read_text(encoding="utf-8")), dict)  # rewritten
 
 
-#: the bad inputs of issue 22, point 11 (damaged store rows and bad card values: to be added)
+def _resealed_run(**changes):
+    """A ``setup``: the fixture's run folder copied to ``{case}/hostile`` with its model card
+    changed and resealed with the package's own digest, as anyone can."""
+
+    def damage(run: Path) -> None:
+        from logitnorm_plugin._core.digests import json_sha256
+
+        card = json.loads((run / "model.json").read_text(encoding="utf-8"))
+        card.pop("card_sha256")
+        card.update({k: v(card) if callable(v) else v for k, v in changes.items()})
+        card["card_sha256"] = json_sha256(card)
+        (run / "model.json").write_text(json.dumps(card), encoding="utf-8")
+
+    return _hostile_run(damage)
+
+
+def _results_copy(change: Callable[[Path], None]):
+    """A ``setup``: the fixture's bench folder copied to ``{case}/results``, its store
+    changed by ``change(path of results.sqlite)`` with the stdlib's sqlite3."""
+
+    def setup(case: Path, paths: dict) -> None:
+        shutil.copytree(paths["results"], case / "results")
+        change(case / "results" / "results.sqlite")
+
+    return setup
+
+
+def _edit_stored_cell(store: Path, new_row: Callable[[str], str]) -> None:
+    import sqlite3
+
+    db = sqlite3.connect(store)
+    rowid, text = db.execute("SELECT rowid, row FROM cells LIMIT 1").fetchone()
+    db.execute("UPDATE cells SET row = ? WHERE rowid = ?", (new_row(text), rowid))
+    db.commit()
+    db.close()
+
+
+def _one_digit_changed(text: str) -> str:
+    row = json.loads(text)
+    key = next(k for k, v in row.items() if isinstance(v, float) and 0 < v < 1)
+    row[key] = round(1 - row[key], 6)
+    return json.dumps(row)
+
+
+def _foreign_store(case: Path, paths: dict) -> None:
+    """Another application's SQLite file where bench keeps its store."""
+    import sqlite3
+
+    (case / "out").mkdir()
+    db = sqlite3.connect(case / "out" / "results.sqlite")
+    db.execute("CREATE TABLE contacts (name TEXT, phone TEXT)")
+    db.execute("INSERT INTO contacts VALUES ('Ada', '555-0100')")
+    db.commit()
+    db.close()
+
+
+def _linked(name: str, target_is_victim: bool = True):
+    """A ``setup``: ``{case}/out/<name>`` is a symbolic link to a file of the victim's."""
+
+    def setup(case: Path, paths: dict) -> None:
+        (case / "out").mkdir()
+        victim = case / "victim.txt"
+        victim.write_text("the victim's own file\n", encoding="utf-8")
+        os.symlink(victim if target_is_victim else case / "nowhere", case / "out" / name)
+
+    return setup
+
+
+def _victim_untouched(case: Path, paths: dict, result) -> None:
+    assert (case / "victim.txt").read_text(encoding="utf-8") == "the victim's own file\n"
+
+
+def _image_folder_with_loop(case: Path, paths: dict) -> None:
+    from fake_data import write_image_folder
+
+    for split, seed in (("train", 1), ("test", 2)):
+        write_image_folder(case / "ds" / split, ["a", "b"], 6, (16, 16), "png", seed=seed)
+    os.symlink(case / "ds" / "test", case / "ds" / "test" / "a" / "loop")
+
+#: the bad inputs of issue 22: point 11's, then one per other point that a command line reaches
 CASES = [
     # devices this machine cannot run a model on
     Case("train-device-mps", ("train", "--device", "mps", "--out", "{case}/run"),
@@ -191,6 +270,41 @@ CASES = [
          _good_run_reported),
     # a reader that stops reading
     Case("list-closed-pipe", ("list",), expect="quiet", process=True),
+    # point 1: a lock file that is a link (to a victim's file, or dangling)
+    Case("lock-links-to-victim", ("bench", "--models", "{run}", *EVAL, "--out", "{case}/out"),
+         ".lock", setup=_linked(".lock"), then=_victim_untouched),
+    Case("lock-dangling-link", ("bench", "--models", "{run}", *EVAL, "--out", "{case}/out"),
+         ".lock", setup=_linked(".lock", target_is_victim=False)),
+    # point 2: a card naming a function where an architecture class belongs
+    Case("card-arch-os-system", ("export", "--model", "{case}/hostile"),
+         "not in the table of known architectures",
+         setup=_resealed_run(arch_class="os.system")),
+    # point 3: a store that is a link, or another application's database
+    Case("store-links-to-victim", ("bench", "--models", "{run}", *EVAL, "--out", "{case}/out"),
+         "results.sqlite", setup=_linked("results.sqlite"), then=_victim_untouched),
+    Case("store-foreign-sqlite", ("bench", "--models", "{run}", *EVAL, "--out", "{case}/out"),
+         "results.sqlite", setup=_foreign_store),
+    # point 4 and bad card values: numbers that would choose memory, or are not numbers
+    Case("card-width-9000", ("export", "--model", "{case}/hostile"),
+         "nothing was allocated",
+         setup=_resealed_run(arch_kwargs=lambda card: {**card["arch_kwargs"], "width": 9000})),
+    Case("card-width-negative", ("export", "--model", "{case}/hostile"),
+         "rejects the arguments",
+         setup=_resealed_run(arch_kwargs=lambda card: {**card["arch_kwargs"], "width": -1})),
+    Case("card-t-not-a-number", ("export", "--model", "{case}/hostile"), "'t' is 'abc'",
+         setup=_resealed_run(t="abc")),
+    # point 6 and damaged store rows: a changed digit, a row that is not JSON
+    Case("store-changed-digit", ("export", "{case}/results"), "changed after it was written",
+         setup=_results_copy(lambda store: _edit_stored_cell(store, _one_digit_changed))),
+    Case("store-row-not-json", ("export", "{case}/results"), "results.sqlite",
+         setup=_results_copy(lambda store: _edit_stored_cell(store, lambda text: text[:-3]))),
+    # point 8: a link loop inside an image-folder dataset
+    Case("dataset-link-loop", ("train", "--dataset", "{case}/ds", "--epochs", "1",
+                               "--device", "cpu", "--out", "{case}/run"),
+         "loop", setup=_image_folder_with_loop),
+    # point 9: an empty output path
+    Case("train-out-empty", ("train", "--device", "cpu", "--out", ""), "empty path"),
+    Case("bench-out-empty", ("bench", "--models", "{run}", *EVAL, "--out", ""), "empty path"),
 ]
 
 
