@@ -82,3 +82,15 @@ def offline(monkeypatch):
     monkeypatch.setattr(urllib.request, "urlopen", urlopen)
     monkeypatch.setattr(torch.hub, "urlopen", urlopen)
     yield tried
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A real run folder (digits, LogitNorm, seed 0): one epoch in large batches, since the
+    weights only need to be real, not good. Module-scoped: tests that change it copy it."""
+    from logitnorm_plugin.training.loop import train
+
+    out = tmp_path_factory.mktemp("runs") / "digits-logitnorm-s0"
+    train(dataset="digits", loss="logitnorm", epochs=1, batch_size=256, seed=0, out=out,
+          progress=False, device="cpu")
+    return out

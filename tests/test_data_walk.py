@@ -6,10 +6,9 @@ import collections
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from fake_data import write_image_folder
 
 import logitnorm_plugin.data as data
 from logitnorm_plugin._core import conventions
@@ -42,14 +41,9 @@ def counted(monkeypatch):
 
 
 def _folder_dataset(root: Path) -> Path:
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 6), ("test", 2)):
-        for cls in ("a", "b"):
-            folder = root / "shapes" / split / cls
-            folder.mkdir(parents=True)
-            for i in range(n):
-                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
-                    folder / f"{i}.png")
+    """``root/shapes/{train,test}/{a,b}/*.png``: 6 train and 2 test images per class."""
+    for split, n, seed in (("train", 6, 1), ("test", 2, 2)):
+        write_image_folder(root / "shapes" / split, ["a", "b"], n, (32, 32), "png", seed=seed)
     return root / "shapes"
 
 

@@ -274,17 +274,6 @@ def test_console_script_error_has_no_traceback(tmp_path):
 # -- ModelEntry snippets -------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    from logitnorm_plugin.training.loop import train
-
-    out = tmp_path_factory.mktemp("runs") / "digits-logitnorm-s0"
-    # one epoch in large batches: the weights only need to be real, not good
-    train(dataset="digits", loss="logitnorm", epochs=1, batch_size=256, seed=0, out=out,
-          progress=False, device="cpu")
-    return out
-
-
 def test_snippet_builds_the_real_model_entry(run_dir):
     from pytorch_ood.model.registry import ModelEntry
 

@@ -22,16 +22,6 @@ from parsers import parse_markdown, parse_report_tables
 from logitnorm_plugin.reporting.bench_output import README_END, README_START
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    from logitnorm_plugin.training.loop import train
-
-    out = tmp_path_factory.mktemp("runs") / "digits-logitnorm-s0"
-    train(dataset="digits", loss="logitnorm", epochs=1, batch_size=256, seed=0, out=out,
-          progress=False, device="cpu")
-    return out
-
-
 def _kwargs(run_dir, **changes):
     card = json.loads((run_dir / "model.json").read_text())
     return {**card["arch_kwargs"], **changes}

@@ -20,17 +20,6 @@ from hostile import cli, error_lines, one_line_refusal, resealed_copy, write_dis
 
 from logitnorm_plugin.registry.architectures import ARCH_GROUP
 
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    from logitnorm_plugin.training.loop import train
-
-    out = tmp_path_factory.mktemp("runs") / "digits-logitnorm-s0"
-    train(dataset="digits", loss="logitnorm", epochs=1, batch_size=256, seed=0, out=out,
-          progress=False, device="cpu")
-    return out
-
-
 EVIL_MODULE = """
 class NotAModule:
     # were it ever built, it would leave this file behind

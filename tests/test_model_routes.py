@@ -19,17 +19,6 @@ from logitnorm_plugin.store.results import STORE_FILE, ResultStore
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    from logitnorm_plugin.training.loop import train
-
-    out = tmp_path_factory.mktemp("runs") / "digits-logitnorm-s0"
-    # one epoch in large batches: the weights only need to be real, not good
-    train(dataset="digits", loss="logitnorm", epochs=1, batch_size=256, seed=0, out=out,
-          progress=False, device="cpu")
-    return out
-
-
-@pytest.fixture(scope="module")
 def results(run_dir, tmp_path_factory):
     from logitnorm_plugin.evaluation.engine import evaluate
 
