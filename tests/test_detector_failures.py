@@ -81,3 +81,30 @@ def test_the_blame_names_only_what_the_detectors_own_call_raises():
 
     with pytest.raises(KeyError):
         blame.score("k", buggy, 3)
+
+
+def test_a_failure_on_an_ood_set_names_that_set():
+    """The caller's detector instance scores the ID test set, then fails on the first OOD set
+    (its own predict_logits refuses the batch, as a detector does with data it cannot take):
+    the error names that OOD set, not the ID test set."""
+    from pytorch_ood.detector import MaxSoftmax
+
+    model = tiny_net().eval()
+    detector = MaxSoftmax(model)
+    calls = []
+    own = detector.predict_logits
+
+    def refuses_the_second(logits):
+        calls.append(len(logits))
+        if len(calls) == 2:
+            raise RuntimeError("cannot take these logits")
+        return own(logits)
+
+    detector.predict_logits = refuses_the_second
+    with pytest.raises(DetectorScoreError) as caught:
+        evaluate({"tiny": model}, InMemoryBenchmark(), detectors=["energy", detector],
+                 batch_size=16, progress=False)
+    assert calls == [64, 24]  # the ID test set, then the first OOD set
+    assert "failed to score the OOD set 'ood0' with the model 'tiny' (RuntimeError: cannot " \
+           "take these logits)" in str(caught.value), str(caught.value)
+    assert "energy" not in str(caught.value)
