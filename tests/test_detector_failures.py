@@ -5,7 +5,7 @@ exception chained; a failure of the engine's own code keeps its traceback (issue
 
 import pytest
 import torch
-from pytorch_ood.detector import ReAct
+from pytorch_ood.detector import ODIN, ReAct
 from test_evaluate import InMemoryBenchmark, tiny_net
 
 from logitnorm_plugin._core.errors import DetectorFitError, DetectorScoreError, UserError
@@ -108,3 +108,18 @@ def test_a_failure_on_an_ood_set_names_that_set():
     assert "failed to score the OOD set 'ood0' with the model 'tiny' (RuntimeError: cannot " \
            "take these logits)" in str(caught.value), str(caught.value)
     assert "energy" not in str(caught.value)
+
+
+def test_odin_with_a_norm_std_the_input_cannot_take_is_named():
+    """Four stds for three channels: not fused (the engine's ODIN code would fail as ours),
+    so ODIN's own predict fails, and names it; one std per channel is still fused."""
+    net = tiny_net().eval()
+    good = feeds.build(ODIN, net, {"norm_std": (0.2, 0.2, 0.2)}, "odin")
+    assert feeds.fusable(good, net, (0.25, 0.2, 0.3))
+    bad = feeds.build(ODIN, net, {"norm_std": (1, 2, 3, 4)}, "odin")
+    assert not feeds.fusable(bad, net, (0.25, 0.2, 0.3))
+    with pytest.raises(DetectorScoreError) as caught:
+        _evaluate(["odin(norm_std=(1, 2, 3, 4))"])
+    assert str(caught.value).startswith(
+        "the detector odin(norm_std=[1,2,3,4]) failed to score the ID test set with the model "
+        "'tiny' (RuntimeError: ")

@@ -472,7 +472,8 @@ class _ModelWork:
                 if isinstance(d, LogitsDetector) and not isinstance(d, GradientDetector)
             }
             # exactly ODIN (a subclass may score differently) on the evaluated model
-            fused = {k: d for k, d in detectors.items() if feeds.fusable(d, net)}
+            fused = {k: d for k, d in detectors.items()
+                     if feeds.fusable(d, net, spec.std or job.bench.std)}
             shared = {k: (d, self.feed_of[k]) for k, d in detectors.items()
                       if self.feed_of[k].kind in feeds.SHARED}
             inputs = {k: d for k, d in detectors.items()
@@ -530,7 +531,6 @@ class _ModelWork:
         return results
 
     def _build(self, net: nn.Module, needed: set) -> Dict[str, Detector]:
-
         detectors: Dict[str, Detector] = {}
         self.feed_of: Dict[str, feeds.Feed] = {}
         for key, spec, extra in zip(self.keys, self.job.detectors, self.extras):

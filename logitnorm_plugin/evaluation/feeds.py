@@ -128,14 +128,22 @@ class Blame:
                                    raised.cause, model=self.model) from raised.cause
 
 
-def fusable(detector: Detector, model: nn.Module) -> bool:
+def fusable(detector: Detector, model: nn.Module, std=None) -> bool:
     """Whether the engine computes this detector's scores in its shared pass (fused ODIN):
     exactly :class:`pytorch_ood.detector.ODIN` on the evaluated model, with a number for
-    ``eps`` and for ``temperature``; other settings go to ODIN's own ``predict``, whose
-    failure names the detector (:class:`Blame`)."""
-    return (type(detector) is ODIN and detector.model is model
-            and all(isinstance(getattr(detector, name), numbers.Real)
-                    for name in ("eps", "temperature")))
+    ``eps`` and for ``temperature``, and a ``norm_std`` of numbers that the input can take
+    (none, one, or one per channel of ``std``, the model's preprocessing); other settings go
+    to ODIN's own ``predict``, whose failure names the detector (:class:`Blame`)."""
+    if type(detector) is not ODIN or detector.model is not model:
+        return False
+    if not all(isinstance(getattr(detector, n), numbers.Real) for n in ("eps", "temperature")):
+        return False
+    norm_std = detector.norm_std
+    if norm_std is None:
+        return True
+    return (isinstance(norm_std, (list, tuple))
+            and all(isinstance(v, numbers.Real) for v in norm_std)
+            and len(norm_std) in (0, 1, len(std or ())))
 
 
 @dataclass(frozen=True)
