@@ -75,3 +75,22 @@ def test_python_evaluate_labels_settings(run_dir):
     both = lp.evaluate([str(run_dir)], bench, detectors=["knn(k=3)", "knn(k=1)"],
                        progress=False)
     assert {r["Detector"] for r in both} == {"knn(k=3)", "knn(k=1)"}
+
+
+def test_infinity_is_a_float_wherever_it_stands_and_nan_is_refused_with_one_line():
+    """``inf`` is read the same bare, signed or in a tuple (before: ``inf`` a string, ``-inf``
+    refused as not a literal), and written back by the label as it was read; ``nan`` would be a
+    setting that makes scores undefined or silently wrong: refused when the text is read."""
+    from logitnorm_plugin._core.conventions import detector_label
+
+    inf = float("inf")
+    assert parse_detector_text("odin(eps=inf)") == ("odin", {"eps": inf})
+    assert parse_detector_text("odin(eps=-inf)") == ("odin", {"eps": -inf})
+    assert parse_detector_text("odin(eps=+Infinity)") == ("odin", {"eps": inf})
+    assert parse_detector_text("x(a=(1, -INF))") == ("x", {"a": (1, -inf)})
+    for text in ("odin(eps=-inf)", "odin(eps=inf)"):
+        assert detector_label(*parse_detector_text(text)) == text
+    assert parse_detector_text("x(a='nan')") == ("x", {"a": "nan"})  # quoted: a string
+    for bad in ("energy(t=nan)", "energy(t=-NaN)", "x(a=(1, nan))"):
+        with pytest.raises(UsageError, match="is not a value a detector setting can take"):
+            parse_detector_text(bad)

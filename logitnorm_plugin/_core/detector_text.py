@@ -4,6 +4,13 @@ the result tables use as the detector's label
 (:func:`logitnorm_plugin._core.conventions.detector_label`). Values are Python literals (numbers,
 booleans, ``None``, quoted strings, tuples); a bare word is a string (``ash(variant=ash_b)``).
 Read with :mod:`ast`, never ``eval``. Torch-free.
+
+Not-a-number and infinity, the words Python's ``float`` reads (any case), are read the same way
+wherever they stand, bare, signed or in a tuple: ``inf``, ``+inf``, ``-inf`` and ``infinity``
+are the float infinities (the labels write them back as ``inf``), and ``nan`` is refused here
+with one line: no setting of a detector means NaN, and a NaN threshold or step gives scores
+that are undefined or silently wrong. Where a setting must be finite, the detector's own
+check, its failure when it runs, or the NaN-score check of the evaluation says so.
 """
 
 from __future__ import annotations
@@ -22,7 +29,28 @@ FORM = "NAME or NAME(KEY=VALUE, ...), e.g. knn(k=5)"
 _TEXT = re.compile(r"^\s*([^()\s=]+)\s*(?:\((.*)\))?\s*$", re.S)
 
 
+_INFINITY = ("inf", "infinity")
+
+
+class _Numbers(ast.NodeTransformer):
+    """``inf`` and ``infinity`` (any case) become the float infinity, wherever they stand;
+    ``nan`` is refused."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def visit_Name(self, node: ast.Name) -> ast.AST:
+        word = node.id.lower()
+        if word == "nan":
+            raise UsageError(f"detector {self.text!r}: {node.id} is not a value a detector "
+                             "setting can take (NaN makes scores undefined); give a number")
+        if word in _INFINITY:
+            return ast.copy_location(ast.Constant(float("inf")), node)
+        return node
+
+
 def _value(node: ast.AST, text: str) -> Any:
+    node = _Numbers(text).visit(node)
     if isinstance(node, ast.Name):
         return node.id  # a bare word: a string
     try:

@@ -108,16 +108,38 @@ class DetectorFitError(UserError, RuntimeError):
     that predicts no training image of some class correctly).
 
     :param key: the detector's store key in the evaluation
-    :param name: the detector's class name
+    :param name: the detector as given, with its arguments (``knn(k=0)``)
     :param cause: what its ``fit`` raised
+    :param model: the model's label, if known
     """
 
-    def __init__(self, key: str, name: str, cause: BaseException):
+    def __init__(self, key: str, name: str, cause: BaseException, model: str | None = None):
         self.key, self.name = key, name
+        on = f" with the model {model!r}" if model is not None else ""
         super().__init__(
-            f"the detector {name} could not be fitted on the benchmark's training split "
-            f"({type(cause).__name__}: {one_line(str(cause), 200)}); leave it out, or give it "
-            "a better-trained model"
+            f"the detector {name} could not be fitted on the benchmark's training split{on} "
+            f"({type(cause).__name__}: {one_line(str(cause), 200)}); check its arguments, "
+            "leave it out, or give it a better-trained model"
+        )
+
+
+class DetectorScoreError(UserError, RuntimeError):
+    """A detector's own scoring call failed on a dataset (e.g. ``knn(k=0)``: scikit-learn
+    refuses zero neighbours only when asked for them); the message names the detector with
+    its arguments, the model and the dataset.
+
+    :param label: the detector as given, with its arguments
+    :param model: the model's label
+    :param where: the dataset, as the message names it (``"the OOD set 'svhn'"``)
+    :param cause: what its ``predict`` (or ``predict_logits``, ...) raised
+    """
+
+    def __init__(self, label: str, model: str, where: str, cause: BaseException):
+        self.label = label
+        super().__init__(
+            f"the detector {label} failed to score {where} with the model {model!r} "
+            f"({type(cause).__name__}: {one_line(str(cause), 200)}); change its arguments or "
+            "leave it out"
         )
 
 

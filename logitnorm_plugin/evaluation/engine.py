@@ -136,11 +136,13 @@ def _forward_pass(
     num_workers: int = 0,
     split: feeds.SplitForward | None = None,
     shared: Mapping[str, Tuple[Detector, feeds.Feed]] | None = None,
+    blame: feeds.Blame | None = None,
 ) -> _Pass:
     """One pass over ``dataset``: logits for every logits detector, fused ODIN scores, the
     scores of ``shared`` (features and backbone) detectors from the same forward, through
     ``split`` when given, and the scores of input detectors (gradient detectors other than
-    ODIN, sampling detectors, the caller's feature detectors, ...).
+    ODIN, sampling detectors, the caller's feature detectors, ...); ``blame`` names a detector
+    whose own call fails.
 
     Fused ODIN works under ``torch.inference_mode()`` and ``torch.no_grad()`` too, as
     pytorch-ood's ODIN does (without its warning): the gradient part leaves inference mode and
@@ -177,10 +179,10 @@ def _forward_pass(
         else:
             with torch.no_grad():
                 z = forward(x)
-        for key, value in feeds.shared_scores(shared, split).items() if shared else ():
+        for key, value in feeds.shared_scores(shared, split, blame).items() if shared else ():
             scores[key].append(value.detach())
         for key, det in inputs.items():
-            scores[key].append(det.predict(x).detach())
+            scores[key].append(blame.score(key, det.predict, x).detach())
         logits.append(z)
         labels.append(y)  # moved to the CPU once at the end: no host sync per batch
     if not logits:
@@ -460,6 +462,7 @@ class _ModelWork:
         needed = {k for k, _ in self.todo}
         self.name_of = {k: d.row_name or d.name for k, d in zip(self.keys, job.detectors)}
         self.group_of = {k: d.group() for k, d in zip(self.keys, job.detectors)}
+        blame = feeds.Blame({k: d.label for k, d in zip(self.keys, job.detectors)}, spec.label)
         self.keep = (job.request.keep_scores(spec) if callable(job.request.keep_scores)
                      else bool(job.request.keep_scores))
         with _EvaluationModel(model, job.device) as net, _Borrowed(job.detectors, model, net):
@@ -469,7 +472,8 @@ class _ModelWork:
                 if isinstance(d, LogitsDetector) and not isinstance(d, GradientDetector)
             }
             # exactly ODIN (a subclass may score differently) on the evaluated model
-            fused = {k: d for k, d in detectors.items() if type(d) is ODIN and d.model is net}
+            fused = {k: d for k, d in detectors.items()
+                     if feeds.fusable(d, net, spec.std or job.bench.std)}
             shared = {k: (d, self.feed_of[k]) for k, d in detectors.items()
                       if self.feed_of[k].kind in feeds.SHARED}
             inputs = {k: d for k, d in detectors.items()
@@ -479,10 +483,10 @@ class _ModelWork:
             feeds.fit_all(detectors, self.feed_of,
                           lambda: job.bench.train_set(spec.mean, spec.std),
                           lambda train, maps: self._train_pass(net, train, split, maps),
-                          job.request.batch_size, job.request.num_workers)
+                          job.request.batch_size, job.request.num_workers, blame)
 
-            def forward(dataset, wanted: Iterable[str]):
-                wanted = set(wanted)
+            def forward(dataset, wanted: Iterable[str], where: str):
+                wanted, blame.where = set(wanted), where
                 if split is not None:
                     split.maps = any(self.feed_of[k].scored_from == feeds.MAPS for k in wanted)
                 return _forward_pass(
@@ -490,17 +494,17 @@ class _ModelWork:
                     {k: d for k, d in fused.items() if k in wanted},
                     {k: d for k, d in inputs.items() if k in wanted},
                     job.request.num_workers, split,
-                    {k: v for k, v in shared.items() if k in wanted},
+                    {k: v for k, v in shared.items() if k in wanted}, blame,
                 )
 
-            id_pass = forward(id_set, needed)
+            id_pass = forward(id_set, needed, "the ID test set")
             if not bool((id_pass.labels >= 0).all()):
                 raise ValueError(f"the ID test set of {job.bench.name} has labels < 0")
             id_metrics = {
                 "ACC": accuracy(id_pass.logits, id_pass.labels),
                 "ECE": expected_calibration_error(id_pass.logits, id_pass.labels),
             }
-            id_scores = {k: _scores(k, d, id_pass) for k, d in detectors.items()}
+            id_scores = {k: _scores(k, d, id_pass, blame) for k, d in detectors.items()}
             self._keep_scores(ID_DATASET, id_scores)
             results = {}
             sets = list(zip(job.bench.ood_names, ood_sets))
@@ -509,8 +513,8 @@ class _ModelWork:
                 wanted = [k for k in detectors if (k, dataset) in self.todo]
                 if not wanted:
                     continue
-                ood_pass = forward(ood_set, wanted)
-                ood_scores = {k: _scores(k, detectors[k], ood_pass) for k in wanted}
+                ood_pass = forward(ood_set, wanted, f"the OOD set {dataset!r}")
+                ood_scores = {k: _scores(k, detectors[k], ood_pass, blame) for k in wanted}
                 self._keep_scores(dataset, ood_scores)
                 subsets = None
                 if job.request.protocol == "paper":
@@ -527,7 +531,6 @@ class _ModelWork:
         return results
 
     def _build(self, net: nn.Module, needed: set) -> Dict[str, Detector]:
-
         detectors: Dict[str, Detector] = {}
         self.feed_of: Dict[str, feeds.Feed] = {}
         for key, spec, extra in zip(self.keys, self.job.detectors, self.extras):
@@ -589,8 +592,8 @@ class _ModelWork:
                 job.store.put_scores(self.model_id, job.config_id, key, dataset, cpu)
 
 
-def _scores(key: str, det: Detector, data: _Pass) -> Tensor:
+def _scores(key: str, det: Detector, data: _Pass, blame: feeds.Blame) -> Tensor:
     if key in data.scores:
         return data.scores[key]
     with torch.no_grad():
-        return det.predict_logits(data.logits).detach()
+        return blame.score(key, det.predict_logits, data.logits).detach()

@@ -25,12 +25,19 @@ kind          scored with                                 fitted with (the share
 ============  ==========================================  ======================================
 
 Fused ODIN is an ``input`` detector that the engine serves from the same pass (see
-:mod:`logitnorm_plugin.evaluation.engine`).
+:mod:`logitnorm_plugin.evaluation.engine`), when its settings are numbers (:func:`fusable`).
+
+A detector's own ``fit``/``predict`` call that fails with arguments the user chose (a
+:data:`FAULTS` exception of that call only, never of the engine's code around it) is one
+:class:`~logitnorm_plugin._core.errors.DetectorFitError` or
+:class:`~logitnorm_plugin._core.errors.DetectorScoreError` naming that detector with its
+arguments, the model and the data (:class:`Blame`); anything else keeps its traceback.
 """
 
 from __future__ import annotations
 
 import inspect
+import numbers
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Mapping, Tuple
@@ -43,12 +50,14 @@ from pytorch_ood.api import (
     GradientDetector,
     LogitsDetector,
 )
+from pytorch_ood.detector import ODIN
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from logitnorm_plugin._core.errors import (
     DetectorArgumentsError,
     DetectorFitError,
+    DetectorScoreError,
     UnsupportedModelError,
     UserError,
 )
@@ -62,6 +71,79 @@ MAPS = "maps"
 SHARED = (FEATURES, BACKBONE)
 #: tolerance of the split check, on the logits of the first batch
 CHECK_TOLERANCE = 1e-4
+#: what a detector's own fit or predict raises for arguments that do not work with this model
+#: and data (pytorch-ood checks some inputs with ``assert``: SHE's fit); other exceptions of
+#: that call, and every exception of the engine's own code, keep their traceback
+FAULTS = (TypeError, ValueError, RuntimeError, AssertionError)
+
+
+class DetectorRaised(Exception):
+    """The detector's own call raised ``cause`` (one of :data:`FAULTS`): internal to the
+    engine, which turns it into a one-line error naming the detector (:class:`Blame`)."""
+
+    def __init__(self, cause: BaseException):
+        super().__init__(cause)
+        self.cause = cause
+
+
+def own_call(method, *args):
+    """``method(*args)``: a detector's own fit or predict call, whose :data:`FAULTS` (other
+    than a :class:`~logitnorm_plugin._core.errors.UserError`) are a :class:`DetectorRaised`."""
+    try:
+        return method(*args)
+    except UserError:
+        raise
+    except FAULTS as exc:
+        raise DetectorRaised(exc) from exc
+
+
+@dataclass
+class Blame:
+    """Whom a failing detector call is about, in one model's evaluation: each detector's
+    label with its arguments (by key), the model and the data of the current pass (set by the
+    engine before each pass)."""
+
+    labels: Mapping[str, str]
+    model: str | None
+    where: str = "the benchmark's training split"
+
+    def score(self, key: str, method, *args) -> Tensor:
+        """``method(*args)``, the scoring call of the detector ``key``.
+
+        :raises DetectorScoreError: for its :data:`FAULTS`"""
+        try:
+            return own_call(method, *args)
+        except DetectorRaised as raised:
+            raise DetectorScoreError(self.labels[key], self.model, self.where,
+                                     raised.cause) from raised.cause
+
+    @contextmanager
+    def fitting(self, key: str, detector: Detector):
+        """The block fits the detector ``key``: a :class:`DetectorRaised` in it is a
+        :class:`~logitnorm_plugin._core.errors.DetectorFitError`."""
+        try:
+            yield
+        except DetectorRaised as raised:
+            raise DetectorFitError(key, self.labels.get(key, type(detector).__name__),
+                                   raised.cause, model=self.model) from raised.cause
+
+
+def fusable(detector: Detector, model: nn.Module, std=None) -> bool:
+    """Whether the engine computes this detector's scores in its shared pass (fused ODIN):
+    exactly :class:`pytorch_ood.detector.ODIN` on the evaluated model, with a number for
+    ``eps`` and for ``temperature``, and a ``norm_std`` of numbers that the input can take
+    (none, one, or one per channel of ``std``, the model's preprocessing); other settings go
+    to ODIN's own ``predict``, whose failure names the detector (:class:`Blame`)."""
+    if type(detector) is not ODIN or detector.model is not model:
+        return False
+    if not all(isinstance(getattr(detector, n), numbers.Real) for n in ("eps", "temperature")):
+        return False
+    norm_std = detector.norm_std
+    if norm_std is None:
+        return True
+    return (isinstance(norm_std, (list, tuple))
+            and all(isinstance(v, numbers.Real) for v in norm_std)
+            and len(norm_std) in (0, 1, len(std or ())))
 
 
 @dataclass(frozen=True)
@@ -216,15 +298,16 @@ def _backbone_output(feed: Feed, z: Tensor, m: Tensor | None) -> Tensor:
 
 
 def shared_scores(detectors: Mapping[str, Tuple[Detector, Feed]],
-                  split: SplitForward) -> Dict[str, Tensor]:
+                  split: SplitForward, blame: Blame) -> Dict[str, Tensor]:
     """Scores of ``features`` and ``backbone`` detectors on the batch ``split`` last ran."""
     scores = {}
     with torch.no_grad():
         for key, (det, feed) in detectors.items():
             if feed.kind == FEATURES:
-                scores[key] = det.predict_features(split.z)
+                scores[key] = blame.score(key, det.predict_features, split.z)
             else:
-                scores[key] = det.predict(_backbone_output(feed, split.z, split.m))
+                scores[key] = blame.score(key, det.predict,
+                                          _backbone_output(feed, split.z, split.m))
     return scores
 
 
@@ -235,19 +318,21 @@ def fit_shared(detector: Detector, feed: Feed, data: Mapping[str, Tensor],
 
     The tensors go to the CPU first: pytorch-ood's own ``fit(loader)`` collects them in a CPU
     ``TensorBuffer`` (``utils.extract_features``) and some fits rely on it (KNN calls
-    ``.numpy()``), so a fit on CUDA features would fail where the host's succeeds."""
+    ``.numpy()``), so a fit on CUDA features would fail where the host's succeeds.
+
+    :raises DetectorRaised: for the :data:`FAULTS` of the detector's own fit call"""
     data = {name: tensor.cpu() for name, tensor in data.items()}
     y = data["labels"]
     if feed.fit_from == LOGITS:
-        detector.fit_logits(data["logits"], y)
+        own_call(detector.fit_logits, data["logits"], y)
     elif feed.kind == BACKBONE:
         out = _backbone_output(feed, data.get(FEATURES), data.get(MAPS))
         if _overrides(type(detector), "fit_feature_maps", FeatureMapsDetector):
-            detector.fit_feature_maps(out, y)
+            own_call(detector.fit_feature_maps, out, y)
         else:  # the identity backbone makes fit(loader) read the outputs as they are
-            detector.fit(DataLoader(TensorDataset(out, y), batch_size=batch_size))
+            own_call(detector.fit, DataLoader(TensorDataset(out, y), batch_size=batch_size))
     else:
-        detector.fit_features(data[FEATURES], y)
+        own_call(detector.fit_features, data[FEATURES], y)
 
 
 @contextmanager
@@ -282,14 +367,18 @@ def train_data(logits: Tensor, labels: Tensor, split: SplitForward | None) -> Di
 
 
 def fit_all(detectors: Mapping[str, Detector], feeds: Mapping[str, Feed], train_set,
-            train_pass, batch_size: int, num_workers: int = 0) -> None:
+            train_pass, batch_size: int, num_workers: int = 0,
+            blame: Blame | None = None) -> None:
     """Fit every detector that needs it: those fed from logits, features or maps from ONE
     training-split pass ``train_pass(train, maps)`` (see :func:`train_data`), the others by
     their own ``fit(loader)``.
 
     :param train_set: returns the training split (called only if some detector fits)
-    :raises DetectorFitError: naming the detector whose ``fit`` failed
+    :param blame: names the detectors and the model in errors (default: the class names)
+    :raises DetectorFitError: naming the detector whose own ``fit`` call failed (its
+        :data:`FAULTS` only)
     """
+    blame = blame if blame is not None else Blame({}, None)
     need = {k: d for k, d in detectors.items() if getattr(d, "requires_fit", False)}
     if not need:
         return
@@ -297,13 +386,10 @@ def fit_all(detectors: Mapping[str, Detector], feeds: Mapping[str, Feed], train_
     wanted = {feeds[k].fit_from for k in need} - {None}
     data = train_pass(train, MAPS in wanted) if wanted else {}
     for key, det in need.items():
-        try:
+        with blame.fitting(key, det):
             if feeds[key].fit_from is not None:
                 fit_shared(det, feeds[key], data, batch_size)
             else:
-                det.fit(DataLoader(train, batch_size=batch_size, shuffle=False,
-                                   num_workers=num_workers))
-        except UserError:
-            raise
-        except Exception as exc:  # the host's fit: any error of a detector's own making
-            raise DetectorFitError(key, type(det).__name__, exc) from exc
+                loader = DataLoader(train, batch_size=batch_size, shuffle=False,
+                                    num_workers=num_workers)
+                own_call(det.fit, loader)
