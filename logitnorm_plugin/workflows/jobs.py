@@ -87,7 +87,9 @@ class Job:
 class TrainJob(Job):
     """Train one model of a bench into its run folder (or resume it there)."""
 
-    request: Any = None  # bench's _TrainRequest: run folder, trainer arguments, request record
+    #: bench's _TrainRequest: run folder, TrainRequest, request record and the configuration
+    #: bench checked up front (the training reuses it, here or in another process)
+    request: Any = None
 
     def work(self, device: str) -> dict:
         trained = self.request.ensure_trained(device=device)
