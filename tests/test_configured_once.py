@@ -70,3 +70,20 @@ def test_a_training_job_carries_its_configuration(tmp_path, configured_calls, mo
     expected = model.configured[0].to_dict()  # on the CPU: no autocast, the same record
     assert {k: v for k, v in written.items() if k != "runtime"} == expected
     assert (model.run_dir / CARD_FILE).is_file()
+
+
+def test_a_given_configuration_takes_the_autocast_of_where_it_runs(tmp_path, configured_calls):
+    from logitnorm_plugin.training.request import TrainRequest
+
+    request = TrainRequest(dataset="digits", loss="cross_entropy", epochs=1, out=tmp_path / "r",
+                           progress=False)
+    # checked elsewhere as if for a bf16 device; this CPU run has no autocast
+    checked = config_module.configure(request, amp="bf16")
+    assert checked[0].amp == "bf16"
+    configured_calls.clear()
+    result = loop.run_training(request, checked)
+    assert configured_calls == []
+    written = json.loads((tmp_path / "r" / CONFIG_FILE).read_text())
+    assert written["amp"] is None and result.card is not None
+    assert {k: v for k, v in written.items() if k not in ("runtime", "amp")} == {
+        k: v for k, v in checked[0].to_dict().items() if k != "amp"}
