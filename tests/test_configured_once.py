@@ -87,3 +87,14 @@ def test_a_given_configuration_takes_the_autocast_of_where_it_runs(tmp_path, con
     assert written["amp"] is None and result.card is not None
     assert {k: v for k, v in written.items() if k not in ("runtime", "amp")} == {
         k: v for k, v in checked[0].to_dict().items() if k != "amp"}
+
+
+def test_tune_t_inline_configures_each_point_once(tmp_path, configured_calls, monkeypatch):
+    from logitnorm_plugin.workflows import tune_t as tuning
+
+    monkeypatch.setattr(tuning, "configure", config_module.configure)  # the counting one
+    record = tuning.tune_t(dataset="digits", grid=[0.04, 0.1], epochs=1, seeds=[0],
+                           device="cpu", noise_n=200, progress=False, stdout=False,
+                           out=tmp_path / "tune")
+    assert sorted(configured_calls) == [("logitnorm", 0), ("logitnorm", 0)]  # before: 4
+    assert record["points"] == {"total": 2, "computed": 2, "reused": 0}

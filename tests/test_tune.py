@@ -182,13 +182,15 @@ def test_interrupted_tuning_resumes_without_recomputing_finished_points(tmp_path
     original = tuning.run_training
     calls = []
 
-    def counting_train(request, *args, **kwargs):
-        # one whole TrainRequest per point, no keyword relay
-        assert isinstance(request, TrainRequest) and not args and not kwargs
+    def counting_train(request, configured):
+        # one whole TrainRequest per point, no keyword relay, with the configuration checked
+        # for it up front
+        assert isinstance(request, TrainRequest)
         assert (request.resume, request.eval_split, request.seed) == ("auto", "val", 0)
         assert request.overrides["train_split"] == "train"
+        assert configured[0].loss_kwargs["t"] == request.loss_kwargs["t"]
         calls.append(request.loss_kwargs["t"])
-        return original(request)
+        return original(request, configured)
 
     monkeypatch.setattr(tuning, "run_training", counting_train)  # the name tune_t calls
     out = tmp_path / "tune"

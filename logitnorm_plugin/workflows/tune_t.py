@@ -152,10 +152,11 @@ def _shortened(recipe, epochs: int | None) -> Dict[str, Any]:
     return {"milestones": tuple(m for m in milestones if m < int(epochs))}
 
 
-def _train_point(request: TrainRequest) -> str:
-    """Train one grid point (also the worker function of ``jobs > 1``); returns the run folder."""
+def _train_point(request: TrainRequest, configured=None) -> str:
+    """Train one grid point (also the worker function of ``jobs > 1``); returns the run folder.
+    ``configured``: the point's configuration checked up front (inline: not configured again)."""
 
-    return os.fspath(run_training(request))
+    return os.fspath(run_training(request, configured))
 
 
 # -- the tuning run ---------------------------------------------------------------------------
@@ -336,10 +337,9 @@ class _Tuning:
         self.force, self.loss = force, shared.loss
         self.executor = None  # (ExecutorSpec, device, threads, command) of --executor
         # every name and value is checked here, before any data is read or any run starts
-        self.configs = {
-            (t, seed): configure(self.point(t, seed))[0].to_dict()
-            for t in grid for seed in seeds
-        }
+        self.configured = {(t, seed): configure(self.point(t, seed))
+                           for t in grid for seed in seeds}
+        self.configs = {key: c[0].to_dict() for key, c in self.configured.items()}
         self.first = self.configs[(grid[0], seeds[0])]
         self.split_seed = int(self.first.get("split_seed", 0))
 
@@ -425,7 +425,8 @@ class _Tuning:
             elif jobs == 1 or len(todo) <= 1:
                 for t, seed in todo:
                     try:
-                        folder = _train_point(self.training(t, seed))
+                        folder = _train_point(self.training(t, seed),
+                                              self.configured[(t, seed)])
                     except TrainingDivergedError as exc:
                         self.finish_point(t, seed, None, exc)
                         continue
