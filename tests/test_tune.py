@@ -12,6 +12,7 @@ from logitnorm_plugin._core.errors import UserError
 from logitnorm_plugin.metrics import PAPER_FPR_KEY
 from logitnorm_plugin.store.results import ResultStore
 from logitnorm_plugin.training import recipes
+from logitnorm_plugin.training.request import TrainRequest
 from logitnorm_plugin.workflows import t_selection
 from logitnorm_plugin.workflows import tune_t as tuning
 
@@ -178,15 +179,20 @@ def test_tiny_grid_end_to_end_applies_the_rule_and_reads_validation_data_only(
 
 
 def test_interrupted_tuning_resumes_without_recomputing_finished_points(tmp_path, monkeypatch):
-    module = _train_module()
-    original = module.train
+    original = tuning.run_training
     calls = []
 
-    def counting_train(*args, **kwargs):
-        calls.append(kwargs["loss_kwargs"]["t"])
-        return original(*args, **kwargs)
+    def counting_train(request, configured):
+        # one whole TrainRequest per point, no keyword relay, with the configuration checked
+        # for it up front
+        assert isinstance(request, TrainRequest)
+        assert (request.resume, request.eval_split, request.seed) == ("auto", "val", 0)
+        assert request.overrides["train_split"] == "train"
+        assert configured[0].loss_kwargs["t"] == request.loss_kwargs["t"]
+        calls.append(request.loss_kwargs["t"])
+        return original(request, configured)
 
-    monkeypatch.setattr(tuning, "train", counting_train)  # the name tune_t calls
+    monkeypatch.setattr(tuning, "run_training", counting_train)  # the name tune_t calls
     out = tmp_path / "tune"
     grid = [0.02, 0.1]
 

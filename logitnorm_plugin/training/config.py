@@ -29,8 +29,8 @@ from logitnorm_plugin.registry.split import build_loss, loss_parts
 from logitnorm_plugin.training import recipes
 from logitnorm_plugin.training.request import TrainRequest
 
-__all__ = ["CONFIG_FORMAT", "OUTLIER_FIELDS", "TrainConfig", "configure", "default_run_dir",
-           "resolve_config"]
+__all__ = ["CONFIG_FORMAT", "OUTLIER_FIELDS", "Configured", "TrainConfig", "configure",
+           "default_run_dir", "resolve_config"]
 
 CONFIG_FORMAT = 1
 
@@ -118,6 +118,11 @@ class TrainConfig(recipes.RecipeFields):
         return {key: values[key] for key in order}
 
 
+#: what :func:`configure` returns: the configuration, the loss class and the opened dataset
+#: (picklable for a registered dataset: a job can carry it to another process)
+Configured = Tuple[TrainConfig, type, OpenedDataset]
+
+
 def _loss_identity(loss) -> Tuple[str, type]:
     """``(name recorded in the config, class)`` of a loss name or class."""
 
@@ -149,8 +154,7 @@ def resolve_config(dataset: str = "digits", arch: str | None = None, loss="logit
     return config, loss_cls
 
 
-def configure(request: TrainRequest, amp: str | None = None
-              ) -> Tuple[TrainConfig, type, OpenedDataset]:
+def configure(request: TrainRequest, amp: str | None = None) -> Configured:
     """The configuration of ``request``'s run, the loss class and the opened dataset, every
     name and value checked before any data is read.
 

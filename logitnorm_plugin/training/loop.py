@@ -23,6 +23,7 @@ batch size is the global one, only rank 0 writes.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import sys
@@ -37,7 +38,7 @@ from logitnorm_plugin._core import atomic, locks
 from logitnorm_plugin._core.arg_checks import out_path
 from logitnorm_plugin.data import OpenedDataset
 from logitnorm_plugin.training import checkpoints, distributed, runs
-from logitnorm_plugin.training.config import configure, default_run_dir
+from logitnorm_plugin.training.config import Configured, configure, default_run_dir
 from logitnorm_plugin.training.request import TrainRequest
 from logitnorm_plugin.training.session import TrainingSession
 from logitnorm_plugin.training.step import (
@@ -169,9 +170,16 @@ def train(
     return run_training(request)
 
 
-def run_training(request: TrainRequest) -> runs.TrainResult:
+def run_training(request: TrainRequest, configured: Configured | None = None
+                 ) -> runs.TrainResult:
     """What :func:`train` does, for a request built once (by ``logitnorm-ood train``, or by
-    :func:`train` from its keyword arguments): see there."""
+    :func:`train` from its keyword arguments): see there.
+
+    :param configured: what :func:`~logitnorm_plugin.training.config.configure` returned for
+        this ``request`` where the caller checked it already (``bench`` does, before anything
+        trains): the run takes it as it is (its autocast entry set to this device's) instead
+        of configuring the request again; ``None``: configured here
+    """
     wall_start = time.perf_counter()
     ctx, dev = distributed.setup(request.device)  # raises UserError for CUDA without CUDA
     saved_flags = (
@@ -182,7 +190,13 @@ def run_training(request: TrainRequest) -> runs.TrainResult:
     try:
         fast = fast_path_defaults(dev, ctx.world_size, request.deterministic, request.amp,
                                   request.compile, request.channels_last)
-        config, loss_cls, dataset = configure(request, amp=amp_name(fast["amp_dtype"]))
+        amp = amp_name(fast["amp_dtype"])
+        if configured is None:
+            config, loss_cls, dataset = configure(request, amp=amp)
+        else:  # checked by the caller: the names are not read and resolved again
+            config, loss_cls, dataset = configured
+            if config.amp != amp:  # the only entry that depends on where the run goes
+                config = dataclasses.replace(config, amp=amp)
         runtime = {
             "device": str(dev),
             "world_size": ctx.world_size,

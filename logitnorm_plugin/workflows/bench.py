@@ -34,18 +34,14 @@ import logging
 import sys
 import time
 import warnings
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from logitnorm_plugin._core import locks, provenance, regular_files
 from logitnorm_plugin._core.atomic import remove_stale_temporaries, write_json, write_text
-from logitnorm_plugin._core.conventions import (
-    ID_DATASET,
-    canonical_name,
-    safe_file_part,
-)
+from logitnorm_plugin._core.conventions import ID_DATASET, canonical_name, safe_file_part
 from logitnorm_plugin._core.device import resolve_device, resolve_threads, torch_threads
 from logitnorm_plugin._core.digests import config_hash, sha256_file
 from logitnorm_plugin._core.errors import DetectorFitError, UserError, one_line
@@ -108,6 +104,8 @@ class _TrainRequest:
     request: dict
     #: how the run already in ``run_dir`` differs from this one (empty: none, or the same)
     differs: tuple = ()
+    #: ``configure(train)``, checked up front: the training (here or in a job) reuses it
+    configured: tuple | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def resolve(cls, loss: str, seed: int, dataset: str, bench: BenchRequest,
@@ -131,7 +129,8 @@ class _TrainRequest:
             t_from=t_from, outliers=outliers,
         )
         # every conflict (t and t_from, a foreign recommended_t.json, ...) fails here
-        config, _, _ = configure(train)
+        configured = configure(train)
+        config = configured[0]
         request = {"dataset": dataset, "loss": loss, "loss_kwargs": loss_kwargs,
                    "recipe": recipe, "epochs": epochs, "seed": seed, "t_from": t_from}
         if config.outliers is not None:  # absent otherwise: earlier request files still match
@@ -140,7 +139,7 @@ class _TrainRequest:
             # a rewritten recommendation is another request
             request["t_from_sha256"] = sha256_file(t_from)
         return cls(loss, seed, run_dir, train, request,
-                   stored_differences(run_dir, config.to_dict()))
+                   stored_differences(run_dir, config.to_dict()), configured)
 
     def is_trained(self) -> bool:
         """Whether the run folder holds a finished model trained for this request (a damaged
@@ -161,7 +160,7 @@ class _TrainRequest:
         if self.is_trained():
             return False
         train = self.train if device is None else replace(self.train, device=device)
-        result = run_training(train)
+        result = run_training(train, self.configured)  # configured once, up front
         write_json(self.run_dir / REQUEST_FILE, self.request)
         if train.progress == "bar":
             last = result.metrics[-1]

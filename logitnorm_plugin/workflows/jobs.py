@@ -33,7 +33,8 @@ from logitnorm_plugin._core.device import resolve_device, resolve_threads
 from logitnorm_plugin._core.errors import TrainingDivergedError, UserError
 from logitnorm_plugin.evaluation.engine import evaluate
 from logitnorm_plugin.evaluation.specs import resolve_model
-from logitnorm_plugin.training.loop import train
+from logitnorm_plugin.training.loop import run_training
+from logitnorm_plugin.training.request import TrainRequest
 from logitnorm_plugin.training.runs import CARD_FILE
 
 __all__ = ["EvaluateJob", "Job", "TrainCallJob", "TrainJob", "job_status", "log_tail"]
@@ -86,7 +87,9 @@ class Job:
 class TrainJob(Job):
     """Train one model of a bench into its run folder (or resume it there)."""
 
-    request: Any = None  # bench's _TrainRequest: run folder, trainer arguments, request record
+    #: bench's _TrainRequest: run folder, TrainRequest, request record and the configuration
+    #: bench checked up front (the training reuses it, here or in another process)
+    request: Any = None
 
     def work(self, device: str) -> dict:
         trained = self.request.ensure_trained(device=device)
@@ -102,14 +105,15 @@ class TrainJob(Job):
 
 @dataclass(frozen=True)
 class TrainCallJob(Job):
-    """One :func:`~logitnorm_plugin.training.loop.train` call (a grid point of ``tune-t``); a
-    run that diverges is a result (its error recorded), not a failed job."""
+    """One training of a whole :class:`~logitnorm_plugin.training.request.TrainRequest` (a grid
+    point of ``tune-t``); a run that diverges is a result (its error recorded), not a failed
+    job."""
 
-    kwargs: Any = None
+    request: TrainRequest | None = None
 
     def work(self, device: str) -> dict:
         try:
-            folder = train(**{**self.kwargs, "device": device})
+            folder = run_training(replace(self.request, device=device))
         except TrainingDivergedError as exc:
             return {"diverged": str(exc)}
         return {"run_dir": os.fspath(folder)}

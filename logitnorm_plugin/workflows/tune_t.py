@@ -42,6 +42,7 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Sequence, Tuple
 
@@ -61,11 +62,12 @@ from logitnorm_plugin.plots import plot_t_tuning
 from logitnorm_plugin.registry import entry_points as registry
 from logitnorm_plugin.store.results import STORE_FILE, ResultStore
 from logitnorm_plugin.training import recipes
-from logitnorm_plugin.training.config import resolve_config
-from logitnorm_plugin.training.loop import train
+from logitnorm_plugin.training.config import configure
+from logitnorm_plugin.training.loop import run_training
 from logitnorm_plugin.training.recipes import RECOMMENDED_T_FILE as RESULT_FILE
 from logitnorm_plugin.training.recipes import RECOMMENDED_T_FORMAT as FORMAT
 from logitnorm_plugin.training.recipes import RECOMMENDED_T_VERSION as FORMAT_VERSION
+from logitnorm_plugin.training.request import TrainRequest
 from logitnorm_plugin.training.runs import load_trained
 from logitnorm_plugin.workflows.t_selection import (
     DEFAULT_GRID,
@@ -150,11 +152,11 @@ def _shortened(recipe, epochs: int | None) -> Dict[str, Any]:
     return {"milestones": tuple(m for m in milestones if m < int(epochs))}
 
 
-def _train_point(kwargs: Dict[str, Any]) -> str:
-    """Train one grid point (also the worker function of ``jobs > 1``); returns the run folder."""
+def _train_point(request: TrainRequest, configured=None) -> str:
+    """Train one grid point (also the worker function of ``jobs > 1``); returns the run folder.
+    ``configured``: the point's configuration checked up front (inline: not configured again)."""
 
-    return os.fspath(train(**kwargs))
-
+    return os.fspath(run_training(request, configured))
 
 
 # -- the tuning run ---------------------------------------------------------------------------
@@ -251,22 +253,27 @@ def tune_t(
         raise UserError("--no-wait goes with bench only: tune-t scores its points as they end")
     if "train_split" in recipe_overrides or "loss_kwargs" in recipe_overrides:
         raise UserError("tune-t sets train_split='train' and the loss temperature itself")
-    loss = canonical_name(loss)
+    loss = request.loss
     if "t" not in inspect.signature(registry.get_loss_class(loss)).parameters:
         raise UserError(f"tune-t tunes a temperature t, and loss '{loss}' takes none")
     resolved_device = resolve_device(device)
     thread_count = resolve_threads(threads, resolved_device, dataset)
     rec = recipes.get_recipe(recipe if recipe is not None else recipes.default_recipe_for(dataset))
     overrides = {**_shortened(rec, epochs), **recipe_overrides, "train_split": "train"}
-    train_args = dict(
-        dataset=dataset, arch=arch, recipe=rec.name, epochs=epochs, batch_size=batch_size,
-        lr=lr, data_root=data_root, download=download, amp=amp, compile=compile,
-        device=str(resolved_device), progress=progress and int(jobs) == 1, **overrides,
+    # what every grid point's training shares, from the tuning request (recipe fields among
+    # the overrides, as train takes them); each point's request is this one with its t, seed
+    # and run folder (_Tuning.training), passed down whole
+    shared = TrainRequest.of(
+        dataset=request.dataset, arch=request.arch, loss=request.loss, recipe=rec.name,
+        epochs=request.epochs, batch_size=request.batch_size, lr=request.lr,
+        device=str(resolved_device), resume="auto", amp=request.amp, compile=request.compile,
+        data_root=data_root, download=download, eval_split="val",
+        progress=progress and int(jobs) == 1, **overrides,
     )
     # one tuning per folder at a time: a second one waits, then reuses the stored points
     with locks.hold(out, timeout=None, what="tuning folder"):
         atomic.remove_stale_temporaries(out)
-        tuning = _Tuning(Path(out), grid, seeds, train_args, amp, resolved_device, force, loss)
+        tuning = _Tuning(Path(out), grid, seeds, shared, resolved_device, force)
         if executor is not None and executor.name != "inline":
             tuning.executor = (executor, str(device), threads, command)
         val, noise = _load_validation(dataset, tuning.split_seed, noise_n, noise_seed, data_root,
@@ -324,20 +331,15 @@ def tune_t(
 class _Tuning:
     """The grid points of one tuning run: their configurations, store ids and run folders."""
 
-    def __init__(self, out: Path, grid, seeds, train_args, amp, device, force: bool,
-                 loss: str = "logitnorm"):
+    def __init__(self, out: Path, grid, seeds, shared: TrainRequest, device, force: bool):
 
-        self.out, self.train_args, self.amp, self.device = out, train_args, amp, device
-        self.force, self.loss = force, loss
+        self.out, self.shared, self.amp, self.device = out, shared, shared.amp, device
+        self.force, self.loss = force, shared.loss
         self.executor = None  # (ExecutorSpec, device, threads, command) of --executor
-        args = {k: v for k, v in train_args.items()
-                if k not in ("data_root", "download", "amp", "compile", "device", "progress")}
         # every name and value is checked here, before any data is read or any run starts
-        self.configs = {
-            (t, seed): resolve_config(loss=loss, loss_kwargs={"t": t}, seed=seed,
-                                      eval_split="val", **args)[0].to_dict()
-            for t in grid for seed in seeds
-        }
+        self.configured = {(t, seed): configure(self.point(t, seed))
+                           for t in grid for seed in seeds}
+        self.configs = {key: c[0].to_dict() for key, c in self.configured.items()}
         self.first = self.configs[(grid[0], seeds[0])]
         self.split_seed = int(self.first.get("split_seed", 0))
 
@@ -388,9 +390,13 @@ class _Tuning:
         # the hash keeps a run of another configuration (other epochs, lr, ...) in its own folder
         return self.out / "runs" / f"t{t_text(t)}-s{seed}-{self.point_hash(t, seed)[:8]}"
 
-    def train_kwargs(self, t: float, seed: int) -> Dict[str, Any]:
-        return dict(self.train_args, loss=self.loss, loss_kwargs={"t": t}, seed=seed,
-                    out=str(self.run_dir(t, seed)), resume="auto", eval_split="val")
+    def point(self, t: float, seed: int) -> TrainRequest:
+        """The configuration part of one grid point's training (no run folder yet)."""
+        return replace(self.shared, loss_kwargs={"t": t}, seed=seed)
+
+    def training(self, t: float, seed: int) -> TrainRequest:
+        """The whole request of one grid point's training, into its run folder."""
+        return replace(self.point(t, seed), out=str(self.run_dir(t, seed)))
 
     def run(self, jobs: int, progress: bool, callback, threads: int | None = None):
         """Train and score every point that the store does not hold yet."""
@@ -419,13 +425,14 @@ class _Tuning:
             elif jobs == 1 or len(todo) <= 1:
                 for t, seed in todo:
                     try:
-                        folder = _train_point(self.train_kwargs(t, seed))
+                        folder = _train_point(self.training(t, seed),
+                                              self.configured[(t, seed)])
                     except TrainingDivergedError as exc:
                         self.finish_point(t, seed, None, exc)
                         continue
                     self.finish_point(t, seed, folder)
             else:
-                _train_parallel(todo, self.train_kwargs, jobs, self.finish_point, threads)
+                _train_parallel(todo, self.training, jobs, self.finish_point, threads)
         return self.points, self.trained, reused
 
     def _run_jobs(self, todo) -> None:
@@ -439,8 +446,7 @@ class _Tuning:
         points = {self.run_dir(t, seed).name: (t, seed) for t, seed in todo}
         jobs = [TrainCallJob(name=f"train t={t_text(t)}/s{seed}", slug=slug,
                              status_dir=str(folder / "status"), device=device, threads=threads,
-                             dataset=self.train_args["dataset"],
-                             kwargs=self.train_kwargs(t, seed))
+                             dataset=self.shared.dataset, request=self.training(t, seed))
                 for slug, (t, seed) in points.items()]
         outcomes = run_jobs(jobs, spec, folder, self.progress, name="tune-t")
         for o in outcomes:
@@ -497,7 +503,7 @@ def _write_outputs(record: Dict[str, Any], out: Path, stdout) -> None:
               f"{out / TABLE_FILE}, {out / PLOT_FILE}, {out / STORE_FILE}", file=stream)
 
 
-def _train_parallel(todo, train_kwargs, jobs, finish_point, threads: int | None = None):
+def _train_parallel(todo, training, jobs, finish_point, threads: int | None = None):
     """Train ``todo`` in ``jobs`` spawned worker processes (with ``threads`` torch threads each,
     if given); evaluate and store each point in this process as soon as its run is done (one
     writer of the store)."""
@@ -510,7 +516,7 @@ def _train_parallel(todo, train_kwargs, jobs, finish_point, threads: int | None 
     init = (torch.set_num_threads, (int(threads),)) if threads is not None else (None, ())
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=init[0],
                              initargs=init[1]) as pool:
-        futures = {pool.submit(_train_point, train_kwargs(t, s)): (t, s) for t, s in todo}
+        futures = {pool.submit(_train_point, training(t, s)): (t, s) for t, s in todo}
         try:
             for future in as_completed(futures):
                 t, seed = futures[future]
