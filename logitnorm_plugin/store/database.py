@@ -25,7 +25,8 @@ from logitnorm_plugin._core.errors import (
 from logitnorm_plugin.store import seals
 
 __all__ = ["APPLICATION_ID", "Connection", "Cursor", "ForeignStoreError", "check_files",
-           "check_ours", "check_schema", "first_bad_cell", "mark_and_seal", "store_error"]
+           "check_ours", "check_schema", "first_bad_cell", "first_bad_record", "mark_and_seal",
+           "store_error"]
 
 #: ``PRAGMA application_id`` of a result store: "LNRS" (logitnorm result store)
 APPLICATION_ID = 0x4C4E5253
@@ -211,15 +212,30 @@ def _needs_marks(connection: Connection) -> bool:
     columns = _columns(connection, "cells")
     meta = {r[0] for r in connection.execute("SELECT key FROM meta").fetchall()}
     app = connection.execute("PRAGMA application_id").fetchone()[0]
-    return ("seal" not in columns or not {"schema_version", "cells_sealed"} <= meta
-            or app != APPLICATION_ID)
+    return ("seal" not in columns or not {"schema_version", "cells_sealed", "records_sealed"}
+            <= meta or app != APPLICATION_ID
+            or any("seal" not in _columns(connection, t) for t in seals.RECORD_COLUMNS))
+
+
+def _check_records(connection: Connection) -> None:
+    """Raise the error of the first row of ``configs``, ``runs`` or ``scores`` that is not
+    well formed (a configuration or provenance that is not a JSON object, scores whose size
+    is not their count)."""
+    for config_id, text in connection.execute("SELECT config_id, config FROM configs"):
+        seals.parse_record(text, connection.path, seals.record_key("configs", (config_id,)))
+    for run_id, text in connection.execute("SELECT run_id, provenance FROM runs"):
+        seals.parse_record(text, connection.path, seals.record_key("runs", (run_id,)))
+    for *key, n, data in connection.execute(
+            "SELECT model_id, config_id, detector_id, dataset, n, data FROM scores"):
+        seals.check_scores(n, data, connection.path, tuple(key))
 
 
 def mark_and_seal(connection: Connection, schema_version: int) -> None:
     """Give a store (its tables made) its marks (schema record, application id) and seal the
     cells of a store written before cells were sealed (:mod:`~logitnorm_plugin.store.seals`),
-    in one transaction, after checking that every row is well formed; writes nothing when
-    everything is in place (a read-only store of this version opens).
+    and its configurations, provenance records and scores if written before those were
+    sealed, in one transaction, after checking that every row is well formed; writes nothing
+    when everything is in place (a read-only store of this version opens).
 
     :raises seals.DamagedCellError: a row of an unsealed store is not well formed
     """
@@ -227,8 +243,9 @@ def mark_and_seal(connection: Connection, schema_version: int) -> None:
         return
     with connection:
         connection.execute("BEGIN IMMEDIATE")  # another process may be doing the same
-        if "seal" not in _columns(connection, "cells"):
-            connection.execute("ALTER TABLE cells ADD COLUMN seal TEXT")
+        for table in ("cells", *seals.RECORD_COLUMNS):
+            if "seal" not in _columns(connection, table):
+                connection.execute(f"ALTER TABLE {table} ADD COLUMN seal TEXT")
         meta = {r[0] for r in connection.execute("SELECT key FROM meta").fetchall()}
         if "schema_version" not in meta:
             connection.execute("INSERT INTO meta VALUES ('schema_version', ?)",
@@ -240,6 +257,12 @@ def mark_and_seal(connection: Connection, schema_version: int) -> None:
             connection.execute(f"UPDATE cells SET seal = {seals.SEAL_SQL}")
             now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
             connection.execute("INSERT INTO meta VALUES ('cells_sealed', ?)", (now,))
+        if "records_sealed" not in meta:
+            _check_records(connection)
+            for table in seals.RECORD_COLUMNS:
+                connection.execute(f"UPDATE {table} SET seal = {seals.record_seal_sql(table)}")
+            now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+            connection.execute("INSERT INTO meta VALUES ('records_sealed', ?)", (now,))
         connection.execute(f"PRAGMA application_id = {APPLICATION_ID}")
 
 
@@ -254,6 +277,22 @@ def first_bad_cell(connection: Connection, where: str = "", args=()
         for model, detector, dataset, text, ok in cursor:
             seals.check_seal(ok, connection.path, model, detector, dataset)
             seals.parse_row(text, connection.path, model, detector, dataset)
+    except IncompatibleResultsError as exc:
+        return exc
+    return None
+
+
+def first_bad_record(connection: Connection) -> IncompatibleResultsError | None:
+    """The error of the first stored configuration, provenance record or score vector that
+    was changed or is damaged, if any (each blob is hashed once)."""
+    try:
+        for table, columns in seals.RECORD_COLUMNS.items():
+            cursor = connection.execute(
+                f"SELECT {', '.join(columns)}, seal IS {seals.record_seal_sql(table)} "
+                f"FROM {table}")
+            for *values, ok in cursor:
+                seals.check_record(ok, connection.path, table, tuple(values))
+        _check_records(connection)
     except IncompatibleResultsError as exc:
         return exc
     return None

@@ -30,10 +30,11 @@ Every call of :func:`~logitnorm_plugin.evaluate` with a store records its proven
 ``runs`` table; each cell refers to the run that computed it.
 
 Tables: ``meta`` (schema version), ``runs``, ``configs`` (benchmark + protocol, OOD groups),
-``cells`` (the metrics of each cell as JSON, and its ``seal``:
-:mod:`~logitnorm_plugin.store.seals`, checked on every read) and ``scores`` (per-sample
-scores, only where asked for, e.g. for histograms). Only a regular file that is ours is
-opened, never another application's SQLite file (:mod:`~logitnorm_plugin.store.database`).
+``cells`` (the metrics of each cell as JSON) and ``scores`` (per-sample scores, only where
+asked for, e.g. for histograms); every row of ``runs``, ``configs``, ``cells`` and ``scores``
+has its ``seal`` (:mod:`~logitnorm_plugin.store.seals`), checked on every read that uses it.
+Only a regular file that is ours is opened, never another application's SQLite file
+(:mod:`~logitnorm_plugin.store.database`).
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ from logitnorm_plugin.store.database import (
     check_ours,
     check_schema,
     first_bad_cell,
+    first_bad_record,
     mark_and_seal,
 )
 
@@ -89,11 +91,13 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
     run_id INTEGER PRIMARY KEY AUTOINCREMENT,
     created_utc TEXT NOT NULL,
-    provenance TEXT NOT NULL
+    provenance TEXT NOT NULL,
+    seal TEXT
 );
 CREATE TABLE IF NOT EXISTS configs (
     config_id TEXT PRIMARY KEY,
-    config TEXT NOT NULL
+    config TEXT NOT NULL,
+    seal TEXT
 );
 CREATE TABLE IF NOT EXISTS cells (
     model_id TEXT NOT NULL,
@@ -118,6 +122,7 @@ CREATE TABLE IF NOT EXISTS scores (
     dataset TEXT NOT NULL,
     n INTEGER NOT NULL,
     data BLOB NOT NULL,
+    seal TEXT,
     PRIMARY KEY (model_id, config_id, detector_id, dataset)
 );
 """
@@ -170,7 +175,8 @@ class ResultStore:
         try:
             self._db.executescript(_SCHEMA)
             mark_and_seal(self._db, SCHEMA_VERSION)
-            problem = first_bad_cell(self._db) if replace_incompatible else None
+            problem = (first_bad_cell(self._db) or first_bad_record(self._db)
+                       if replace_incompatible else None)
             if problem is not None:
                 _log.warning("%s; starting a new store (--force)", problem)
                 self._move_aside("tampered")
@@ -230,15 +236,20 @@ class ResultStore:
                 "INSERT INTO runs (created_utc, provenance) VALUES (?, ?)",
                 (_now(), json.dumps(provenance, sort_keys=True, default=repr)),
             )
+            self._db.execute(f"UPDATE runs SET seal = {seals.record_seal_sql('runs')} "
+                             "WHERE run_id = ?", (cursor.lastrowid,))
         return int(cursor.lastrowid)
 
     def register_config(self, config_id: str, config: Mapping[str, Any]) -> None:
         """Remember what a configuration id stands for (first registration wins)."""
         with self._db:
-            self._db.execute(
-                "INSERT OR IGNORE INTO configs VALUES (?, ?)",
+            added = self._db.execute(
+                "INSERT OR IGNORE INTO configs (config_id, config) VALUES (?, ?)",
                 (config_id, json.dumps(config, sort_keys=True, default=repr)),
-            )
+            ).rowcount
+            if added:  # never resealed: a changed configuration stays one
+                self._db.execute(f"UPDATE configs SET seal = {seals.record_seal_sql('configs')}"
+                                 " WHERE config_id = ?", (config_id,))
 
     def put(
         self,
@@ -300,14 +311,15 @@ class ResultStore:
         import torch
 
         values = torch.as_tensor(scores).detach().to("cpu", torch.float32).contiguous()
+        data = values.numpy().tobytes()
         with self._db:
-            self._db.execute(
-                "INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    model_id, config_id, detector_id, dataset, values.numel(),
-                    values.numpy().tobytes(),
-                ),
+            cursor = self._db.execute(
+                "INSERT OR REPLACE INTO scores (model_id, config_id, detector_id, dataset, n, "
+                "data) VALUES (?, ?, ?, ?, ?, ?)",
+                (model_id, config_id, detector_id, dataset, values.numel(), data),
             )
+            self._db.execute(f"UPDATE scores SET seal = {seals.record_seal_sql('scores')} "
+                             "WHERE rowid = ?", (cursor.lastrowid,))
 
     def delete(self, model_id: str | None = None, config_id: str | None = None) -> int:
         """Remove cells (and scores) of a model and/or configuration; returns cells removed."""
@@ -406,38 +418,50 @@ class ResultStore:
         """Stored scores as a float32 tensor, or ``None``."""
         import torch
 
+        key = (model_id, config_id, detector_id, dataset)
         found = self._db.execute(
-            "SELECT data FROM scores WHERE model_id = ? AND config_id = ? AND detector_id = ? "
-            "AND dataset = ?",
-            (model_id, config_id, detector_id, dataset),
+            f"SELECT n, data, seal IS {seals.record_seal_sql('scores')} FROM scores "
+            "WHERE model_id = ? AND config_id = ? AND detector_id = ? AND dataset = ?", key,
         ).fetchone()
         if found is None:
             return None
-        return torch.frombuffer(bytearray(found[0]), dtype=torch.float32)
+        n, data, ok = found
+        seals.check_record(ok, self.path, "scores", key)
+        seals.check_scores(n, data, self.path, key)
+        return torch.frombuffer(bytearray(data), dtype=torch.float32)
+
+    def _record(self, table: str, column: str, key) -> dict | None:
+        """The JSON object ``column`` of the row of ``table`` (``configs`` or ``runs``) whose
+        key is ``key``, its seal checked, or ``None``."""
+        key_column = seals.RECORD_COLUMNS[table][0]
+        found = self._db.execute(
+            f"SELECT {column}, seal IS {seals.record_seal_sql(table)} FROM {table} "
+            f"WHERE {key_column} = ?", (key,)).fetchone()
+        if found is None:
+            return None
+        seals.check_record(found[1], self.path, table, (key,))
+        return seals.parse_record(found[0], self.path, seals.record_key(table, (key,)))
 
     def config(self, config_id: str) -> dict | None:
-        found = self._db.execute(
-            "SELECT config FROM configs WHERE config_id = ?", (config_id,)
-        ).fetchone()
-        if found is None:
-            return None
-        return seals.parse_record(found[0], self.path, f"the configuration {config_id!r}")
+        """The stored benchmark configuration of ``config_id`` (its seal checked), or
+        ``None``."""
+        return self._record("configs", "config", config_id)
 
     def provenance(self, run_id: int) -> dict | None:
-        found = self._db.execute(
-            "SELECT provenance FROM runs WHERE run_id = ?", (run_id,)
-        ).fetchone()
-        if found is None:
-            return None
-        return seals.parse_record(found[0], self.path, f"the provenance of run {run_id}")
+        """The stored provenance of run ``run_id`` (its seal checked), or ``None``."""
+        return self._record("runs", "provenance", run_id)
 
     def runs(self) -> list[dict]:
-        cursor = self._db.execute("SELECT run_id, created_utc, provenance FROM runs")
-        return [
-            {"run_id": r, "created_utc": c,
-             "provenance": seals.parse_record(p, self.path, f"the provenance of run {r}")}
-            for r, c, p in cursor
-        ]
+        """Every run of the store with its provenance (each seal checked)."""
+        cursor = self._db.execute(
+            f"SELECT run_id, created_utc, provenance, seal IS {seals.record_seal_sql('runs')} "
+            "FROM runs")
+        out = []
+        for r, c, p, ok in cursor:
+            seals.check_record(ok, self.path, "runs", (r,))
+            out.append({"run_id": r, "created_utc": c, "provenance": seals.parse_record(
+                p, self.path, seals.record_key("runs", (r,)))})
+        return out
 
     def config_ids(self) -> list[str]:
         """The benchmark configurations of the store, in the order their first cell was

@@ -23,6 +23,16 @@ when it is read, so what is checked is what is stored, byte for byte.
   made before that first opening cannot be found (there was nothing to compare with); every
   later one is.
 
+The same rule seals the other tables (:data:`RECORD_COLUMNS`): each benchmark configuration
+(``configs``), each run's provenance (``runs``) and each stored score vector (``scores``)
+carries a ``seal`` over its columns, computed by SQLite through ``lnp_seal_record`` (the
+table's name is part of what is sealed, so a row cannot pass as one of another table; a blob
+is sealed by its SHA-256, hashed once per read of it), checked by every read that uses the
+row. A changed one is :class:`TamperedRecordError`, one line naming the table and the row's
+key (configuration id, run id, or model, detector and dataset); stores written before these
+seals are sealed on first open after their rows are checked (meta record
+``records_sealed``), in the same transaction as the cells.
+
 A seal finds accidents (a bad copy, an edit by hand, a disk error) and casual edits; it does
 not stop anybody who can rewrite the file and also recompute the seal, as this module's code
 shows how. What a store from somebody else cannot do is make this package execute anything:
@@ -31,6 +41,7 @@ it only ever holds numbers and text.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -41,12 +52,20 @@ from logitnorm_plugin._core.errors import IncompatibleResultsError
 
 __all__ = [
     "DamagedCellError",
+    "RECORD_COLUMNS",
     "SEALED_COLUMNS",
     "SEAL_SQL",
     "TamperedCellError",
+    "TamperedRecordError",
+    "check_record",
+    "check_scores",
     "check_seal",
     "install",
+    "parse_record",
     "parse_row",
+    "record_key",
+    "record_seal_of",
+    "record_seal_sql",
     "seal_of",
 ]
 
@@ -58,6 +77,16 @@ SEALED_COLUMNS = (
 
 #: the SQL expression of a cell's seal (valid on connections where :func:`install` ran)
 SEAL_SQL = f"lnp_seal({', '.join(SEALED_COLUMNS)})"
+
+#: the other sealed tables: the columns each row's seal covers, in this order (its key first)
+RECORD_COLUMNS = {
+    "configs": ("config_id", "config"),
+    "runs": ("run_id", "created_utc", "provenance"),
+    "scores": ("model_id", "config_id", "detector_id", "dataset", "n", "data"),
+}
+
+#: how many of :data:`RECORD_COLUMNS` of each table are its key (named in errors)
+_KEY_WIDTH = {"configs": 1, "runs": 1, "scores": 4}
 
 _SEAL_VERSION = 1
 
@@ -74,6 +103,11 @@ class DamagedCellError(IncompatibleResultsError):
     """A stored cell whose row is not a JSON object of the expected types."""
 
 
+class TamperedRecordError(IncompatibleResultsError):
+    """A stored configuration, provenance record or score vector that no longer matches its
+    seal."""
+
+
 def seal_of(*values: Any) -> str:
     """The seal of a cell's :data:`SEALED_COLUMNS` values (as SQLite returns them)."""
     plain = [["blob", v.hex()] if isinstance(v, (bytes, bytearray, memoryview)) else v
@@ -81,9 +115,72 @@ def seal_of(*values: Any) -> str:
     return json_sha256([_SEAL_VERSION, *plain])
 
 
+def record_seal_of(table: str, *values: Any) -> str:
+    """The seal of a row of ``table`` (:data:`RECORD_COLUMNS`, as SQLite returns them); a
+    blob enters by its SHA-256, so a score vector is read and hashed once."""
+    plain = [["sha256", hashlib.sha256(v).hexdigest()]
+             if isinstance(v, (bytes, bytearray, memoryview)) else v for v in values]
+    return json_sha256([_SEAL_VERSION, table, *plain])
+
+
+def record_seal_sql(table: str) -> str:
+    """The SQL expression of the seal of a row of ``table`` (one of :data:`RECORD_COLUMNS`)."""
+    return f"lnp_seal_record('{table}', {', '.join(RECORD_COLUMNS[table])})"
+
+
 def install(connection) -> None:
-    """Register ``lnp_seal`` (:func:`seal_of`) on an ``sqlite3`` connection."""
+    """Register ``lnp_seal`` (:func:`seal_of`) and ``lnp_seal_record``
+    (:func:`record_seal_of`) on an ``sqlite3`` connection."""
     connection.create_function("lnp_seal", len(SEALED_COLUMNS), seal_of, deterministic=True)
+    connection.create_function("lnp_seal_record", -1, record_seal_of, deterministic=True)
+
+
+def record_key(table: str, key: tuple) -> str:
+    """The words naming a row of ``table`` by its key (the first columns of
+    :data:`RECORD_COLUMNS`)."""
+    if table == "configs":
+        return f"the configuration {key[0]!r}"
+    if table == "runs":
+        return f"the provenance of run {key[0]}"
+    model_id, config_id, detector_id, dataset = key
+    try:  # a detector's key is the JSON of its configuration: its name says which
+        detector = json.loads(detector_id)["name"]
+    except (TypeError, ValueError, KeyError):
+        detector = detector_id
+    return (f"the scores of model {model_id!r}, detector {detector!r}, dataset "
+            f"{dataset!r} (configuration {config_id!r})")
+
+
+def check_record(ok, path: Path, table: str, key: tuple) -> None:
+    """Raise :class:`TamperedRecordError` unless ``ok`` (the query's
+    ``seal IS lnp_seal_record(...)``).
+
+    :param key: the row's key columns (:data:`RECORD_COLUMNS`)
+    """
+    if not ok:
+        raise TamperedRecordError(
+            f"the result store {str(path)!r} has a row of its {table} table that was changed "
+            f"after it was written ({record_key(table, tuple(key)[:_KEY_WIDTH[table]])}: its "
+            "content does not match its seal); restore the store from a copy, or run "
+            "`logitnorm-ood bench --force` on the same --out to compute every cell again (the "
+            f"changed file is kept beside it as {Path(path).name}.tampered.bak)"
+        )
+
+
+def check_scores(n, data, path: Path, key: tuple) -> None:
+    """Raise :class:`DamagedCellError` unless ``data`` holds ``n`` float32 values.
+
+    :param key: the row's key columns (model id, configuration id, detector id, dataset)
+    """
+    if isinstance(data, bytes) and isinstance(n, int) and not isinstance(n, bool) \
+            and len(data) == 4 * n:
+        return
+    size = f"{len(data)} bytes" if isinstance(data, bytes) else type(data).__name__
+    raise DamagedCellError(
+        f"the result store {str(path)!r} has a damaged record ({record_key('scores', key)} "
+        f"should hold {n!r} float32 values, it holds {size}); restore the store from a copy, "
+        "or run `logitnorm-ood bench --force` on the same --out to compute every cell again"
+    )
 
 
 def _cell(model, detector, dataset) -> str:

@@ -103,15 +103,26 @@ def merge_shards(out, shards=None, remove_temporaries: bool = False,
 
 def _merge_one(db: Connection, conflict: str, shard: Path) -> tuple[int, int]:
     runs = {}
-    for run_id, created, record in db.execute(
-            "SELECT run_id, created_utc, provenance FROM shard.runs").fetchall():
+    for run_id, created, record, ok in db.execute(
+            "SELECT run_id, created_utc, provenance, "
+            f"seal IS {seals.record_seal_sql('runs')} FROM shard.runs").fetchall():
+        seals.check_record(ok, shard, "runs", (run_id,))
         found = db.execute("SELECT run_id FROM main.runs WHERE provenance = ?",
                            (record,)).fetchone()
-        if found is None:
+        if found is None:  # a new id here: sealed again, as stored here
             found = (db.execute("INSERT INTO main.runs (created_utc, provenance) VALUES (?, ?)",
                                 (created, record)).lastrowid,)
+            db.execute(f"UPDATE main.runs SET seal = {seals.record_seal_sql('runs')} "
+                       "WHERE run_id = ?", found)
         runs[run_id] = found[0]
-    db.execute("INSERT OR IGNORE INTO main.configs SELECT config_id, config FROM shard.configs")
+    # configurations and scores keep their keys: checked, then copied with their seals
+    for table in ("configs", "scores"):
+        for *values, ok in db.execute(
+                f"SELECT {', '.join(seals.RECORD_COLUMNS[table])}, "
+                f"seal IS {seals.record_seal_sql(table)} FROM shard.{table}"):
+            seals.check_record(ok, shard, table, tuple(values))
+    db.execute("INSERT OR IGNORE INTO main.configs (config_id, config, seal) "
+               "SELECT config_id, config, seal FROM shard.configs")
     before = db.execute("SELECT COUNT(*) FROM main.cells").fetchone()[0]
     offered = 0
     for *values, ok in db.execute(
@@ -125,8 +136,9 @@ def _merge_one(db: Connection, conflict: str, shard: Path) -> tuple[int, int]:
             db.execute(f"UPDATE main.cells SET seal = {seals.SEAL_SQL} WHERE model_id = ? AND "
                        "config_id = ? AND detector_id = ? AND dataset = ?", values[:4])
         offered += 1
-    db.execute(f"INSERT OR {conflict} INTO main.scores SELECT model_id, config_id, detector_id, "
-               "dataset, n, data FROM shard.scores")
+    db.execute(f"INSERT OR {conflict} INTO main.scores (model_id, config_id, detector_id, "
+               "dataset, n, data, seal) SELECT model_id, config_id, detector_id, dataset, n, "
+               "data, seal FROM shard.scores")
     added = db.execute("SELECT COUNT(*) FROM main.cells").fetchone()[0] - before
     return added, offered - added
 
