@@ -13,36 +13,20 @@ import struct
 
 import pytest
 import torch
-from test_store_trust import DATASETS, one_line
+from toy_store import SCORES, one_line
+from toy_store import write_store as toy_write_store
 
-from logitnorm_plugin._core import provenance
 from logitnorm_plugin._core.conventions import ID_DATASET
 from logitnorm_plugin.store import seals
 from logitnorm_plugin.store.results import STORE_FILE, ResultStore, open_results
 from logitnorm_plugin.workflows.shards import merge_shards, shard_path
 
-SCORES = {name: torch.linspace(0, 1, 7) + i for i, name in enumerate((ID_DATASET, *DATASETS))}
-
 
 def write_store(path):
-    """A real result store: two seeds, msp on two OOD sets grouped near/far, the run's
-    provenance recording ``t=0.08``, and the per-sample scores of each set."""
-    with ResultStore(path) as store:
-        store.register_config("cfg", {"benchmark": "toy", "protocol": "full",
-                                      "ood_names": list(DATASETS),
-                                      "groups": {"near": ["svhn"], "far": ["textures"]}})
-        run = store.start_run(provenance.collect(device="cpu", config={"t": 0.08}))
-        for seed in (0, 1):
-            for i, dataset in enumerate(DATASETS):
-                store.put({"Model": f"ln/s{seed}", "Loss": "logitnorm", "Seed": seed,
-                           "Detector": "msp", "Dataset": dataset, "Benchmark": "toy",
-                           "Protocol": "full", "AUROC": 0.4692 + i / 10 + seed / 100,
-                           "FPR95TPR": 0.5, "ACC": 0.9, "ECE": 0.02},
-                          model_id=f"w{seed}", config_id="cfg", detector_id="msp",
-                          run_id=run)
-            for name, values in SCORES.items():
-                store.put_scores(f"w{seed}", "cfg", "msp", name, values)
-    return path
+    """The toy store with per-sample scores, near/far groups and a provenance recording
+    ``t=0.08``."""
+    return toy_write_store(path, groups={"near": ["svhn"], "far": ["textures"]},
+                           run_config={"t": 0.08}, scores=True)
 
 
 def edit(path, sql, args=()):

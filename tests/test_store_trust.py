@@ -11,32 +11,18 @@ import os
 import sqlite3
 
 import pytest
+from toy_store import one_line
+from toy_store import write_store as toy_write_store
 
-from logitnorm_plugin._core import provenance
 from logitnorm_plugin._core.errors import IncompatibleResultsError, StorageError
-from logitnorm_plugin.cli import main
 from logitnorm_plugin.store import seals
 from logitnorm_plugin.store.database import APPLICATION_ID, ForeignStoreError
 from logitnorm_plugin.store.results import STORE_FILE, ResultStore, open_results
 
-DATASETS = ("svhn", "textures")
-
 
 def write_store(folder):
-    """A real result store: two seeds of one loss, msp on two OOD sets."""
-    with ResultStore(folder / STORE_FILE) as store:
-        store.register_config("cfg", {"benchmark": "toy", "protocol": "full",
-                                      "ood_names": list(DATASETS), "groups": {}})
-        run = store.start_run(provenance.collect(device="cpu"))
-        for seed in (0, 1):
-            for i, dataset in enumerate(DATASETS):
-                store.put({"Model": f"ln/s{seed}", "Loss": "logitnorm", "Seed": seed,
-                           "Detector": "msp", "Dataset": dataset, "Benchmark": "toy",
-                           "Protocol": "full", "AUROC": 0.4692 + i / 10 + seed / 100,
-                           "FPR95TPR": 0.5, "ACC": 0.9, "ECE": 0.02},
-                          model_id=f"w{seed}", config_id="cfg", detector_id="msp",
-                          run_id=run)
-    return folder / STORE_FILE
+    """The toy store (``toy_store.write_store``) in ``folder``."""
+    return toy_write_store(folder / STORE_FILE)
 
 
 def digest(path):
@@ -51,18 +37,6 @@ def foreign_database(path):
     db.commit()
     db.close()
     return path
-
-
-def one_line(capsys, argv, *words):
-    code = main([str(a) for a in argv])
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.startswith(f"logitnorm-ood {argv[0]}:")]
-    assert len(lines) == 1, err
-    for word in words:
-        assert word in lines[0], (word, lines[0])
-    return lines[0]
 
 
 # -- point 3: links and foreign databases ---------------------------------------------------
