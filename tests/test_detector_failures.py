@@ -5,8 +5,8 @@ exception chained; a failure of the engine's own code keeps its traceback (issue
 
 import pytest
 import torch
+from memory_benchmark import InMemoryBenchmark, tiny_net
 from pytorch_ood.detector import ODIN, ReAct
-from test_evaluate import InMemoryBenchmark, tiny_net
 
 from logitnorm_plugin._core.errors import DetectorFitError, DetectorScoreError, UserError
 from logitnorm_plugin.evaluation import feeds
@@ -123,3 +123,60 @@ def test_odin_with_a_norm_std_the_input_cannot_take_is_named():
     assert str(caught.value).startswith(
         "the detector odin(norm_std=[1,2,3,4]) failed to score the ID test set with the model "
         "'tiny' (RuntimeError: ")
+
+
+ALWAYS_FAILS = '''
+import torch
+from pytorch_ood.api import Detector, DetectorInfo, Paper, Task
+
+
+class AlwaysFails(Detector):
+    """Another package's detector whose scoring call refuses every input."""
+
+    info = DetectorInfo(paper=Paper(title="Fails", venue="arXiv", year=2026,
+                                    url="https://example.org"), tasks={Task.CLASSIFICATION})
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def fit(self, *args, **kwargs):
+        return self
+
+    def fit_features(self, *args, **kwargs):
+        return self
+
+    def predict(self, x):
+        raise ValueError("refuses every input on purpose")
+
+    def predict_features(self, x):
+        raise ValueError("refuses every input on purpose")
+'''
+
+
+@pytest.mark.filterwarnings("ignore:AUTC is undefined:UserWarning")  # mc_dropout, no dropout
+def test_detectors_all_leaves_out_a_detector_that_fails_to_score(run_dir, tmp_path,
+                                                                 monkeypatch):
+    """``--detectors all`` leaves out a detector whose scoring call fails (as it leaves out one
+    that cannot be fitted), says so in the title and keeps the others; asked for by name, the
+    same failure is the one-line error. A real dist-info on ``sys.path``."""
+    import io
+
+    from hostile import write_dist
+
+    from logitnorm_plugin.registry import entry_points as registry
+    from logitnorm_plugin.workflows import bench
+
+    write_dist(tmp_path / "site", "failplug",
+               "[pytorch_ood.detectors]\nalwaysfails = failplug_detector:AlwaysFails\n",
+               {"failplug_detector": ALWAYS_FAILS})
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    registry.refresh()
+    kw = dict(models=[str(run_dir)], progress=False, plots=False)
+    result = bench.run(detectors="all", out=tmp_path / "all", stdout=io.StringIO(), **kw)
+    evaluated = {e["Detector"] for e in result["aggregate"]}
+    assert "alwaysfails" not in evaluated and {"msp", "energy", "knn"} <= evaluated
+    assert "alwaysfails (cannot score: the detector alwaysfails failed to score" in (
+        result["markdown"]), result["markdown"]
+    with pytest.raises(DetectorScoreError, match="refuses every input on purpose"):
+        bench.run(detectors=["alwaysfails"], out=tmp_path / "one", stdout=io.StringIO(), **kw)

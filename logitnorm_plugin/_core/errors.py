@@ -132,10 +132,13 @@ class DetectorScoreError(UserError, RuntimeError):
     :param model: the model's label
     :param where: the dataset, as the message names it (``"the OOD set 'svhn'"``)
     :param cause: what its ``predict`` (or ``predict_logits``, ...) raised
+    :param key: the detector's store key in the evaluation, if known (``bench --detectors
+        all`` leaves that detector out)
     """
 
-    def __init__(self, label: str, model: str, where: str, cause: BaseException):
-        self.label = label
+    def __init__(self, label: str, model: str, where: str, cause: BaseException,
+                 key: str | None = None):
+        self.label, self.key = label, key
         super().__init__(
             f"the detector {label} failed to score {where} with the model {model!r} "
             f"({type(cause).__name__}: {one_line(str(cause), 200)}); change its arguments or "

@@ -115,7 +115,7 @@ class Blame:
             return own_call(method, *args)
         except DetectorRaised as raised:
             raise DetectorScoreError(self.labels[key], self.model, self.where,
-                                     raised.cause) from raised.cause
+                                     raised.cause, key) from raised.cause
 
     @contextmanager
     def fitting(self, key: str, detector: Detector):

@@ -44,7 +44,7 @@ from logitnorm_plugin._core.atomic import remove_stale_temporaries, write_json, 
 from logitnorm_plugin._core.conventions import ID_DATASET, canonical_name, safe_file_part
 from logitnorm_plugin._core.device import resolve_device, resolve_threads, torch_threads
 from logitnorm_plugin._core.digests import config_hash, sha256_file
-from logitnorm_plugin._core.errors import DetectorFitError, UserError, one_line
+from logitnorm_plugin._core.errors import DetectorFitError, DetectorScoreError, UserError, one_line
 from logitnorm_plugin._core.model_groups import model_group
 from logitnorm_plugin._core.tables import finite_json, plural
 from logitnorm_plugin.data.outliers import outliers_for
@@ -329,8 +329,9 @@ class _Comparison:
                   if any(r.key_for(s, self.bench.std) == exc.key for s in specs)]
         if not failed or len(failed) == len(self.requests):
             raise exc
+        why = "cannot be fitted" if isinstance(exc, DetectorFitError) else "cannot score"
         for request in failed:
-            self.skipped[request.label] = f"cannot be fitted: {exc}"
+            self.skipped[request.label] = f"{why}: {exc}"
         self.requests = [r for r in self.requests if r not in failed]
         self.detectors = [r.name for r in self.requests]
         if self.progress:
@@ -365,9 +366,9 @@ class _Comparison:
                         provenance=record, num_workers=self.num_workers, cache_dir=self.out,
                     )
                     break
-                except DetectorFitError as exc:
-                    # --detectors all: a detector that cannot be fitted to these models is left
-                    # out (said in the title); finished cells stay in the store for the rerun
+                except (DetectorFitError, DetectorScoreError) as exc:
+                    # --detectors all: a detector that cannot be fitted to these models or
+                    # fails to score is left out (said in the title); finished cells stay
                     if not self.all_detectors:
                         raise
                     self._leave_out(specs, exc)
