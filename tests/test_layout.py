@@ -171,3 +171,15 @@ def test_no_print_to_stderr_outside_the_command_line():
                             for k in node.keywords)):
                 found.append(f"{module}:{node.lineno}")
     assert found == []
+
+
+def test_test_files_do_not_import_each_other():
+    """CONTRIBUTING: shared test helpers are plain modules in ``tests/``; a test file that
+    imports another one runs (and collects) that file's module-level code twice."""
+    offenders = []
+    for path in sorted((ROOT / "tests").glob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.name}: {n}" for n in names if n.startswith("test_")]
+    assert offenders == []
