@@ -271,6 +271,15 @@ def _shapes(tensors: Dict[str, Any]) -> Dict[str, Tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in tensors.items()}
 
 
+def _skeleton(arch_class: str, arch_kwargs: Dict[str, Any], source: str | None) -> nn.Module:
+    """:func:`build_arch` on the ``meta`` device: shapes only, no storage, no random numbers."""
+    # imports first, outside the meta context: a module that makes tensors when it is
+    # imported must not make them on the meta device
+    resolve_class(arch_class, source)
+    with torch.device("meta"):
+        return build_arch(arch_class, arch_kwargs, source)
+
+
 def build_arch_for_state(arch_class: str, arch_kwargs: Dict[str, Any], state: Dict[str, Any],
                          source: str | None = None) -> nn.Module:
     """:func:`build_arch`, but memory is allocated only for a network that ``state`` fits.
@@ -285,11 +294,7 @@ def build_arch_for_state(arch_class: str, arch_kwargs: Dict[str, Any], state: Di
     :raises ModelIntegrityError: the state dict does not fit the architecture
     :raises UntrustedFileError, UserError: as :func:`build_arch`
     """
-    # imports first, outside the meta context: a module that makes tensors when it is
-    # imported must not make them on the meta device
-    resolve_class(arch_class, source)
-    with torch.device("meta"):
-        skeleton = build_arch(arch_class, arch_kwargs, source)
+    skeleton = _skeleton(arch_class, arch_kwargs, source)
     expected, found = _shapes(skeleton.state_dict()), _shapes(state)
     if expected != found:
         where = f" of {source!r}" if source else ""
@@ -319,9 +324,7 @@ def build_arch_within(arch_class: str, arch_kwargs: Dict[str, Any], budget: int 
     :param budget: the most bytes the network may take; ``None``: no limit
     :raises UserError: the network needs more than ``budget`` bytes, or rejects the arguments
     """
-    resolve_class(arch_class, source)  # imports outside the meta context, as above
-    with torch.device("meta"):
-        skeleton = build_arch(arch_class, arch_kwargs, source)
+    skeleton = _skeleton(arch_class, arch_kwargs, source)
     need = sum(t.numel() * t.element_size()
                for t in (*skeleton.parameters(), *skeleton.buffers()))
     if budget is not None and need > budget:
