@@ -113,18 +113,16 @@ def _bench_reused(case: Path, paths: dict, result) -> None:
 
 def _resealed_run(**changes):
     """A ``setup``: the fixture's run folder copied to ``{case}/hostile`` with its model card
-    changed and resealed with the package's own digest, as anyone can."""
+    changed and resealed (``hostile.resealed_copy``); a callable change is given the card."""
 
-    def damage(run: Path) -> None:
-        from logitnorm_plugin._core.digests import json_sha256
+    def setup(case: Path, paths: dict) -> None:
+        from hostile import resealed_copy
 
-        card = json.loads((run / "model.json").read_text(encoding="utf-8"))
-        card.pop("card_sha256")
-        card.update({k: v(card) if callable(v) else v for k, v in changes.items()})
-        card["card_sha256"] = json_sha256(card)
-        (run / "model.json").write_text(json.dumps(card), encoding="utf-8")
+        card = json.loads((paths["run"] / "model.json").read_text(encoding="utf-8"))
+        resealed_copy(paths["run"], case / "hostile",
+                      **{k: v(card) if callable(v) else v for k, v in changes.items()})
 
-    return _hostile_run(damage)
+    return setup
 
 
 def _results_copy(change: Callable[[Path], None]):
