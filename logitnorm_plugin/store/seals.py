@@ -151,6 +151,14 @@ def record_key(table: str, key: tuple) -> str:
             f"{dataset!r} (configuration {config_id!r})")
 
 
+def _restore(path: Path, kept: bool = True) -> str:
+    """What to do about a changed or damaged store (the end of each of these errors)."""
+    text = ("restore the store from a copy, or run `logitnorm-ood bench --force` on the same "
+            "--out to compute every cell again")
+    return f"{text} (the changed file is kept beside it as {Path(path).name}.tampered.bak)" \
+        if kept else text
+
+
 def check_record(ok, path: Path, table: str, key: tuple) -> None:
     """Raise :class:`TamperedRecordError` unless ``ok`` (the query's
     ``seal IS lnp_seal_record(...)``).
@@ -161,9 +169,7 @@ def check_record(ok, path: Path, table: str, key: tuple) -> None:
         raise TamperedRecordError(
             f"the result store {str(path)!r} has a row of its {table} table that was changed "
             f"after it was written ({record_key(table, tuple(key)[:_KEY_WIDTH[table]])}: its "
-            "content does not match its seal); restore the store from a copy, or run "
-            "`logitnorm-ood bench --force` on the same --out to compute every cell again (the "
-            f"changed file is kept beside it as {Path(path).name}.tampered.bak)"
+            f"content does not match its seal); {_restore(path)}"
         )
 
 
@@ -178,8 +184,7 @@ def check_scores(n, data, path: Path, key: tuple) -> None:
     size = f"{len(data)} bytes" if isinstance(data, bytes) else type(data).__name__
     raise DamagedCellError(
         f"the result store {str(path)!r} has a damaged record ({record_key('scores', key)} "
-        f"should hold {n!r} float32 values, it holds {size}); restore the store from a copy, "
-        "or run `logitnorm-ood bench --force` on the same --out to compute every cell again"
+        f"should hold {n!r} float32 values, it holds {size}); {_restore(path, kept=False)}"
     )
 
 
@@ -194,9 +199,7 @@ def check_seal(ok, path: Path, model, detector, dataset) -> None:
         raise TamperedCellError(
             f"the result store {str(path)!r} has a cell that was changed after it was written "
             f"({_cell(model, detector, dataset)}: its content does not match its seal); "
-            "restore the store from a copy, or run `logitnorm-ood bench --force` on the same "
-            "--out to compute every cell again (the changed file is kept beside it as "
-            f"{Path(path).name}.tampered.bak)"
+            f"{_restore(path)}"
         )
 
 
